@@ -8,6 +8,8 @@ replace (
 )
 
 require (
+	github.com/MicahParks/jwkset v0.11.4
+	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/lib/pq v1.12.3
 	github.com/mana/apigw/migrations v0.0.0
 	github.com/nats-io/nats-server/v2 v2.15.2
