@@ -1,0 +1,96 @@
+package quota
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// PendingCounter sums the credits of a key's events for a period that are
+// published but not yet in the ledger. It must be safe for concurrent use.
+type PendingCounter interface {
+	Pending(ctx context.Context, keyID, period string) (int64, error)
+}
+
+// PGLoader rebuilds key state from Postgres: api_keys (the gateway's own
+// table) and credit_balances (read-only; the billing worker writes it).
+// The balance is grant − used − pending, so a rebuild never grants a credit
+// that the ledger, or an event on its way to it, has spent.
+type PGLoader struct {
+	db      *sqlx.DB
+	pending PendingCounter
+}
+
+// NewPGLoader builds a loader; pending may be nil (then nothing in flight is subtracted).
+func NewPGLoader(db *sqlx.DB, pending PendingCounter) *PGLoader {
+	return &PGLoader{db: db, pending: pending}
+}
+
+type keyRow struct {
+	ID                 string       `db:"id"`
+	Hash               []byte       `db:"key_hash"`
+	PrevHash           []byte       `db:"prev_key_hash"`
+	PrevExpiresAt      sql.NullTime `db:"prev_key_expires_at"`
+	Active             bool         `db:"active"`
+	Deleted            sql.NullTime `db:"deleted_at"`
+	ExpiresAt          sql.NullTime `db:"expires_at"`
+	RateLimitPerMinute int          `db:"rate_limit_per_minute"`
+	MonthlyCredits     int64        `db:"monthly_credits"`
+	UpdatedAt          time.Time    `db:"updated_at"`
+	Used               int64        `db:"used"`
+}
+
+// Load implements Loader.
+func (l *PGLoader) Load(ctx context.Context, keyID, period string) (State, int64, error) {
+	start, err := time.Parse("2006-01", period)
+	if err != nil {
+		return State{}, 0, fmt.Errorf("load key: period %q: %w", period, err)
+	}
+	var r keyRow
+	err = l.db.GetContext(ctx, &r, `
+		SELECT k.id, k.key_hash, k.prev_key_hash, k.prev_key_expires_at, k.active, k.deleted_at,
+		       k.expires_at, k.rate_limit_per_minute, k.monthly_credits, k.updated_at,
+		       COALESCE(b.used, 0) AS used
+		FROM api_gateway.api_keys k
+		LEFT JOIN api_gateway.credit_balances b ON b.key_id = k.id AND b.period = $2
+		WHERE k.id = $1`, keyID, start)
+	if errors.Is(err, sql.ErrNoRows) {
+		return State{}, 0, ErrNoKey
+	}
+	if err != nil {
+		return State{}, 0, fmt.Errorf("load key %s: %w", keyID, err)
+	}
+	st := State{
+		KeyID:              r.ID,
+		Version:            r.UpdatedAt.UnixMicro(),
+		Hash:               r.Hash,
+		PrevHash:           r.PrevHash,
+		PrevExpiresAt:      timePtr(r.PrevExpiresAt),
+		Active:             r.Active,
+		Deleted:            r.Deleted.Valid,
+		ExpiresAt:          timePtr(r.ExpiresAt),
+		RateLimitPerMinute: r.RateLimitPerMinute,
+		MonthlyCredits:     r.MonthlyCredits,
+	}
+	bal := r.MonthlyCredits - r.Used
+	if l.pending != nil {
+		p, err := l.pending.Pending(ctx, keyID, period)
+		if err != nil {
+			return State{}, 0, fmt.Errorf("load key %s: pending events: %w", keyID, err)
+		}
+		bal -= p
+	}
+	return st, bal, nil
+}
+
+func timePtr(t sql.NullTime) *time.Time {
+	if !t.Valid {
+		return nil
+	}
+	v := t.Time
+	return &v
+}

@@ -1,0 +1,348 @@
+package quota
+
+import (
+	"context"
+	"strings"
+	"crypto/sha256"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mana/apigw/services/testenv"
+)
+
+// staticLoader is the source of truth for a test: a pure in-memory stand-in
+// for Postgres (Redis itself is real).
+type staticLoader struct {
+	mu    sync.Mutex
+	st    map[string]State
+	bal   map[string]int64
+	loads atomic.Int64
+}
+
+func (l *staticLoader) Load(_ context.Context, id, _ string) (State, int64, error) {
+	l.loads.Add(1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st, ok := l.st[id]
+	if !ok {
+		return State{}, 0, ErrNoKey
+	}
+	return st, l.bal[id], nil
+}
+
+func hashOf(s string) []byte { h := sha256.Sum256([]byte(s)); return h[:] }
+
+// cmdCounter counts commands sent to Redis (pipelines count each command).
+type cmdCounter struct{ n atomic.Int64 }
+
+func (c *cmdCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.n.Add(1); return next(ctx, cmd) }
+}
+func (c *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(int64(len(cmds))); return next(ctx, cmds) }
+}
+
+func setup(t *testing.T, rate int, credits int64) (*Store, *staticLoader, *redis.Client, *cmdCounter) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	rdb := r.Client()
+	cc := &cmdCounter{}
+	rdb.AddHook(cc)
+	l := &staticLoader{st: map[string]State{}, bal: map[string]int64{}}
+	l.st["k1"] = State{KeyID: "k1", Version: 1, Hash: hashOf("a"), Active: true, RateLimitPerMinute: rate, MonthlyCredits: credits}
+	l.bal["k1"] = credits
+	s := NewStore(rdb, l)
+	if err := s.Preload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s, l, rdb, cc
+}
+
+func req(cost int64) Request {
+	return Request{KeyID: "k1", Hash: hashOf("a"), Cost: cost, Allowed: true, Member: ulid.Make().String()}
+}
+
+func TestRateLimitIsExactUnderConcurrency(t *testing.T) {
+	const n = 25
+	s, _, _, _ := setup(t, n, 1000)
+	ctx := context.Background()
+	var ok, limited atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 3*n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := s.Acquire(ctx, req(1))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			switch d.Outcome {
+			case OK:
+				ok.Add(1)
+			case RateLimited:
+				limited.Add(1)
+				if d.RetryAfter <= 0 || d.Remaining != 0 {
+					t.Errorf("429 decision without retry-after: %+v", d)
+				}
+			default:
+				t.Errorf("outcome %v", d.Outcome)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != n || limited.Load() != 2*n {
+		t.Fatalf("allowed %d limited %d, want %d and %d", ok.Load(), limited.Load(), n, 2*n)
+	}
+	bal, _, err := s.Balance(ctx, "k1", time.Now().UTC().Format("2006-01"))
+	if err != nil || bal != 1000-n {
+		t.Fatalf("balance %d (%v), want %d: refused calls must not consume credits", bal, err, 1000-n)
+	}
+}
+
+func TestWindowSlidesAndRefusedCallsDoNotConsume(t *testing.T) {
+	const n = 5
+	s, _, _, _ := setup(t, n, 1000)
+	s = s.WithWindow(time.Second)
+	ctx := context.Background()
+	count := func(calls int) (ok int) {
+		for i := 0; i < calls; i++ {
+			d, err := s.Acquire(ctx, req(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Outcome == OK {
+				ok++
+			}
+		}
+		return ok
+	}
+	if got := count(3 * n); got != n {
+		t.Fatalf("first window allowed %d, want %d", got, n)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if got := count(3 * n); got != n {
+		t.Fatalf("second window allowed %d, want %d (refused calls must not hold slots)", got, n)
+	}
+}
+
+func TestCreditsNeverOverdraw(t *testing.T) {
+	s, _, _, _ := setup(t, 10000, 100)
+	ctx := context.Background()
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 64; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 20; j++ {
+				d, err := s.Acquire(ctx, req(3))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if d.Outcome == OK {
+					ok.Add(1)
+				} else if d.Outcome != Insufficient {
+					t.Errorf("outcome %v", d.Outcome)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() != 33 {
+		t.Fatalf("served %d calls of cost 3 from 100 credits, want 33", ok.Load())
+	}
+	bal, _, _ := s.Balance(ctx, "k1", time.Now().UTC().Format("2006-01"))
+	if bal != 1 {
+		t.Fatalf("balance %d, want 1", bal)
+	}
+	// A refund gives the hold back.
+	if err := s.Adjust(ctx, "k1", time.Now().UTC().Format("2006-01"), 3); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := s.Acquire(ctx, req(4)); d.Outcome != OK || d.Credits != 0 {
+		t.Fatalf("after refund: %+v", d)
+	}
+}
+
+func TestRevocationStates(t *testing.T) {
+	s, l, _, _ := setup(t, 100, 100)
+	ctx := context.Background()
+	if d, _ := s.Acquire(ctx, req(1)); d.Outcome != OK {
+		t.Fatalf("first call: %v", d.Outcome)
+	}
+	st := l.st["k1"]
+	for _, tc := range []struct {
+		name string
+		mut  func(*State)
+		hash string
+		want Outcome
+	}{
+		{"deactivated", func(s *State) { s.Active = false }, "a", Inactive},
+		{"reactivated", func(s *State) { s.Active = true }, "a", OK},
+		{"expired", func(s *State) { p := time.Now().Add(-time.Second); s.ExpiresAt = &p }, "a", Expired},
+		{"not yet expired", func(s *State) { p := time.Now().Add(time.Hour); s.ExpiresAt = &p }, "a", OK},
+		{"regenerated, old secret", func(s *State) { s.PrevHash, s.Hash = s.Hash, hashOf("b") }, "a", Unknown},
+		{"regenerated, new secret", func(*State) {}, "b", OK},
+		{"grace period, old secret", func(s *State) { p := time.Now().Add(time.Hour); s.PrevHash = hashOf("a"); s.PrevExpiresAt = &p }, "a", OK},
+		{"grace over", func(s *State) { p := time.Now().Add(-time.Millisecond); s.PrevExpiresAt = &p }, "a", Unknown},
+		{"deleted", func(s *State) { s.Deleted = true }, "b", Deleted},
+	} {
+		st.Version++
+		tc.mut(&st)
+		if err := s.Put(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		r := req(1)
+		r.Hash = hashOf(tc.hash)
+		d, err := s.Acquire(ctx, r)
+		if err != nil || d.Outcome != tc.want {
+			t.Errorf("%s: outcome %v (%v), want %v", tc.name, d.Outcome, err, tc.want)
+		}
+	}
+	// A stale write (lower version) never undoes a newer one.
+	old := st
+	old.Version = 1
+	old.Deleted = false
+	if err := s.Put(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := s.Acquire(ctx, req(1)); d.Outcome != Deleted {
+		t.Errorf("stale put resurrected the key: %v", d.Outcome)
+	}
+}
+
+func TestTierForbidsWithoutConsuming(t *testing.T) {
+	s, _, _, _ := setup(t, 2, 10)
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		r := req(1)
+		r.Allowed = false
+		if d, _ := s.Acquire(ctx, r); d.Outcome != Forbidden {
+			t.Fatalf("forbidden route: %v", d.Outcome)
+		}
+	}
+	for i := 0; i < 2; i++ {
+		if d, _ := s.Acquire(ctx, req(1)); d.Outcome != OK || d.Credits != int64(9-i) {
+			t.Fatalf("allowed route after refusals: %+v", d)
+		}
+	}
+}
+
+func TestFlushRebuildsFromLoaderAndSteadyStateIsOneCommand(t *testing.T) {
+	s, l, rdb, cc := setup(t, 1000, 50)
+	ctx := context.Background()
+	if d, _ := s.Acquire(ctx, req(1)); d.Outcome != OK || d.Credits != 49 {
+		t.Fatalf("first: %+v", d)
+	}
+	before := cc.n.Load()
+	const calls = 100
+	for i := 0; i < calls; i++ {
+		if d, err := s.Acquire(ctx, req(0)); err != nil || d.Outcome != OK {
+			t.Fatalf("steady: %+v %v", d, err)
+		}
+	}
+	if per := float64(cc.n.Load()-before) / calls; per != 1 {
+		t.Fatalf("%.2f Redis commands per request in steady state, want exactly 1", per)
+	}
+	// Postgres says 10 were spent (ledger); Redis loses everything.
+	l.mu.Lock()
+	l.bal["k1"] = 40
+	l.mu.Unlock()
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	loads := l.loads.Load()
+	d, err := s.Acquire(ctx, req(1))
+	if err != nil || d.Outcome != OK || d.Credits != 39 {
+		t.Fatalf("after flush: %+v %v", d, err)
+	}
+	if l.loads.Load() != loads+1 {
+		t.Fatalf("loader called %d times", l.loads.Load()-loads)
+	}
+	// After SCRIPT FLUSH the store still works (falls back to EVAL once).
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.Acquire(ctx, req(1)); err != nil || d.Outcome != OK {
+		t.Fatalf("after script flush: %+v %v", d, err)
+	}
+	// Unknown key IDs are unknown, not errors.
+	r := req(1)
+	r.KeyID = "nope"
+	if d, err := s.Acquire(ctx, r); err != nil || d.Outcome != Unknown {
+		t.Fatalf("unknown key: %+v %v", d, err)
+	}
+}
+
+func TestMonthRolloverGrantsAFreshMonth(t *testing.T) {
+	s, _, rdb, _ := setup(t, 100, 100)
+	ctx := context.Background()
+	if d, _ := s.Acquire(ctx, req(30)); d.Credits != 70 {
+		t.Fatalf("first: %+v", d)
+	}
+	if err := rdb.HSet(ctx, stateKey("k1"), "per", "2000-01", "bal", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Acquire(ctx, req(1))
+	if err != nil || d.Outcome != OK || d.Credits != 99 || d.Period != time.Now().UTC().Format("2006-01") {
+		t.Fatalf("new month: %+v %v", d, err)
+	}
+	// Adjustments for a past month are ignored.
+	if err := s.Adjust(ctx, "k1", "2000-01", 50); err != nil {
+		t.Fatal(err)
+	}
+	bal, _, _ := s.Balance(ctx, "k1", d.Period)
+	if bal != 99 {
+		t.Fatalf("balance %d after stale adjust", bal)
+	}
+}
+
+func TestLuaPeriodMatchesGo(t *testing.T) {
+	// The script's civil-date arithmetic agrees with Go's calendar across
+	// month and leap-year boundaries (checked through Redis EVAL).
+	r := testenv.StartRedis(t)
+	rdb := r.Client()
+	fn := `local function period(sec)
+  local z = math.floor(sec / 86400) + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp + 3
+  if mp >= 10 then m = mp - 9 end
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d', y, m)
+end
+return period(tonumber(ARGV[1]))`
+	for _, ts := range []time.Time{
+		time.Date(2024, 2, 29, 23, 59, 59, 0, time.UTC),
+		time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2026, 12, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2100, 3, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2026, 11, 30, 23, 59, 59, 0, time.UTC),
+	} {
+		got, err := rdb.Eval(context.Background(), fn, nil, ts.Unix()).Text()
+		if err != nil || got != ts.Format("2006-01") {
+			t.Errorf("%v: lua %q (%v), want %s", ts, got, err, ts.Format("2006-01"))
+		}
+	}
+	if !containsPeriodFn(acquireSrc, fn) {
+		t.Fatal("acquire.lua's period function differs from the one tested here")
+	}
+}
+
+func containsPeriodFn(src, fn string) bool {
+	body := strings.TrimSuffix(fn, "\nreturn period(tonumber(ARGV[1]))")
+	return strings.Contains(src, body)
+}
