@@ -2,8 +2,8 @@ package quota
 
 import (
 	"context"
-	"strings"
 	"crypto/sha256"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
