@@ -14,6 +14,7 @@ require (
 	github.com/mana/apigw/migrations v0.0.0
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/redis/go-redis/v9 v9.23.0
+	golang.org/x/net v0.62.0
 )
 
 require (
