@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# Runs the whole stack on this machine: the servers (.ci/servers.sh dev), then
+# the binaries built into bin/, each with the settings of .data/stack.env.
+#
+# usage: .ci/stack.sh build      build every binary into bin/
+#        .ci/stack.sh run        start everything in the foreground; Ctrl-C stops it all
+#        .ci/stack.sh up         start everything in the background, return when ready
+#        .ci/stack.sh down       stop what `up` (or a killed `run`) started
+#        .ci/stack.sh status     what runs
+#        .ci/stack.sh exec CMD…  run CMD with the servers up and their settings exported
+# STACK_SKIP_BUILD=1 uses bin/ as it is; READY_TIMEOUT (seconds, default 90).
+# Logs go to .data/logs/<name>.log, pid files to .data/run/<name>.pid.
+set -euo pipefail
+# shellcheck source=.ci/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+RUN=$DATA/run
+LOGS=$DATA/logs
+BIN=$ROOT/bin
+READY_TIMEOUT=${READY_TIMEOUT:-90}
+
+# name|package|port|health path (empty: a TCP connect is enough). Start order.
+APPS=(
+	"authdev|./services/cmd/authdev|3001|"
+	"search|./services/cmd/search|3021|"
+	"stt|./services/cmd/stt|3020|"
+	"tts|./services/cmd/tts|3022|"
+	"billing-worker|./billing-worker/cmd/billing-worker|9101|/health"
+	"aggregator|./aggregator/cmd/aggregator|9102|/health"
+	"gateway|./gateway/cmd/gateway|3030|/ready"
+)
+
+app_field() { # app_field ENTRY INDEX
+	local IFS='|'
+	# shellcheck disable=SC2206
+	local f=($1)
+	printf '%s\n' "${f[$2]:-}"
+}
+
+build() {
+	local e pkgs=()
+	for e in "${APPS[@]}"; do pkgs+=("$(app_field "$e" 1)"); done
+	log "go build -o bin/ ${pkgs[*]}"
+	mkdir -p "$BIN"
+	go build -o "$BIN/" "${pkgs[@]}"
+}
+
+load_env() {
+	"$ROOT/.ci/servers.sh" start dev
+	set -a
+	# shellcheck source=/dev/null
+	source "$DATA/stack.env"
+	set +a
+}
+
+# app_env NAME: the settings one binary gets on top of .data/stack.env, one a line.
+app_env() {
+	case $1 in
+	authdev) printf '%s\n' "PORT=3001" "AUTH_KEY_FILE=$DATA/auth/jwt.pem" ;;
+	search) printf '%s\n' "PORT=3021" "EXTRACT_ALLOW_HOSTS=127.0.0.1:3021,localhost:3021" ;;
+	stt) echo "PORT=3020" ;;
+	tts) echo "PORT=3022" ;;
+	billing-worker) echo "METRICS_PORT=9101" ;;
+	aggregator) echo "METRICS_PORT=9102" ;;
+	gateway) printf '%s\n' "PORT=3030" "SPOOL_DIR=$DATA/spool" ;;
+	esac
+}
+
+any_running() {
+	local e
+	for e in "${APPS[@]}"; do
+		if pid_alive "$RUN/$(app_field "$e" 0).pid"; then return 0; fi
+	done
+	return 1
+}
+
+start_apps() {
+	local e name port taken=() pid envs
+	if any_running; then
+		die "the stack is already running (make down stops it; make status shows it)"
+	fi
+	for e in "${APPS[@]}"; do
+		port=$(app_field "$e" 2)
+		if port_open "$port"; then taken+=("$port ($(app_field "$e" 0))"); fi
+	done
+	((${#taken[@]} == 0)) || die "ports already in use: ${taken[*]}; stop what holds them (ss -ltnp) and retry"
+
+	if [[ -z ${STACK_SKIP_BUILD:-} ]]; then build; fi
+	load_env
+	mkdir -p "$RUN" "$LOGS" "$DATA/auth" "$DATA/spool"
+	export LOG_LEVEL=${LOG_LEVEL:-info}
+	log "migrating the database (bin/gateway migrate)"
+	if ! "$BIN/gateway" migrate >"$LOGS/migrate.log" 2>&1; then
+		tail -n 30 "$LOGS/migrate.log" >&2
+		die "migration failed (log: .data/logs/migrate.log)"
+	fi
+	for e in "${APPS[@]}"; do
+		name=$(app_field "$e" 0)
+		mapfile -t envs < <(app_env "$name")
+		setsid env "${envs[@]}" "$BIN/$name" >>"$LOGS/$name.log" 2>&1 </dev/null &
+		pid=$!
+		echo "$pid" >"$RUN/$name.pid"
+		log "started $name (pid $pid, log .data/logs/$name.log)"
+		if [[ $name == authdev ]]; then wait_port "$name" 3001; fi
+	done
+	wait_ready
+}
+
+wait_port() { # NAME PORT
+	local i
+	for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+		port_open "$2" && return 0
+		check_alive
+		sleep 0.1
+	done
+	fail "$1 did not listen on :$2 within ${READY_TIMEOUT}s"
+}
+
+# check_alive fails when a started binary has exited.
+check_alive() {
+	local e name
+	for e in "${APPS[@]}"; do
+		name=$(app_field "$e" 0)
+		if [[ -f $RUN/$name.pid ]] && ! pid_alive "$RUN/$name.pid"; then
+			fail "$name exited"
+		fi
+	done
+}
+
+fail() {
+	local e name
+	warn "$1"
+	for e in "${APPS[@]}"; do
+		name=$(app_field "$e" 0)
+		if [[ -s $LOGS/$name.log ]]; then
+			printf '\n--- last lines of .data/logs/%s.log\n' "$name" >&2
+			tail -n 15 "$LOGS/$name.log" >&2
+		fi
+	done
+	stop_all
+	exit 1
+}
+
+wait_ready() {
+	local i e name port path code
+	log "waiting for the gateway: http://127.0.0.1:3030/ready (up to ${READY_TIMEOUT}s)"
+	for ((i = 0; i < READY_TIMEOUT * 4; i++)); do
+		check_alive
+		code=$(http_status http://127.0.0.1:3030/ready)
+		if [[ $code == 200 ]]; then
+			for e in "${APPS[@]}"; do
+				name=$(app_field "$e" 0) port=$(app_field "$e" 2) path=$(app_field "$e" 3)
+				port_open "$port" || fail "$name does not listen on :$port"
+				if [[ -n $path && $(http_status "http://127.0.0.1:$port$path") != 200 ]]; then
+					fail "$name: GET :$port$path is not 200"
+				fi
+			done
+			return 0
+		fi
+		sleep 0.25
+	done
+	fail "the gateway was not ready within ${READY_TIMEOUT}s (last /ready status: $code)"
+}
+
+stop_apps() {
+	local i name
+	for ((i = ${#APPS[@]} - 1; i >= 0; i--)); do
+		name=$(app_field "${APPS[$i]}" 0)
+		stop_pidfile "$RUN/$name.pid" "$name" 30
+	done
+}
+
+stop_all() {
+	trap - INT TERM
+	stop_apps
+	"$ROOT/.ci/servers.sh" stop dev
+}
+
+banner() {
+	cat <<'EOF'
+
+Mana API Gateway is up.
+  gateway      http://127.0.0.1:3030   (/health, /ready, /metrics)
+  dev auth     http://127.0.0.1:3001   (POST /api/v1/auth/login, /.well-known/jwks.json)
+  search       http://127.0.0.1:3021   stt http://127.0.0.1:3020   tts http://127.0.0.1:3022   (stand-ins)
+  workers      billing-worker http://127.0.0.1:9101/metrics   aggregator http://127.0.0.1:9102/metrics
+  logs         .data/logs/*.log
+
+Dev users (password "password" for all):
+  user@example.com, other@example.com, finance@example.com (role finance), admin@example.com (role admin)
+
+Try it:
+  TOKEN=$(curl -s -X POST http://localhost:3001/api/v1/auth/login \
+    -H "Content-Type: application/json" \
+    -d '{"email": "user@example.com", "password": "password"}' | jq -r '.accessToken')
+
+  KEY_JSON=$(curl -s -X POST http://localhost:3030/api-keys \
+    -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
+    -d '{"name": "My API Key", "tier": "pro"}')
+  KEY=$(echo "$KEY_JSON" | jq -r '.key'); KEY_ID=$(echo "$KEY_JSON" | jq -r '.id')
+
+  curl -s -X POST http://localhost:3030/v1/search \
+    -H "X-API-Key: $KEY" -H "Content-Type: application/json" \
+    -d '{"query": "quantum computing"}' | jq .
+
+  curl -s http://localhost:3030/api-keys/$KEY_ID/usage/summary \
+    -H "Authorization: Bearer $TOKEN" | jq .
+
+EOF
+}
+
+cmd_run() {
+	trap 'echo; log "stopping"; stop_all; exit 130' INT
+	trap 'stop_all; exit 143' TERM
+	start_apps
+	banner
+	log "running in the foreground; Ctrl-C stops everything"
+	while true; do
+		# Wake up on a signal (traps run) or every few seconds to check.
+		sleep 2 &
+		wait $! || true
+		if ! (check_alive_quiet); then
+			fail "a binary exited"
+		fi
+	done
+}
+
+check_alive_quiet() {
+	local e name
+	for e in "${APPS[@]}"; do
+		name=$(app_field "$e" 0)
+		if [[ -f $RUN/$name.pid ]] && ! pid_alive "$RUN/$name.pid"; then
+			warn "$name exited (log: .data/logs/$name.log)"
+			return 1
+		fi
+	done
+}
+
+cmd_status() {
+	local e name
+	"$ROOT/.ci/servers.sh" status dev
+	for e in "${APPS[@]}"; do
+		name=$(app_field "$e" 0)
+		if pid_alive "$RUN/$name.pid"; then
+			echo "$name: running (pid $(<"$RUN/$name.pid"))"
+		else
+			echo "$name: stopped"
+		fi
+	done
+}
+
+case ${1:-} in
+build) build ;;
+run) cmd_run ;;
+up)
+	trap 'echo; stop_all; exit 130' INT
+	start_apps
+	trap - INT
+	banner
+	log "running in the background; make down stops it"
+	;;
+down) stop_all ;;
+status) cmd_status ;;
+exec)
+	shift
+	(($# > 0)) || die "usage: $0 exec CMD [ARGS…]"
+	load_env
+	exec "$@"
+	;;
+*)
+	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
+	exit 2
+	;;
+esac

@@ -1,0 +1,77 @@
+# Mana API Gateway — developer entry points. `make help` lists them.
+# The work is done by the scripts in .ci/; they install what is missing
+# (apt-get for PostgreSQL, Redis, protoc; `go install` into .data/bin for
+# nats-server, staticcheck, protoc-gen-go) and keep all state in .data/.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+STACK := .ci/stack.sh
+PKGS = $(shell go list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)/|./|; s|$$|/...|')
+
+.PHONY: help run up down status test lint shellcheck build migrate proto bench bench-smoke \
+	replay events servers servers-stop compose-check clean distclean
+
+help: ## list the targets
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+run: ## start servers and every binary in the foreground; Ctrl-C stops it all
+	@$(STACK) run
+
+up: ## start the same stack in the background; returns once the gateway is ready
+	@$(STACK) up
+
+down: ## stop what `make up` started (binaries, then PostgreSQL, Redis, NATS)
+	@$(STACK) down
+
+status: ## show what runs
+	@$(STACK) status
+
+test: lint ## lint, then go test -race over every module against real servers
+	@.ci/test.sh
+
+lint: ## go vet and staticcheck over every module of go.work
+	@.ci/lint.sh
+
+shellcheck: ## shellcheck the .ci scripts (installs shellcheck with apt-get)
+	@source .ci/lib.sh && ensure_cmd shellcheck shellcheck
+	shellcheck -x .ci/run .ci/*.sh
+
+build: ## build every binary into bin/
+	@$(STACK) build
+
+migrate: ## apply the database migrations to the dev database (starts the servers)
+	@$(STACK) exec go run ./gateway/cmd/gateway migrate
+
+proto: ## regenerate proto/usage/v1/usage.pb.go (protoc + protoc-gen-go v1.36.12)
+	@.ci/proto.sh
+
+bench: ## run the benchmarks (placeholder: every Benchmark in the workspace)
+	go test -run '^$$' -bench . $(PKGS)
+
+bench-smoke: ## run each benchmark once, to check they still work
+	go test -run '^$$' -bench . -benchtime 1x $(PKGS)
+
+replay: build ## rebuild/verify the aggregates from the USAGE stream (bin/aggregator replay --from-start)
+	@$(STACK) exec bin/aggregator replay --from-start
+
+events: build ## print the usage events as JSON (bin/aggregator tail)
+	@$(STACK) exec bin/aggregator tail
+
+servers: ## start only PostgreSQL, Redis and NATS for development (.data/stack.env)
+	@.ci/servers.sh start dev
+
+servers-stop: ## stop the development servers
+	@.ci/servers.sh stop dev
+
+compose-check: ## validate compose.yaml with `docker compose config` (builds the compose plugin if missing)
+	@.ci/compose-check.sh
+
+clean: ## stop everything; remove bin/, test data and logs (keeps the dev database and tools)
+	@$(STACK) down
+	@.ci/servers.sh stop test
+	rm -rf bin .data/test .data/logs
+
+distclean: clean ## also remove the dev data and the tools in .data/
+	rm -rf .data /tmp/mana-$$(printf '%s' "$(CURDIR)" | sha1sum | cut -c1-10)
