@@ -9,12 +9,14 @@ replace (
 )
 
 require (
+	github.com/google/uuid v1.6.0
 	github.com/jmoiron/sqlx v1.4.0
 	github.com/lib/pq v1.12.3
 	github.com/mana/apigw/migrations v0.0.0
 	github.com/mana/apigw/proto v0.0.0-00010101000000-000000000000
 	github.com/mana/apigw/services v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
+	github.com/oklog/ulid/v2 v2.1.2
 	github.com/prometheus/client_golang v1.25.0
 	google.golang.org/protobuf v1.36.12
 )

@@ -1,0 +1,172 @@
+// Package ledger owns the idempotent credit ledger (api_gateway.credit_ledger)
+// and the per-key monthly balances derived from it (api_gateway.credit_balances).
+//
+// The ledger is keyed by event ID: recording an event that is already in it
+// changes nothing, so redelivered or republished events are never charged twice.
+// Balances are only ever updated from the rows a transaction actually inserted,
+// in the same transaction, so used = Σ ledger credits and requests = ledger rows
+// per key and period.
+package ledger
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+)
+
+// Entry is one ledger row: a usage event as billing sees it.
+type Entry struct {
+	EventID        string
+	KeyID          string
+	OwnerID        string
+	Endpoint       string
+	Period         time.Time // first day of the credit month, UTC
+	Credits        int64
+	MonthlyCredits int64
+	OccurredAt     time.Time
+	StreamSeq      uint64
+}
+
+// EntryOf turns a decoded (already validated) event into a ledger entry.
+func EntryOf(ev *usagev1.UsageEvent, streamSeq uint64) (Entry, error) {
+	period, err := time.Parse("2006-01", ev.GetPeriod())
+	if err != nil {
+		return Entry{}, fmt.Errorf("ledger entry %s: period: %w", ev.GetEventId(), err)
+	}
+	return Entry{
+		EventID:        ev.GetEventId(),
+		KeyID:          ev.GetKeyId(),
+		OwnerID:        ev.GetOwnerId(),
+		Endpoint:       ev.GetEndpoint(),
+		Period:         period.UTC(),
+		Credits:        ev.GetCredits(),
+		MonthlyCredits: ev.GetMonthlyCredits(),
+		OccurredAt:     ev.GetOccurredAt().AsTime().UTC(),
+		StreamSeq:      streamSeq,
+	}, nil
+}
+
+// Result tells what a Record call changed.
+type Result struct {
+	// Inserted entries are new ledger rows; Duplicates were already recorded
+	// (or appeared twice in the batch) and changed nothing.
+	Inserted, Duplicates int
+	// Credits is the sum of the inserted entries' credits.
+	Credits int64
+}
+
+const insertLedger = `
+INSERT INTO api_gateway.credit_ledger
+    (event_id, key_id, owner_id, period, endpoint, credits, occurred_at, stream_seq)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::date[], $5::text[], $6::bigint[], $7::timestamptz[], $8::bigint[])
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id`
+
+const upsertBalances = `
+INSERT INTO api_gateway.credit_balances AS b (key_id, period, granted, used, requests)
+SELECT * FROM unnest($1::uuid[], $2::date[], $3::bigint[], $4::bigint[], $5::bigint[])
+ON CONFLICT (key_id, period) DO UPDATE SET
+    granted    = EXCLUDED.granted,
+    used       = b.used + EXCLUDED.used,
+    requests   = b.requests + EXCLUDED.requests,
+    updated_at = now()`
+
+// Record inserts the entries into the ledger inside tx and adds the ones that
+// were actually inserted to their balances. Entries already in the ledger are
+// skipped. The caller commits tx; nothing is visible before that.
+//
+// Rows are written in a fixed order (ledger by event ID, balances by key and
+// period), so concurrent workers lock in the same order and never deadlock
+// each other on the same rows.
+func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
+	if len(entries) == 0 {
+		return Result{}, nil
+	}
+	sorted := slices.Clone(entries)
+	slices.SortFunc(sorted, func(a, b Entry) int { return cmp.Compare(a.EventID, b.EventID) })
+
+	n := len(sorted)
+	ids, keys, owners, periods, endpoints := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	credits, seqs := make([]int64, n), make([]int64, n)
+	times := make([]string, n)
+	for i, e := range sorted {
+		ids[i], keys[i], owners[i], endpoints[i] = e.EventID, e.KeyID, e.OwnerID, e.Endpoint
+		periods[i] = e.Period.Format(time.DateOnly)
+		credits[i] = e.Credits
+		times[i] = e.OccurredAt.Format(time.RFC3339Nano)
+		seqs[i] = int64(e.StreamSeq)
+	}
+	var inserted []string
+	if err := tx.SelectContext(ctx, &inserted, insertLedger,
+		pq.Array(ids), pq.Array(keys), pq.Array(owners), pq.Array(periods), pq.Array(endpoints),
+		pq.Array(credits), pq.Array(times), pq.Array(seqs)); err != nil {
+		return Result{}, fmt.Errorf("insert ledger rows: %w", err)
+	}
+
+	isNew := make(map[string]bool, len(inserted))
+	for _, id := range inserted {
+		isNew[id] = true
+	}
+	type bkey struct {
+		key    string
+		period time.Time
+	}
+	type bval struct {
+		granted         int64
+		grantedAt       time.Time
+		used, requests  int64
+	}
+	deltas := make(map[bkey]*bval)
+	var res Result
+	for _, e := range sorted {
+		if !isNew[e.EventID] {
+			continue
+		}
+		delete(isNew, e.EventID) // the same event twice in one batch is inserted once
+		res.Inserted++
+		res.Credits += e.Credits
+		k := bkey{e.KeyID, e.Period}
+		v := deltas[k]
+		if v == nil {
+			v = &bval{granted: e.MonthlyCredits, grantedAt: e.OccurredAt}
+			deltas[k] = v
+		}
+		if !e.OccurredAt.Before(v.grantedAt) {
+			v.granted, v.grantedAt = e.MonthlyCredits, e.OccurredAt
+		}
+		v.used += e.Credits
+		v.requests++
+	}
+	res.Duplicates = len(entries) - res.Inserted
+	if len(deltas) == 0 {
+		return res, nil
+	}
+
+	bkeys := make([]bkey, 0, len(deltas))
+	for k := range deltas {
+		bkeys = append(bkeys, k)
+	}
+	slices.SortFunc(bkeys, func(a, b bkey) int {
+		return cmp.Or(cmp.Compare(a.key, b.key), a.period.Compare(b.period))
+	})
+	m := len(bkeys)
+	bk, bp := make([]string, m), make([]string, m)
+	granted, used, reqs := make([]int64, m), make([]int64, m), make([]int64, m)
+	for i, k := range bkeys {
+		v := deltas[k]
+		bk[i], bp[i] = k.key, k.period.Format(time.DateOnly)
+		granted[i], used[i], reqs[i] = v.granted, v.used, v.requests
+	}
+	if _, err := tx.ExecContext(ctx, upsertBalances,
+		pq.Array(bk), pq.Array(bp), pq.Array(granted), pq.Array(used), pq.Array(reqs)); err != nil {
+		return Result{}, fmt.Errorf("upsert balances: %w", err)
+	}
+	return res, nil
+}

@@ -1,0 +1,20 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+)
+
+// BenchmarkBillingDrain measures how fast one worker drains a backlog of
+// b.N events into the ledger (events/s, end to end through NATS and Postgres).
+func BenchmarkBillingDrain(b *testing.B) {
+	e := newEnv(b)
+	evs := makeEvents(b.N, 50)
+	e.publish(evs, nil)
+	b.ResetTimer()
+	start := time.Now()
+	e.start(nil)
+	e.waitLedger(int64(b.N), 10*time.Minute)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+}

@@ -1,0 +1,333 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/mana/apigw/billing-worker/internal/worker"
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+	"github.com/mana/apigw/services/testenv"
+)
+
+// start runs a worker in this process until the test ends.
+func (e *env) start(mod func(*worker.Config)) worker.Config {
+	e.t.Helper()
+	cfg := worker.Config{
+		DatabaseURL: e.dbURL, NATSURL: e.nats.URL, MetricsPort: testenv.FreePort(e.t),
+		BatchSize: 500, AckWait: 30 * time.Second, MaxAckPending: 2000,
+		FetchWait: 200 * time.Millisecond, NakDelay: 100 * time.Millisecond,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- worker.Run(ctx, cfg, testenv.Logger(e.t)) }()
+	e.t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				e.t.Errorf("worker: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			e.t.Error("worker did not stop")
+		}
+	})
+	return cfg
+}
+
+func TestLedgerExact(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := makeEvents(3000, 7)
+	e.publish(evs, nil)
+	cfg := e.start(nil)
+	e.waitLedger(int64(len(evs)), 60*time.Second)
+	e.waitDrained(10 * time.Second)
+	e.checkLedger(evs)
+
+	if got := scrape(t, cfg.MetricsPort, "billing_events_processed_total"); got != float64(len(evs)) {
+		t.Errorf("processed metric = %v, want %d", got, len(evs))
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", cfg.MetricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/health = %d", resp.StatusCode)
+	}
+}
+
+// TestRepublishTwice sends 10,000 events, then the same 10,000 again with the
+// same Nats-Msg-Id (the stream's dedupe drops them) and once more with new
+// message IDs, so the stream holds every event twice: the ledger still has
+// each event once and the balances do not move.
+func TestRepublishTwice(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := makeEvents(10000, 5)
+	e.publish(evs, nil)
+	cfg := e.start(nil)
+	e.waitLedger(int64(len(evs)), 60*time.Second)
+	e.waitDrained(10 * time.Second)
+	before := e.balances()
+
+	e.publish(evs, nil)
+	e.publish(evs, func(ev *usagev1.UsageEvent) string { return ev.GetEventId() + "-again" })
+	e.waitDrained(60 * time.Second)
+
+	e.checkLedger(evs)
+	after := e.balances()
+	for k, b := range before {
+		if after[k] != b {
+			t.Errorf("balance %s moved: %+v -> %+v", k, b, after[k])
+		}
+	}
+	if got := scrape(t, cfg.MetricsPort, "billing_events_duplicate_total"); got != float64(len(evs)) {
+		t.Errorf("duplicates metric = %v, want %d", got, len(evs))
+	}
+}
+
+// TestRedelivery holds every batch past AckWait, so the server redelivers
+// messages while their first delivery is still being applied (to the second
+// worker): redeliveries happen and the ledger stays exact.
+func TestRedelivery(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := makeEvents(400, 3)
+	e.publish(evs, nil)
+	slow := func(c *worker.Config) {
+		c.AckWait, c.HandleDelay, c.BatchSize, c.MaxAckPending = time.Second, 1500*time.Millisecond, 100, 200
+	}
+	a, b := e.start(slow), e.start(slow)
+	e.waitLedger(int64(len(evs)), 60*time.Second)
+	e.waitDrained(60 * time.Second)
+	e.checkLedger(evs)
+	redelivered := scrape(t, a.MetricsPort, "billing_messages_redelivered_total") +
+		scrape(t, b.MetricsPort, "billing_messages_redelivered_total")
+	if redelivered == 0 {
+		t.Error("no message was redelivered; the test proves nothing")
+	}
+	t.Logf("redeliveries: %v", redelivered)
+}
+
+func TestDeadLetters(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	good := makeEvents(50, 2)
+	e.publish(good[:25], nil)
+
+	invalid := proto.Clone(good[0]).(*usagev1.UsageEvent)
+	invalid.EventId, invalid.Status = "not-a-ulid", 42
+	invalidData, _ := proto.Marshal(invalid)
+	badKey := proto.Clone(good[1]).(*usagev1.UsageEvent)
+	badKey.EventId, badKey.KeyId = "01JAAAAAAAAAAAAAAAAAAAAAAA", "not-a-uuid"
+	badKeyData, _ := proto.Marshal(badKey)
+
+	e.publishRaw(usagev1.Subject("garbage"), []byte("\xff\xfe garbage \x00"), "garbage-1")
+	e.publishRaw(usagev1.Subject(good[0].GetKeyId()), invalidData, "invalid-1")
+	e.publishRaw(usagev1.Subject("not-a-uuid"), badKeyData, "")
+	e.publish(good[25:], nil)
+	e.start(nil)
+	e.waitLedger(int64(len(good)), 30*time.Second)
+	e.waitDrained(10 * time.Second)
+	e.checkLedger(good)
+
+	type dl struct {
+		Subject string  `db:"subject"`
+		MsgID   *string `db:"msg_id"`
+		Reason  string  `db:"reason"`
+		Payload []byte  `db:"payload"`
+	}
+	var got []dl
+	if err := e.db.Select(&got, `SELECT subject, msg_id, reason, payload FROM api_gateway.dead_letters WHERE consumer = 'billing' ORDER BY stream_seq`); err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ subject, reason string }{
+		{usagev1.Subject("garbage"), "decode usage event"},
+		{usagev1.Subject(good[0].GetKeyId()), "event_id is not a ULID"},
+		{usagev1.Subject("not-a-uuid"), "key_id is not a UUID"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("dead letters = %d (%+v), want %d", len(got), got, len(want))
+	}
+	for i, w := range want {
+		if got[i].Subject != w.subject || !strings.Contains(got[i].Reason, w.reason) || len(got[i].Payload) == 0 {
+			t.Errorf("dead letter %d = %+v, want subject %s, reason containing %q", i, got[i], w.subject, w.reason)
+		}
+	}
+	if got[0].MsgID == nil || *got[0].MsgID != "garbage-1" {
+		t.Errorf("dead letter msg_id = %v, want garbage-1", got[0].MsgID)
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		env       map[string]string
+		check     func(*testing.T, worker.Config)
+		withError func(*testing.T, error)
+	}{
+		{name: "defaults", check: func(t *testing.T, c worker.Config) {
+			if c.MetricsPort != 9101 || c.NATSURL != "nats://127.0.0.1:4222" || c.BatchSize != 500 || c.AckWait != 30*time.Second {
+				t.Errorf("defaults = %+v", c)
+			}
+		}},
+		{name: "overrides", env: map[string]string{"METRICS_PORT": "9200", "ACK_WAIT": "1s", "HANDLE_DELAY": "2s", "LOG_LEVEL": "debug"},
+			check: func(t *testing.T, c worker.Config) {
+				if c.MetricsPort != 9200 || c.AckWait != time.Second || c.HandleDelay != 2*time.Second || c.LogLevel.String() != "DEBUG" {
+					t.Errorf("config = %+v", c)
+				}
+			}},
+		{name: "all problems at once", env: map[string]string{"METRICS_PORT": "x", "ACK_WAIT": "soon", "BATCH_SIZE": "0", "LOG_LEVEL": "loud"},
+			withError: func(t *testing.T, err error) {
+				for _, s := range []string{"METRICS_PORT", "ACK_WAIT", "BATCH_SIZE", "LOG_LEVEL"} {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error %q does not name %s", err, s)
+					}
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := worker.ConfigFromEnv(func(k string) string { return tt.env[k] })
+			if tt.withError != nil {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				tt.withError(t, err)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+// process is a billing-worker binary run by a test.
+type process struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func (e *env) spawn(bin string, extra ...string) *process {
+	e.t.Helper()
+	cmd := exec.Command(bin)
+	cmd.Env = testenv.Env(append([]string{"DATABASE_URL", e.dbURL, "NATS_URL", e.nats.URL,
+		"METRICS_PORT", strconv.Itoa(testenv.FreePort(e.t)), "FETCH_WAIT", "200ms", "NAK_DELAY", "100ms",
+		"LOG_LEVEL", "warn"}, extra...)...)
+	if os.Getenv("TEST_LOG") != "" {
+		cmd.Stderr = os.Stderr
+	}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	p := &process{cmd: cmd, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	e.t.Cleanup(func() { p.kill() })
+	return p
+}
+
+func (p *process) kill() {
+	if p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	}
+	<-p.done
+	p.done <- nil // later kill calls return at once
+}
+
+func (p *process) stop(t testing.TB) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- nil
+		if err != nil {
+			t.Errorf("worker exit: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("worker did not stop on SIGTERM")
+	}
+}
+
+func eventCount(t *testing.T, name string, def int) int {
+	if v := os.Getenv(name); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return n
+	}
+	return def
+}
+
+// TestKill9 kills the worker process at random points while events flow in;
+// the ledger ends exact. BILLING_KILL_EVENTS (default 20,000) sets the volume.
+func TestKill9(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	bin := testenv.BuildBinary(t, "./billing-worker/cmd/billing-worker")
+	n := eventCount(t, "BILLING_KILL_EVENTS", 20000)
+	kills := eventCount(t, "BILLING_KILLS", 20)
+	evs := makeEvents(n, 10)
+
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		const chunk = 500
+		for i := 0; i < len(evs); i += chunk {
+			e.publish(evs[i:min(i+chunk, len(evs))], nil)
+			time.Sleep(time.Duration(rand.IntN(40)) * time.Millisecond)
+		}
+	}()
+	var progress []int64
+	for range kills {
+		p := e.spawn(bin, "BATCH_SIZE", strconv.Itoa(50+rand.IntN(450)), "ACK_WAIT", "2s")
+		time.Sleep(time.Duration(150+rand.IntN(500)) * time.Millisecond)
+		p.kill()
+		progress = append(progress, e.count(`SELECT count(*) FROM api_gateway.credit_ledger`))
+	}
+	t.Logf("ledger rows after each kill: %v", progress)
+	<-published
+	p := e.spawn(bin, "ACK_WAIT", "2s")
+	e.waitLedger(int64(n), 90*time.Second)
+	e.waitDrained(30 * time.Second)
+	p.stop(t)
+	e.checkLedger(evs)
+	t.Logf("%d events, %d kills, %d ledger rows", n, kills, e.count(`SELECT count(*) FROM api_gateway.credit_ledger`))
+}
+
+// TestTwoProcesses runs two worker processes on the same durable consumer
+// over a stream holding every event twice (different message IDs): nothing
+// is charged twice.
+func TestTwoProcesses(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	bin := testenv.BuildBinary(t, "./billing-worker/cmd/billing-worker")
+	evs := makeEvents(5000, 4)
+	a := e.spawn(bin, "BATCH_SIZE", "100")
+	b := e.spawn(bin, "BATCH_SIZE", "100")
+	e.publish(evs, nil)
+	e.publish(evs, func(ev *usagev1.UsageEvent) string { return "dup-" + ev.GetEventId() })
+	e.waitLedger(int64(len(evs)), 60*time.Second)
+	e.waitDrained(30 * time.Second)
+	a.stop(t)
+	b.stop(t)
+	e.checkLedger(evs)
+}
