@@ -38,7 +38,6 @@ if s[1] ~= hash then
 end
 local exp = tonumber(s[6] or '0')
 if exp > 0 and exp <= now_ms then return {4, 0, 0, 0, 0, now_ms, '', 0} end
-if s[4] ~= '1' then return {5, 0, 0, 0, 0, now_ms, '', 0} end
 
 local per = period(sec)
 local bal = tonumber(s[10])
@@ -57,6 +56,7 @@ if count > 0 then
   local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   reset_ms = math.floor((tonumber(oldest[2]) + window) / 1000) + 1
 end
+if s[4] ~= '1' then return {5, limit, math.max(limit - count, 0), reset_ms, bal, now_ms, per, 0} end
 if ARGV[3] ~= '1' then return {8, limit, math.max(limit - count, 0), reset_ms, bal, now_ms, per, 0} end
 if count >= limit then
   return {6, limit, 0, reset_ms, bal, now_ms, per, reset_ms - now_ms}

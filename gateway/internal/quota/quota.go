@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mana/apigw/gateway/internal/keys"
 )
 
 var (
@@ -264,4 +266,26 @@ func parseDecision(res []any) (Decision, error) {
 		Period:     per,
 		RetryAfter: time.Duration(n(7)) * time.Millisecond,
 	}, nil
+}
+
+// Sync writes the state of a key after a management change; it implements
+// the management API's KeyState.
+func (s *Store) Sync(ctx context.Context, k *keys.Key) error {
+	return s.Put(ctx, StateOf(k))
+}
+
+// StateOf is the Redis state of a key row.
+func StateOf(k *keys.Key) State {
+	return State{
+		KeyID:              k.ID,
+		Version:            k.UpdatedAt.UnixMicro(),
+		Hash:               k.Hash,
+		PrevHash:           k.PrevHash,
+		PrevExpiresAt:      k.PrevExpiresAt,
+		Active:             k.Active,
+		Deleted:            k.DeletedAt != nil,
+		ExpiresAt:          k.ExpiresAt,
+		RateLimitPerMinute: k.RateLimitPerMinute,
+		MonthlyCredits:     k.MonthlyCredits,
+	}
 }

@@ -1,0 +1,57 @@
+// Command gateway is the Mana API gateway: the metered public edge and the
+// key management API in one binary. `gateway migrate` only applies the
+// database migrations.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/mana/apigw/gateway/internal/config"
+	"github.com/mana/apigw/gateway/internal/server"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	cfg, err := config.FromEnv(os.Getenv)
+	if err != nil {
+		return fmt.Errorf("configuration:\n%w", err)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("service", "gateway")
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if len(os.Args) > 1 && os.Args[1] == "migrate" {
+		mctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		db, err := server.OpenDB(mctx, cfg.DatabaseURL, logger)
+		if err != nil {
+			return err
+		}
+		logger.Info("migrations applied")
+		return db.Close()
+	}
+	if cfg.DevPepperWarning {
+		logger.Warn("API_KEY_PEPPER is unset: using the development pepper; set a secret in production")
+	}
+	app, err := server.NewApp(ctx, cfg, logger, server.Management(cfg, logger))
+	if err != nil {
+		return err
+	}
+	return app.Run(ctx)
+}

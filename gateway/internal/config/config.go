@@ -1,0 +1,119 @@
+// Package config reads the gateway's settings from the environment (the
+// seed's names and defaults) and validates them, reporting every problem.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Config is every setting of the gateway binary.
+type Config struct {
+	Port             int
+	DatabaseURL      string
+	RedisAddr        string
+	RedisPassword    string
+	NATSURL          string
+	SearchURL        *url.URL
+	STTURL           *url.URL
+	TTSURL           *url.URL
+	AuthURL          *url.URL
+	JWTIssuer        string
+	JWTAudience      string
+	APIKeyPepper     string
+	PricingFile      string
+	SpoolDir         string
+	SpoolMaxBytes    int64
+	PublishTimeout   time.Duration
+	StreamMaxAge     time.Duration
+	GatewayID        string
+	LogLevel         string
+	ShutdownTimeout  time.Duration
+	DevPepperWarning bool
+}
+
+// DevPepper is the pepper used when API_KEY_PEPPER is unset (development only).
+const DevPepper = "mana-dev-pepper-change-me"
+
+// FromEnv reads the environment; getenv is os.Getenv outside tests.
+func FromEnv(getenv func(string) string) (Config, error) {
+	var errs []error
+	get := func(k, def string) string {
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	parseURL := func(k, def string) *url.URL {
+		u, err := url.Parse(get(k, def))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("%s must be an http(s) URL", k))
+			return nil
+		}
+		return u
+	}
+	parseInt := func(k, def string) int64 {
+		n, err := strconv.ParseInt(get(k, def), 10, 64)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s must be an integer", k))
+		}
+		return n
+	}
+	parseDur := func(k, def string) time.Duration {
+		d, err := time.ParseDuration(get(k, def))
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be a positive duration like 2s", k))
+		}
+		return d
+	}
+	host, _ := os.Hostname()
+	c := Config{
+		Port:            int(parseInt("PORT", "3030")),
+		DatabaseURL:     get("DATABASE_URL", "postgres://postgres:postgres@localhost:5432/manacore?sslmode=disable"),
+		RedisAddr:       net.JoinHostPort(get("REDIS_HOST", "localhost"), get("REDIS_PORT", "6379")),
+		RedisPassword:   getenv("REDIS_PASSWORD"),
+		NATSURL:         get("NATS_URL", "nats://127.0.0.1:4222"),
+		SearchURL:       parseURL("SEARCH_SERVICE_URL", "http://localhost:3021"),
+		STTURL:          parseURL("STT_SERVICE_URL", "http://localhost:3020"),
+		TTSURL:          parseURL("TTS_SERVICE_URL", "http://localhost:3022"),
+		AuthURL:         parseURL("MANA_CORE_AUTH_URL", "http://localhost:3001"),
+		JWTIssuer:       get("JWT_ISSUER", "mana-core-auth"),
+		JWTAudience:     get("JWT_AUDIENCE", "mana-api-gateway"),
+		APIKeyPepper:    get("API_KEY_PEPPER", DevPepper),
+		PricingFile:     getenv("PRICING_FILE"),
+		SpoolDir:        get("SPOOL_DIR", ".data/spool"),
+		SpoolMaxBytes:   parseInt("SPOOL_MAX_BYTES", strconv.Itoa(256<<20)),
+		PublishTimeout:  parseDur("PUBLISH_TIMEOUT", "5s"),
+		StreamMaxAge:    parseDur("USAGE_STREAM_MAX_AGE", "9600h"),
+		GatewayID:       get("GATEWAY_ID", host),
+		LogLevel:        get("LOG_LEVEL", "info"),
+		ShutdownTimeout: parseDur("SHUTDOWN_TIMEOUT", "20s"),
+	}
+	c.DevPepperWarning = c.APIKeyPepper == DevPepper
+	if c.Port <= 0 || c.Port > 65535 {
+		errs = append(errs, errors.New("PORT must be a TCP port"))
+	}
+	if len(c.APIKeyPepper) < 16 {
+		errs = append(errs, errors.New("API_KEY_PEPPER must be at least 16 bytes"))
+	}
+	if c.SpoolMaxBytes < 1<<20 {
+		errs = append(errs, errors.New("SPOOL_MAX_BYTES must be at least 1 MiB"))
+	}
+	if c.StreamMaxAge < 24*time.Hour {
+		errs = append(errs, errors.New("USAGE_STREAM_MAX_AGE must be at least 24h"))
+	}
+	if _, err := url.Parse(c.DatabaseURL); err != nil {
+		errs = append(errs, errors.New("DATABASE_URL is not a URL"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, errors.New("LOG_LEVEL must be debug, info, warn or error"))
+	}
+	return c, errors.Join(errs...)
+}

@@ -1,0 +1,146 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"math"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/mana/apigw/gateway/internal/problem"
+	"github.com/mana/apigw/services/stt/wav"
+)
+
+// readJSONBody reads a small JSON body within limit.
+func readJSONBody(c echo.Context, limit int64) ([]byte, error) {
+	req := c.Request()
+	if ct := req.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return nil, problem.New(http.StatusUnsupportedMediaType, "the body must be application/json")
+		}
+	}
+	if req.ContentLength > limit {
+		return nil, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), req.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
+		}
+		return nil, problem.New(http.StatusBadRequest, "could not read the request body")
+	}
+	if len(body) == 0 {
+		return nil, problem.New(http.StatusBadRequest, "malformed JSON body: empty body")
+	}
+	return body, nil
+}
+
+func setBody(req *http.Request, body []byte) {
+	req.Body = io.NopCloser(bytes.NewReader(body))
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Content-Length", itoa(len(body)))
+	req.Header.Del("Transfer-Encoding")
+	req.TransferEncoding = nil
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	if n == 0 {
+		return "0"
+	}
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}
+
+// uploadSlack is how many bytes an upload may carry beyond the audio its WAV
+// header declares (multipart framing, other fields).
+const uploadSlack = 64 << 10
+
+var errUploadOverDeclared = errors.New("the upload is larger than its WAV header declares")
+
+// meteredBody streams an upload to the backend, refusing bytes beyond the
+// request limit (413) or beyond what the WAV header declared (400): the
+// credits held for the declared duration then cover all the audio sent.
+type meteredBody struct {
+	r      io.Reader
+	closer io.Closer
+	n, max int64
+}
+
+func (m *meteredBody) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	m.n += int64(n)
+	if m.n > m.max {
+		return n, errUploadOverDeclared
+	}
+	return n, err
+}
+
+func (m *meteredBody) Close() error { return m.closer.Close() }
+
+// peekSize is how much of an upload is looked at to find the WAV header.
+const peekSize = 64 << 10
+
+// openAudioUpload checks an STT upload without buffering it: multipart with
+// a `file` part whose WAV header is within the first 64 KiB. It returns the
+// body to forward and the declared duration in whole seconds (rounded up).
+func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error) {
+	mt, params, err := mime.ParseMediaType(req.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/form-data" {
+		return nil, 0, problem.New(http.StatusUnsupportedMediaType, "the body must be multipart/form-data with the audio in field \"file\"")
+	}
+	boundary := params["boundary"]
+	if boundary == "" {
+		return nil, 0, problem.New(http.StatusBadRequest, "multipart boundary missing")
+	}
+	if req.ContentLength > limit {
+		return nil, 0, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
+	}
+	limited := http.MaxBytesReader(nil, req.Body, limit)
+	br := bufio.NewReaderSize(limited, peekSize)
+	peek, err := br.Peek(peekSize)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, bufio.ErrBufferFull) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, 0, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
+		}
+		return nil, 0, problem.New(http.StatusBadRequest, "could not read the upload")
+	}
+	mr := multipart.NewReader(bytes.NewReader(peek), boundary)
+	var part *multipart.Part
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			return nil, 0, problem.New(http.StatusBadRequest, "multipart field \"file\" is required (and must come within the first 64 KiB)")
+		}
+		if p.FormName() == "file" {
+			part = p
+			break
+		}
+	}
+	hdr, err := wav.ParseHeader(part)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			if n, _ := io.Copy(io.Discard, part); n == 0 {
+				return nil, 0, problem.New(http.StatusBadRequest, "the file is empty")
+			}
+		}
+		return nil, 0, problem.New(http.StatusUnsupportedMediaType, "the file must be a WAV (RIFF/WAVE) audio file")
+	}
+	seconds := int64(math.Ceil(hdr.Duration().Seconds()))
+	return &meteredBody{r: br, closer: req.Body, max: int64(hdr.DataSize) + uploadSlack}, seconds, nil
+}

@@ -1,0 +1,369 @@
+// Package proxy is the public edge: the route table, and the one handler that
+// authenticates the key, prices the call, holds its credits and rate slot in
+// one Redis round trip, forwards it to the backend, settles the charge from
+// the backend's answer and makes the usage event durable before the response
+// is released.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/oklog/ulid/v2"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mana/apigw/gateway/internal/keys"
+	"github.com/mana/apigw/gateway/internal/pricing"
+	"github.com/mana/apigw/gateway/internal/problem"
+	"github.com/mana/apigw/gateway/internal/quota"
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+)
+
+// Quota is the Redis side of a decision. Safe for concurrent use.
+type Quota interface {
+	Acquire(ctx context.Context, r quota.Request) (quota.Decision, error)
+	Adjust(ctx context.Context, keyID, period string, delta int64) error
+}
+
+// Publisher makes usage events durable. Publish must be safe for concurrent
+// use and return only once the event is acknowledged or spooled.
+type Publisher interface {
+	Publish(ctx context.Context, ev *usagev1.UsageEvent) error
+	CanAccept() bool
+}
+
+// Resolver maps a secret to its key (see keys.Resolver).
+type Resolver interface {
+	Resolve(ctx context.Context, secret string) (*keys.Key, []byte, error)
+}
+
+// Config configures the edge.
+type Config struct {
+	Backends  map[string]*url.URL // search, stt, tts
+	GatewayID string
+	// PublishTimeout bounds the wait for an event to become durable.
+	PublishTimeout time.Duration
+	// Transport is shared by all routes of a backend; nil builds a pooled default.
+	Transport http.RoundTripper
+}
+
+// Validate reports every problem.
+func (c Config) Validate() error {
+	var errs []error
+	for _, b := range []string{BackendSearch, BackendSTT, BackendTTS} {
+		if u := c.Backends[b]; u == nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			errs = append(errs, fmt.Errorf("proxy: backend %s needs an http(s) URL", b))
+		}
+	}
+	if c.PublishTimeout <= 0 {
+		errs = append(errs, errors.New("proxy: PublishTimeout must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Edge serves the public API.
+type Edge struct {
+	cfg      Config
+	pricing  *pricing.Pricing
+	resolver Resolver
+	quota    Quota
+	pub      Publisher
+	lastUsed *LastUsed
+	logger   *slog.Logger
+	proxies  map[string]*httputil.ReverseProxy // by op
+
+	// fallback limits zero-cost calls per key while Redis is unreachable.
+	fallbackMu sync.Mutex
+	fallback   map[string]*rate.Limiter
+}
+
+// New builds the edge; the pricing must price every route of the table.
+func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publisher, lastUsed *LastUsed, logger *slog.Logger) (*Edge, error) {
+	if err := errors.Join(cfg.Validate(), p.RequireOperations(Ops())); err != nil {
+		return nil, err
+	}
+	e := &Edge{cfg: cfg, pricing: p, resolver: resolver, quota: q, pub: pub, lastUsed: lastUsed, logger: logger,
+		proxies: map[string]*httputil.ReverseProxy{}, fallback: map[string]*rate.Limiter{}}
+	transports := map[string]http.RoundTripper{}
+	for _, rt := range Routes() {
+		if rt.Backend == backendLocal {
+			continue
+		}
+		tr := cfg.Transport
+		if tr == nil {
+			if transports[rt.Backend] == nil {
+				transports[rt.Backend] = NewTransport()
+			}
+			tr = transports[rt.Backend]
+		}
+		e.proxies[rt.Op] = e.newReverseProxy(rt, cfg.Backends[rt.Backend], tr)
+	}
+	return e, nil
+}
+
+// Register mounts every route of the table on e.
+func (e *Edge) Register(ec *echo.Echo) {
+	for _, rt := range Routes() {
+		ec.Add(rt.Method, rt.Path, e.handler(rt))
+	}
+}
+
+// call is the state of one request, carried in its context from the handler
+// to the reverse proxy's hooks.
+type call struct {
+	ec        echo.Context
+	route     Route
+	op        pricing.Operation
+	key       *keys.Key
+	eventID   string
+	requestID string
+	start     time.Time
+	units     int64 // estimated units held for
+	held      int64 // credits held
+	decision  quota.Decision
+	body      *meteredBody // STT uploads
+	settled   bool         // the hold was settled (charged or released)
+	charged   int64        // what the settlement charged
+}
+
+type callKey struct{}
+
+func callFrom(ctx context.Context) *call { c, _ := ctx.Value(callKey{}).(*call); return c }
+
+func (e *Edge) handler(rt Route) echo.HandlerFunc {
+	op := e.pricing.Operations[rt.Op]
+	return func(c echo.Context) error {
+		req := c.Request()
+		if req.Header.Get("Upgrade") != "" {
+			return problem.New(http.StatusBadRequest, "protocol upgrades are not supported")
+		}
+		cl := &call{ec: c, route: rt, op: op, start: time.Now(), requestID: c.Response().Header().Get(echo.HeaderXRequestID)}
+		secret := req.Header.Get("X-API-Key")
+		if secret == "" {
+			return unauthorized("missing X-API-Key header")
+		}
+		k, hash, err := e.resolver.Resolve(req.Context(), secret)
+		switch {
+		case errors.Is(err, keys.ErrMalformed):
+			return unauthorized("malformed API key")
+		case errors.Is(err, keys.ErrNotFound):
+			return unauthorized("unknown API key")
+		case err != nil:
+			return fmt.Errorf("resolve key: %w", err)
+		}
+		cl.key = k
+		tier, ok := e.pricing.Tiers[k.Tier]
+		if !ok {
+			return fmt.Errorf("key %s has tier %q that the pricing file lacks", k.ID, k.Tier)
+		}
+		cl.units = 1
+		switch rt.Body {
+		case BodyJSON:
+			body, err := readJSONBody(c, rt.BodyLimit)
+			if err != nil {
+				return err
+			}
+			if rt.Units != nil {
+				if cl.units, err = rt.Units(body); err != nil {
+					return err
+				}
+			}
+			setBody(req, body)
+		case BodyMultipart:
+			mb, seconds, err := openAudioUpload(req, rt.BodyLimit)
+			if err != nil {
+				return err
+			}
+			cl.body, cl.units = mb, seconds
+			req.Body = mb
+		}
+		cl.held = op.Cost(cl.units)
+		if cl.held > 0 && !e.pub.CanAccept() {
+			c.Response().Header().Set("Retry-After", "5")
+			return problem.New(http.StatusServiceUnavailable, "usage cannot be recorded right now; try again shortly")
+		}
+		cl.eventID = ulid.Make().String()
+		d, err := e.quota.Acquire(req.Context(), quota.Request{KeyID: k.ID, Hash: hash, Cost: cl.held, Allowed: tier.Allows(rt.Op), Member: cl.eventID})
+		if err != nil {
+			return e.withoutRedis(c, cl, tier, err)
+		}
+		cl.decision = d
+		if err := e.refusal(c, d); err != nil {
+			return err
+		}
+		e.lastUsed.Touch(k.ID, d.Now)
+		if rt.Backend == backendLocal {
+			return e.describeKey(c, k, tier, d)
+		}
+		ctx, cancel := context.WithTimeout(context.WithValue(req.Context(), callKey{}, cl), rt.Timeout)
+		defer cancel()
+		e.proxies[rt.Op].ServeHTTP(c.Response(), req.WithContext(ctx))
+		return nil
+	}
+}
+
+func unauthorized(detail string) error {
+	return &echo.HTTPError{Code: http.StatusUnauthorized, Message: detail}
+}
+
+// refusal sets the contract's headers and maps a refused decision to its problem.
+func (e *Edge) refusal(c echo.Context, d quota.Decision) error {
+	switch d.Outcome {
+	case quota.Unknown, quota.Deleted:
+		return unauthorized("API key revoked or unknown")
+	case quota.Expired:
+		return unauthorized("API key expired")
+	}
+	setQuotaHeaders(c.Response().Header(), d, d.Credits)
+	switch d.Outcome {
+	case quota.OK:
+		return nil
+	case quota.Inactive:
+		return problem.New(http.StatusForbidden, "API key is deactivated")
+	case quota.Forbidden:
+		return problem.New(http.StatusForbidden, "this endpoint is not included in the key's tier")
+	case quota.RateLimited:
+		c.Response().Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(d.RetryAfter), 10))
+		return problem.New(http.StatusTooManyRequests, fmt.Sprintf("rate limit of %d requests per minute exceeded", d.Limit))
+	case quota.Insufficient:
+		c.Response().Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(periodEnd(d.Now).Sub(d.Now)), 10))
+		return problem.New(http.StatusPaymentRequired, fmt.Sprintf("not enough credits for this call (%d remaining)", d.Credits))
+	}
+	return fmt.Errorf("unexpected quota outcome %d", d.Outcome)
+}
+
+// withoutRedis applies the policy for an unreachable Redis: a call that
+// costs credits is refused (it could not be billed safely); a free call is
+// served under a per-instance limiter at the tier's rate.
+func (e *Edge) withoutRedis(c echo.Context, cl *call, tier pricing.Tier, cause error) error {
+	e.logger.WarnContext(c.Request().Context(), "quota store unavailable", "key_id", cl.key.ID, "err", cause)
+	if cl.held > 0 {
+		c.Response().Header().Set("Retry-After", "5")
+		return problem.New(http.StatusServiceUnavailable, "credit accounting is unavailable; try again shortly")
+	}
+	e.fallbackMu.Lock()
+	lim, ok := e.fallback[cl.key.ID]
+	if !ok {
+		lim = rate.NewLimiter(rate.Limit(float64(tier.RateLimitPerMinute)/60), tier.RateLimitPerMinute)
+		e.fallback[cl.key.ID] = lim
+	}
+	e.fallbackMu.Unlock()
+	if !tier.Allows(cl.route.Op) {
+		return problem.New(http.StatusForbidden, "this endpoint is not included in the key's tier")
+	}
+	h := c.Response().Header()
+	h.Set("X-RateLimit-Limit", strconv.Itoa(tier.RateLimitPerMinute))
+	if !lim.Allow() {
+		h.Set("X-RateLimit-Remaining", "0")
+		h.Set("Retry-After", "1")
+		return problem.New(http.StatusTooManyRequests, fmt.Sprintf("rate limit of %d requests per minute exceeded", tier.RateLimitPerMinute))
+	}
+	h.Set("X-RateLimit-Remaining", strconv.Itoa(int(lim.Tokens())))
+	h.Set("X-RateLimit-Reset", strconv.FormatInt(time.Now().Add(time.Minute).Unix(), 10))
+	now := time.Now().UTC()
+	cl.decision = quota.Decision{Outcome: quota.OK, Limit: tier.RateLimitPerMinute, Now: now, Period: now.Format("2006-01"), Credits: -1}
+	if cl.route.Backend == backendLocal {
+		return e.describeKey(c, cl.key, tier, cl.decision)
+	}
+	ctx, cancel := context.WithTimeout(context.WithValue(c.Request().Context(), callKey{}, cl), cl.route.Timeout)
+	defer cancel()
+	e.proxies[cl.route.Op].ServeHTTP(c.Response(), c.Request().WithContext(ctx))
+	return nil
+}
+
+func setQuotaHeaders(h http.Header, d quota.Decision, credits int64) {
+	reset := d.Reset
+	if reset.Before(d.Now) {
+		reset = d.Now
+	}
+	h.Set("X-RateLimit-Limit", strconv.Itoa(d.Limit))
+	h.Set("X-RateLimit-Remaining", strconv.Itoa(d.Remaining))
+	h.Set("X-RateLimit-Reset", strconv.FormatInt(int64(math.Ceil(float64(reset.UnixMilli())/1000)), 10))
+	h.Set("RateLimit-Policy", fmt.Sprintf(`"default";q=%d;w=%d`, d.Limit, int(quota.Window.Seconds())))
+	h.Set("RateLimit", fmt.Sprintf(`"default";r=%d;t=%d`, d.Remaining, ceilSeconds(reset.Sub(d.Now))))
+	if credits >= 0 {
+		h.Set("X-Credits-Remaining", strconv.FormatInt(credits, 10))
+	}
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64(math.Ceil(d.Seconds()))
+}
+
+// periodEnd is the start of the next credit month (UTC).
+func periodEnd(now time.Time) time.Time {
+	y, m, _ := now.UTC().Date()
+	return time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC)
+}
+
+// describeKey answers GET /v1/key.
+func (e *Edge) describeKey(c echo.Context, k *keys.Key, tier pricing.Tier, d quota.Decision) error {
+	allowed := []string{}
+	for _, rt := range Routes() {
+		if tier.Allows(rt.Op) {
+			allowed = append(allowed, rt.Method+" "+rt.Path)
+		}
+	}
+	var credits *int64
+	if d.Credits >= 0 {
+		credits = &d.Credits
+	}
+	return c.JSON(http.StatusOK, map[string]any{
+		"id":                 k.ID,
+		"keyPrefix":          k.Prefix,
+		"tier":               k.Tier,
+		"rateLimitPerMinute": tier.RateLimitPerMinute,
+		"monthlyCredits":     tier.MonthlyCredits,
+		"creditsRemaining":   credits,
+		"allowedEndpoints":   allowed,
+		"periodStart":        time.Date(d.Now.Year(), d.Now.Month(), 1, 0, 0, 0, 0, time.UTC),
+		"periodEnd":          periodEnd(d.Now),
+		"expiresAt":          k.ExpiresAt,
+	})
+}
+
+// event builds the usage event of a finished call.
+func (e *Edge) event(cl *call, status int, units, credits int64) *usagev1.UsageEvent {
+	now := time.Now().UTC()
+	period := cl.decision.Period
+	if period == "" || now.Format("2006-01") != period {
+		// The charge belongs to the month its hold was taken in; the event
+		// time is clamped into that month so period and time agree.
+		if t, err := time.Parse("2006-01", period); err == nil && now.After(periodEnd(t)) {
+			now = periodEnd(t).Add(-time.Microsecond)
+		} else {
+			period = now.Format("2006-01")
+		}
+	}
+	return &usagev1.UsageEvent{
+		EventId:        cl.eventID,
+		RequestId:      cl.requestID,
+		KeyId:          cl.key.ID,
+		OwnerId:        cl.key.OwnerID,
+		Tier:           cl.key.Tier,
+		Endpoint:       cl.route.Path,
+		Status:         int32(status),
+		Credits:        credits,
+		Units:          units,
+		Unit:           cl.op.Unit,
+		OccurredAt:     timestamppb.New(now),
+		LatencyUs:      time.Since(cl.start).Microseconds(),
+		Period:         period,
+		MonthlyCredits: e.pricing.Tiers[cl.key.Tier].MonthlyCredits,
+		GatewayId:      e.cfg.GatewayID,
+	}
+}

@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mana/apigw/gateway/internal/problem"
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+)
+
+// NewTransport is the pooled client side towards one backend.
+func NewTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   512,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 0, // bounded per route by the request's context
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+	}
+}
+
+// bufferPool lends 32 KiB copy buffers to every reverse proxy.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
+
+var buffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+
+// Headers a backend must never see: the client's credentials.
+var credentialHeaders = []string{"X-Api-Key", "Authorization", "Proxy-Authorization", "Cookie"}
+
+func (e *Edge) newReverseProxy(rt Route, target *url.URL, tr http.RoundTripper) *httputil.ReverseProxy {
+	upstream := strings.TrimSuffix(target.Path, "/") + rt.UpstreamPath
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.URL.Path, pr.Out.URL.RawPath = upstream, ""
+			pr.Out.Host = target.Host
+			pr.SetXForwarded()
+			for _, h := range credentialHeaders {
+				pr.Out.Header.Del(h)
+			}
+			if cl := callFrom(pr.In.Context()); cl != nil {
+				pr.Out.Header.Set("X-Request-Id", cl.requestID)
+			}
+		},
+		Transport:      tr,
+		BufferPool:     buffers,
+		FlushInterval:  -1, // stream audio as it comes
+		ModifyResponse: e.modifyResponse,
+		ErrorHandler:   e.errorHandler,
+	}
+}
+
+// modifyResponse runs once the backend's headers are in: it settles the
+// charge and makes the usage event durable before any of the body is
+// released to the client.
+func (e *Edge) modifyResponse(resp *http.Response) error {
+	cl := callFrom(resp.Request.Context())
+	if cl == nil {
+		return errors.New("proxy: response without call state")
+	}
+	for _, h := range []string{"X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset", "X-Credits-Remaining", "Ratelimit", "Ratelimit-Policy", "Set-Cookie"} {
+		resp.Header.Del(h)
+	}
+	served := resp.StatusCode >= 200 && resp.StatusCode < 300
+	units := int64(0)
+	if served {
+		units = cl.units
+		if cl.route.Settle != nil {
+			actual, err := cl.route.Settle(resp)
+			if err != nil {
+				return errBadBackendAnswer{err}
+			}
+			// Never charge above the hold: the hold is what the balance
+			// covered, so the key cannot be overdrawn.
+			units = min(actual, cl.units)
+		}
+	}
+	credits := int64(0)
+	if served {
+		credits = cl.op.Cost(units)
+	}
+	if err := e.settle(resp.Request.Context(), cl, credits); err != nil {
+		return err
+	}
+	ev := e.event(cl, resp.StatusCode, units, credits)
+	if err := e.publish(resp.Request.Context(), ev); err != nil {
+		// The call cannot be billed: give the credits back and refuse it.
+		_ = e.settle(resp.Request.Context(), cl, 0)
+		return errUnbillable{err}
+	}
+	if cl.decision.Credits >= 0 {
+		resp.Header.Set("X-Credits-Remaining", strconv.FormatInt(cl.decision.Credits, 10))
+	}
+	return nil
+}
+
+// settle moves the key's balance from the hold to the final charge. It may
+// run twice (charge, then release when the event cannot be made durable).
+func (e *Edge) settle(ctx context.Context, cl *call, credits int64) error {
+	prev := cl.held
+	if cl.settled {
+		prev = cl.charged // a second settle moves from the first one's charge
+	}
+	delta := prev - credits
+	cl.settled, cl.charged = true, credits
+	if delta == 0 || cl.decision.Credits < 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := e.quota.Adjust(ctx, cl.key.ID, cl.decision.Period, delta); err != nil {
+		e.logger.ErrorContext(ctx, "credit settlement failed; the balance heals on the next rebuild", "key_id", cl.key.ID, "event_id", cl.eventID, "err", err)
+		return nil
+	}
+	cl.decision.Credits += delta
+	return nil
+}
+
+// publish waits for the event to become durable, even if the client has
+// gone: a call the backend served is billed whatever the client does.
+func (e *Edge) publish(ctx context.Context, ev *usagev1.UsageEvent) error {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.PublishTimeout)
+	defer cancel()
+	return e.pub.Publish(pctx, ev)
+}
+
+type errBadBackendAnswer struct{ err error }
+
+func (e errBadBackendAnswer) Error() string { return "backend answer unusable: " + e.err.Error() }
+
+type errUnbillable struct{ err error }
+
+func (e errUnbillable) Error() string { return "usage event not durable: " + e.err.Error() }
+
+// errorHandler answers when the backend could not be reached, timed out, or
+// the call could not be billed. Nothing is charged.
+func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	cl := callFrom(r.Context())
+	if cl == nil {
+		http.Error(w, "bad gateway", http.StatusBadGateway)
+		return
+	}
+	_ = e.settle(r.Context(), cl, 0)
+	status, detail := http.StatusBadGateway, "the backend could not be reached"
+	var mbe *http.MaxBytesError
+	var unbillable errUnbillable
+	var badAnswer errBadBackendAnswer
+	switch {
+	case errors.As(err, &mbe):
+		status, detail = http.StatusRequestEntityTooLarge, "request body too large"
+	case errors.Is(err, errUploadOverDeclared):
+		status, detail = http.StatusBadRequest, errUploadOverDeclared.Error()
+	case errors.As(err, &unbillable):
+		status, detail = http.StatusServiceUnavailable, "usage cannot be recorded right now; nothing was charged"
+		w.Header().Set("Retry-After", "5")
+	case errors.As(err, &badAnswer):
+		status, detail = http.StatusBadGateway, "the backend's answer could not be metered"
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+		status, detail = http.StatusGatewayTimeout, "the backend did not answer in time"
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client went away; nothing to answer.
+		status = 499
+	}
+	if status == http.StatusBadGateway || status == http.StatusGatewayTimeout {
+		ev := e.event(cl, status, 0, 0)
+		if perr := e.publish(r.Context(), ev); perr != nil {
+			e.logger.WarnContext(r.Context(), "usage event of a failed call not recorded", "event_id", cl.eventID, "err", perr)
+		}
+		e.logger.WarnContext(r.Context(), "backend call failed", "route", cl.route.Path, "key_id", cl.key.ID, "request_id", cl.requestID, "status", status, "err", err)
+	}
+	if status == 499 {
+		return
+	}
+	if cl.decision.Credits >= 0 {
+		w.Header().Set("X-Credits-Remaining", strconv.FormatInt(cl.decision.Credits, 10))
+	}
+	_ = problem.Write(cl.ec, problem.New(status, detail))
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

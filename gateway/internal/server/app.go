@@ -1,0 +1,205 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/labstack/echo/v4"
+	_ "github.com/lib/pq" // Postgres driver
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mana/apigw/gateway/internal/config"
+	"github.com/mana/apigw/gateway/internal/keys"
+	"github.com/mana/apigw/gateway/internal/pricing"
+	"github.com/mana/apigw/gateway/internal/proxy"
+	"github.com/mana/apigw/gateway/internal/quota"
+	"github.com/mana/apigw/gateway/internal/usage"
+	"github.com/mana/apigw/migrations"
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+)
+
+// App is a wired gateway. Build it with NewApp, serve with Run.
+type App struct {
+	cfg    config.Config
+	logger *slog.Logger
+	db     *sqlx.DB
+	rdb    *redis.Client
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	spool  *usage.Spool
+	pub    *usage.Publisher
+	last   *proxy.LastUsed
+	Echo   *echo.Echo
+}
+
+// OpenDB opens Postgres and applies the migrations, retrying while the
+// server is starting (up to ctx's deadline).
+func OpenDB(ctx context.Context, dsn string, logger *slog.Logger) (*sqlx.DB, error) {
+	db, err := sqlx.Open("postgres", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(16)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	for {
+		err = migrations.Apply(ctx, db.DB, logger)
+		if err == nil {
+			return db, nil
+		}
+		logger.WarnContext(ctx, "postgres not ready", "err", err)
+		select {
+		case <-ctx.Done():
+			_ = db.Close()
+			return nil, fmt.Errorf("postgres: %w", errors.Join(err, ctx.Err()))
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// NewApp connects to Postgres, Redis and NATS and wires the gateway.
+// mgmt, if not nil, registers the management API.
+func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt func(e *echo.Echo, deps MgmtDeps) error) (*App, error) {
+	p, err := pricing.Load(cfg.PricingFile)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	db, err := OpenDB(sctx, cfg.DatabaseURL, logger)
+	if err != nil {
+		return nil, err
+	}
+	a := &App{cfg: cfg, logger: logger, db: db}
+	a.rdb = redis.NewClient(&redis.Options{
+		Addr: cfg.RedisAddr, Password: cfg.RedisPassword,
+		DialTimeout: 2 * time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
+		PoolSize: 256, MinIdleConns: 8,
+	})
+	store := keys.NewStore(db)
+	q := quota.NewStore(a.rdb, quota.NewPGLoader(db, nil))
+	if err := q.Preload(sctx); err != nil {
+		logger.WarnContext(ctx, "redis scripts not preloaded; they load on first use", "err", err)
+	}
+	a.nc, err = nats.Connect(cfg.NATSURL, nats.Name("mana-gateway "+cfg.GatewayID),
+		nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectBufSize(-1), nats.Timeout(2*time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { logger.Warn("nats disconnected", "err", err) }),
+		nats.ReconnectHandler(func(*nats.Conn) { logger.Info("nats reconnected") }))
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	a.js, err = jetstream.New(a.nc, jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if _, err := usagev1.EnsureStream(sctx, a.js, cfg.StreamMaxAge); err != nil {
+		logger.WarnContext(ctx, "usage stream not ensured yet (NATS down?); events spool until it is", "err", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.spool, err = usage.OpenSpool(cfg.SpoolDir, cfg.SpoolMaxBytes, logger)
+	if err != nil {
+		return nil, err
+	}
+	a.pub, err = usage.NewPublisher(usage.PublisherConfig{AckTimeout: 2 * time.Second, DrainInterval: time.Second}, a.nc, a.js, a.spool, logger, reg)
+	if err != nil {
+		return nil, err
+	}
+	hasher := keys.NewHasher([]byte(cfg.APIKeyPepper))
+	resolver := keys.NewResolver(keys.ResolverConfig{Size: 100_000, TTL: 10 * time.Minute, UnknownTTL: 10 * time.Second}, store, hasher)
+	a.last = proxy.NewLastUsed(store, 5*time.Second, logger)
+	edge, err := proxy.New(proxy.Config{
+		Backends:       map[string]*url.URL{proxy.BackendSearch: cfg.SearchURL, proxy.BackendSTT: cfg.STTURL, proxy.BackendTTS: cfg.TTSURL},
+		GatewayID:      cfg.GatewayID,
+		PublishTimeout: cfg.PublishTimeout,
+	}, p, resolver, q, a.pub, a.last, logger)
+	if err != nil {
+		return nil, err
+	}
+	checks := []Check{
+		{"postgres", func(ctx context.Context) error { return db.PingContext(ctx) }},
+		{"redis", func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }},
+		{"nats", func(ctx context.Context) error {
+			if !a.nc.IsConnected() {
+				return errors.New("not connected")
+			}
+			_, err := a.js.AccountInfo(ctx)
+			return err
+		}},
+	}
+	a.Echo = NewEcho(logger, reg, checks, cfg.LogLevel == "debug")
+	edge.Register(a.Echo)
+	if mgmt != nil {
+		if err := mgmt(a.Echo, MgmtDeps{DB: db, Store: store, Hasher: hasher, Pricing: p, Quota: q}); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// MgmtDeps is what the management API is built from.
+type MgmtDeps struct {
+	DB      *sqlx.DB
+	Store   *keys.Store
+	Hasher  keys.Hasher
+	Pricing *pricing.Pricing
+	Quota   *quota.Store
+}
+
+// Run serves until ctx ends, then shuts down gracefully: the listener stops,
+// requests in flight finish (their events become durable), background work
+// flushes.
+func (a *App) Run(ctx context.Context) error {
+	addr := net.JoinHostPort("", strconv.Itoa(a.cfg.Port))
+	srv := NewHTTPServer(addr, a.Echo, a.logger)
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); a.pub.Run(bg) }()
+	go func() { defer wg.Done(); a.last.Run(bg) }()
+	errc := make(chan error, 1)
+	go func() {
+		a.logger.Info("gateway listening", "addr", addr)
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+		close(errc)
+	}()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		runErr = fmt.Errorf("http server: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		a.logger.Warn("http shutdown", "err", err)
+	}
+	stopBG()
+	wg.Wait()
+	if a.nc.IsConnected() && a.spool.Size() > 0 {
+		if err := a.pub.Drain(sctx); err != nil {
+			a.logger.Warn("spool drain at shutdown", "err", err)
+		}
+	}
+	_ = a.spool.Close()
+	a.nc.Close()
+	_ = a.rdb.Close()
+	_ = a.db.Close()
+	return runErr
+}

@@ -1,0 +1,164 @@
+// Package server assembles the gateway: the Echo instance with its
+// middleware, system endpoints (/health, /ready, /metrics), the public edge
+// and the management API, and the wiring of their dependencies.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/mana/apigw/gateway/internal/problem"
+)
+
+// Check is one readiness probe (Postgres, Redis, NATS).
+type Check struct {
+	Name  string
+	Probe func(ctx context.Context) error
+}
+
+var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+// requestID keeps a well-formed client X-Request-Id and generates one (a
+// ULID) otherwise, and echoes it on the response.
+func requestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		id := c.Request().Header.Get(echo.HeaderXRequestID)
+		if !requestIDRE.MatchString(id) {
+			id = ulid.Make().String()
+			c.Request().Header.Set(echo.HeaderXRequestID, id)
+		}
+		c.Response().Header().Set(echo.HeaderXRequestID, id)
+		return next(c)
+	}
+}
+
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gateway_http_requests_total", Help: "HTTP requests by route, method and status.",
+		}, []string{"route", "method", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "gateway_http_request_duration_seconds", Help: "HTTP request latency by route and status.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"route", "method", "status"}),
+	}
+	reg.MustRegister(m.requests, m.latency)
+	return m
+}
+
+func (m *httpMetrics) middleware(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		status := c.Response().Status
+		if err != nil {
+			status = problem.From(err).Status
+		}
+		route := c.Path()
+		if route == "" {
+			route = "unmatched"
+		}
+		s := strconv.Itoa(status)
+		m.requests.WithLabelValues(route, c.Request().Method, s).Inc()
+		m.latency.WithLabelValues(route, c.Request().Method, s).Observe(time.Since(start).Seconds())
+		return err
+	}
+}
+
+// accessLog logs one line per request with what identifies it — never a key,
+// a token or a body.
+func accessLog(logger *slog.Logger) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			start := time.Now()
+			err := next(c)
+			status := c.Response().Status
+			if err != nil {
+				status = problem.From(err).Status
+			}
+			logger.LogAttrs(c.Request().Context(), slog.LevelInfo, "request",
+				slog.String("request_id", c.Response().Header().Get(echo.HeaderXRequestID)),
+				slog.String("method", c.Request().Method),
+				slog.String("route", c.Path()),
+				slog.Int("status", status),
+				slog.Duration("duration", time.Since(start)),
+			)
+			return err
+		}
+	}
+}
+
+// NewEcho builds the Echo instance with the system endpoints; the caller
+// registers the edge and the management API on it.
+func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, accessLogs bool) *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = problem.ErrorHandler(logger)
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
+		DisableStackAll: true,
+		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+			logger.ErrorContext(c.Request().Context(), "panic", "err", err, "stack", string(stack))
+			return problem.New(http.StatusInternalServerError, "internal error")
+		},
+	}))
+	e.Use(requestID)
+	e.Use(newHTTPMetrics(reg).middleware)
+	if accessLogs {
+		e.Use(accessLog(logger))
+	}
+	e.GET("/health", func(c echo.Context) error {
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	})
+	e.GET("/ready", func(c echo.Context) error {
+		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+		defer cancel()
+		out := map[string]string{}
+		var failed []error
+		for _, ch := range checks {
+			if err := ch.Probe(ctx); err != nil {
+				out[ch.Name] = "down"
+				failed = append(failed, fmt.Errorf("%s: %w", ch.Name, err))
+			} else {
+				out[ch.Name] = "up"
+			}
+		}
+		if len(failed) > 0 {
+			logger.WarnContext(ctx, "not ready", "err", errors.Join(failed...))
+			return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "checks": out})
+		}
+		return c.JSON(http.StatusOK, map[string]any{"status": "ready", "checks": out})
+	})
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
+	return e
+}
+
+// NewHTTPServer wraps h with the gateway's timeouts and header limit.
+func NewHTTPServer(addr string, h http.Handler, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Minute, // large STT uploads; JSON bodies are bounded by size
+		WriteTimeout:      10 * time.Minute,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+}
