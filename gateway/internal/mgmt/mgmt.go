@@ -1,0 +1,193 @@
+// Package mgmt owns the management API: owners create, list, change,
+// regenerate and delete their API keys and read their usage; finance reads
+// every key's daily usage. Callers are identified by the auth middleware;
+// a key of another owner is indistinguishable from one that does not exist.
+package mgmt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/labstack/echo/v4"
+
+	"github.com/mana/apigw/gateway/internal/auth"
+	"github.com/mana/apigw/gateway/internal/keys"
+	"github.com/mana/apigw/gateway/internal/problem"
+)
+
+// TierLookup resolves a tier name to its limits. Safe for concurrent use.
+type TierLookup interface {
+	Tier(name string) (rateLimitPerMinute int, monthlyCredits int64, ok bool)
+}
+
+// KeyState propagates a key's committed state (active, deleted, expiry,
+// hashes, limits) to where every gateway checks it on each request, so that
+// revocation is immediate. Sync is called after every committed mutation.
+// It must be safe for concurrent use, idempotent, and must not let a state
+// with an older UpdatedAt overwrite a newer one (two mutations of one key
+// may call Sync in either order).
+type KeyState interface {
+	Sync(ctx context.Context, k *keys.Key) error
+}
+
+// Config tunes the handlers. Zero values take the defaults.
+type Config struct {
+	// BodyLimit caps a request body (default 64 KiB).
+	BodyLimit int64
+	// MaxGracePeriod caps regenerate's gracePeriodSeconds (default 24h).
+	MaxGracePeriod time.Duration
+	// MaxRangeDays caps from..to of usage queries (default 366).
+	MaxRangeDays int
+	// DefaultPageSize and MaxPageSize bound GET /api-keys (default 20, 100).
+	DefaultPageSize, MaxPageSize int
+	// SyncTimeout bounds one KeyState.Sync (default 5s).
+	SyncTimeout time.Duration
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.BodyLimit < 0 {
+		errs = append(errs, errors.New("mgmt: BodyLimit must not be negative"))
+	}
+	if c.MaxGracePeriod < 0 {
+		errs = append(errs, errors.New("mgmt: MaxGracePeriod must not be negative"))
+	}
+	if c.MaxRangeDays < 0 {
+		errs = append(errs, errors.New("mgmt: MaxRangeDays must not be negative"))
+	}
+	if c.DefaultPageSize < 0 || c.MaxPageSize < 0 || (c.MaxPageSize > 0 && c.DefaultPageSize > c.MaxPageSize) {
+		errs = append(errs, errors.New("mgmt: page sizes must be positive and DefaultPageSize <= MaxPageSize"))
+	}
+	if c.SyncTimeout < 0 {
+		errs = append(errs, errors.New("mgmt: SyncTimeout must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) defaults() {
+	if c.BodyLimit == 0 {
+		c.BodyLimit = 64 << 10
+	}
+	if c.MaxGracePeriod == 0 {
+		c.MaxGracePeriod = 24 * time.Hour
+	}
+	if c.MaxRangeDays == 0 {
+		c.MaxRangeDays = 366
+	}
+	if c.MaxPageSize == 0 {
+		c.MaxPageSize = 100
+	}
+	if c.DefaultPageSize == 0 {
+		c.DefaultPageSize = min(20, c.MaxPageSize)
+	}
+	if c.SyncTimeout == 0 {
+		c.SyncTimeout = 5 * time.Second
+	}
+}
+
+// Deps are the handlers' collaborators.
+type Deps struct {
+	Store  *keys.Store
+	DB     *sqlx.DB // read-only queries of api_usage_daily and credit_balances
+	Hasher keys.Hasher
+	Tiers  TierLookup
+	State  KeyState
+	Now    func() time.Time // nil means time.Now
+}
+
+// Handler serves the management API.
+type Handler struct {
+	cfg    Config
+	deps   Deps
+	logger *slog.Logger
+}
+
+// New validates cfg and deps and returns the handlers.
+func New(cfg Config, deps Deps, logger *slog.Logger) (*Handler, error) {
+	errs := []error{cfg.Validate()}
+	if deps.Store == nil {
+		errs = append(errs, errors.New("mgmt: Deps.Store is required"))
+	}
+	if deps.DB == nil {
+		errs = append(errs, errors.New("mgmt: Deps.DB is required"))
+	}
+	if deps.Tiers == nil {
+		errs = append(errs, errors.New("mgmt: Deps.Tiers is required"))
+	}
+	if deps.State == nil {
+		errs = append(errs, errors.New("mgmt: Deps.State is required"))
+	}
+	if len(deps.Hasher.Hash("")) == 0 {
+		errs = append(errs, errors.New("mgmt: Deps.Hasher is required"))
+	}
+	if logger == nil {
+		errs = append(errs, errors.New("mgmt: logger is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	cfg.defaults()
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	return &Handler{cfg: cfg, deps: deps, logger: logger}, nil
+}
+
+// Register mounts the routes on e, each behind authMW (which must store
+// auth.Claims, as auth.Middleware does). Errors are returned as
+// problem.Problem for the server's error handler.
+func (h *Handler) Register(e *echo.Echo, authMW echo.MiddlewareFunc) {
+	routes := []struct {
+		method, path string
+		handle       echo.HandlerFunc
+	}{
+		{http.MethodPost, "/api-keys", h.create},
+		{http.MethodGet, "/api-keys", h.list},
+		{http.MethodGet, "/api-keys/:id", h.get},
+		{http.MethodPatch, "/api-keys/:id", h.update},
+		{http.MethodDelete, "/api-keys/:id", h.delete},
+		{http.MethodPost, "/api-keys/:id/regenerate", h.regenerate},
+		{http.MethodGet, "/api-keys/:id/usage", h.usage},
+		{http.MethodGet, "/api-keys/:id/usage/summary", h.summary},
+		{http.MethodGet, "/billing/daily", h.billingDaily},
+	}
+	for _, r := range routes {
+		e.Add(r.method, r.path, r.handle, authMW)
+	}
+}
+
+// errKeyNotFound is the one answer for an unknown, deleted or foreign key.
+var errKeyNotFound = problem.New(http.StatusNotFound, "API key not found")
+
+func caller(c echo.Context) (auth.Claims, error) {
+	claims, ok := auth.ClaimsFrom(c)
+	if !ok || claims.Subject == "" {
+		return auth.Claims{}, problem.New(http.StatusUnauthorized, "authentication required")
+	}
+	return claims, nil
+}
+
+// sync propagates k after a committed change. It runs even if the client
+// has gone: the change is committed and must reach every gateway.
+func (h *Handler) sync(c echo.Context, k *keys.Key, action string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), h.cfg.SyncTimeout)
+	defer cancel()
+	if err := h.deps.State.Sync(ctx, k); err != nil {
+		h.logger.ErrorContext(ctx, "propagate api key state", "action", action, "key_id", k.ID,
+			"key_prefix", k.Prefix, "error", err)
+		return problem.New(http.StatusServiceUnavailable,
+			"the change is saved but could not be propagated to the gateways yet; retry the request")
+	}
+	h.logger.InfoContext(ctx, "api key "+action, "key_id", k.ID, "key_prefix", k.Prefix, "owner_id", k.OwnerID)
+	return nil
+}
+
+func internal(what string, err error) error {
+	return fmt.Errorf("%s: %w", what, err)
+}

@@ -1,0 +1,328 @@
+package mgmt
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/mana/apigw/gateway/internal/auth"
+	"github.com/mana/apigw/gateway/internal/keys"
+	"github.com/mana/apigw/gateway/internal/problem"
+)
+
+// dateRange reads ?from=&to= (YYYY-MM-DD, UTC days, both inclusive).
+// Defaults: to is today, from is 29 days before to.
+func (h *Handler) dateRange(c echo.Context) (from, to time.Time, err error) {
+	parse := func(name string) (time.Time, bool, error) {
+		s := c.QueryParam(name)
+		if s == "" {
+			return time.Time{}, false, nil
+		}
+		t, err := time.Parse(time.DateOnly, s)
+		if err != nil || len(s) != len(time.DateOnly) {
+			return time.Time{}, false, problem.New(http.StatusBadRequest, name+" must be a date YYYY-MM-DD")
+		}
+		return t, true, nil
+	}
+	to, toSet, err := parse("to")
+	if err != nil {
+		return from, to, err
+	}
+	from, fromSet, err := parse("from")
+	if err != nil {
+		return from, to, err
+	}
+	if !toSet {
+		now := h.deps.Now().UTC()
+		to = time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
+		if fromSet && from.After(to) {
+			to = from
+		}
+	}
+	if !fromSet {
+		from = to.AddDate(0, 0, -29)
+	}
+	if from.After(to) {
+		return from, to, problem.New(http.StatusUnprocessableEntity, "from must not be after to")
+	}
+	if days := int(to.Sub(from).Hours()/24) + 1; days > h.cfg.MaxRangeDays {
+		return from, to, problem.New(http.StatusUnprocessableEntity,
+			fmt.Sprintf("the range from..to spans %d days; at most %d are allowed", days, h.cfg.MaxRangeDays))
+	}
+	return from, to, nil
+}
+
+// readableKey returns the key with the path's id if the caller may read
+// its usage: its owner (undeleted), or finance and admin (any key).
+func (h *Handler) readableKey(c echo.Context, who auth.Claims) (*keys.Key, error) {
+	if !who.IsFinance() {
+		return h.ownKey(c, who.Subject)
+	}
+	k, err := h.deps.Store.ByID(c.Request().Context(), c.Param("id"))
+	if errors.Is(err, keys.ErrNotFound) {
+		return nil, errKeyNotFound
+	}
+	if err != nil {
+		return nil, internal("read api key", err)
+	}
+	return k, nil
+}
+
+type usageRow struct {
+	Date     string `json:"date"`
+	Endpoint string `json:"endpoint"`
+	Requests int64  `json:"requests"`
+	Credits  int64  `json:"credits"`
+	Units    int64  `json:"units"`
+	Errors   int64  `json:"errors"`
+}
+
+func (h *Handler) usage(c echo.Context) error {
+	who, err := caller(c)
+	if err != nil {
+		return err
+	}
+	k, err := h.readableKey(c, who)
+	if err != nil {
+		return err
+	}
+	from, to, err := h.dateRange(c)
+	if err != nil {
+		return err
+	}
+	rows, err := h.deps.DB.QueryContext(c.Request().Context(), `
+		SELECT day, endpoint, requests, credits, units, errors FROM api_gateway.api_usage_daily
+		WHERE key_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day, endpoint`, k.ID, from, to)
+	if err != nil {
+		return internal("read daily usage", err)
+	}
+	defer rows.Close()
+	out := struct {
+		Data []usageRow `json:"data"`
+	}{Data: []usageRow{}}
+	for rows.Next() {
+		var r usageRow
+		var day time.Time
+		if err := rows.Scan(&day, &r.Endpoint, &r.Requests, &r.Credits, &r.Units, &r.Errors); err != nil {
+			return internal("read daily usage", err)
+		}
+		r.Date = day.Format(time.DateOnly)
+		out.Data = append(out.Data, r)
+	}
+	if err := rows.Err(); err != nil {
+		return internal("read daily usage", err)
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+type endpointUsage struct {
+	Endpoint string `json:"endpoint"`
+	Requests int64  `json:"requests"`
+	Credits  int64  `json:"credits"`
+}
+
+type summary struct {
+	KeyID  string `json:"keyId"`
+	Period struct {
+		Start time.Time `json:"start"`
+		End   time.Time `json:"end"`
+	} `json:"period"`
+	MonthlyCredits   int64           `json:"monthlyCredits"`
+	CreditsUsed      int64           `json:"creditsUsed"`
+	CreditsRemaining int64           `json:"creditsRemaining"`
+	Requests         int64           `json:"requests"`
+	ByEndpoint       []endpointUsage `json:"byEndpoint"`
+}
+
+// summary answers the current UTC month: credits from the billing
+// worker's balance, requests per endpoint from the daily aggregates.
+func (h *Handler) summary(c echo.Context) error {
+	who, err := caller(c)
+	if err != nil {
+		return err
+	}
+	k, err := h.readableKey(c, who)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	var s summary
+	s.KeyID = k.ID
+	s.Period.Start = monthStart(h.deps.Now())
+	s.Period.End = s.Period.Start.AddDate(0, 1, 0)
+	used, err := h.creditsUsed(ctx, k.ID)
+	if err != nil {
+		return err
+	}
+	s.MonthlyCredits, s.CreditsUsed = k.MonthlyCredits, used[k.ID]
+	s.CreditsRemaining = max(0, k.MonthlyCredits-s.CreditsUsed)
+	s.ByEndpoint = []endpointUsage{}
+	rows, err := h.deps.DB.QueryContext(ctx, `
+		SELECT endpoint, sum(requests), sum(credits) FROM api_gateway.api_usage_daily
+		WHERE key_id = $1 AND day >= $2 AND day < $3 GROUP BY endpoint ORDER BY endpoint`,
+		k.ID, s.Period.Start, s.Period.End)
+	if err != nil {
+		return internal("read usage summary", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var e endpointUsage
+		if err := rows.Scan(&e.Endpoint, &e.Requests, &e.Credits); err != nil {
+			return internal("read usage summary", err)
+		}
+		s.Requests += e.Requests
+		s.ByEndpoint = append(s.ByEndpoint, e)
+	}
+	if err := rows.Err(); err != nil {
+		return internal("read usage summary", err)
+	}
+	return c.JSON(http.StatusOK, s)
+}
+
+type billingRow struct {
+	Date     string `json:"date"`
+	KeyID    string `json:"keyId"`
+	OwnerID  string `json:"ownerId"`
+	Endpoint string `json:"endpoint"`
+	Requests int64  `json:"requests"`
+	Credits  int64  `json:"credits"`
+	Units    int64  `json:"units"`
+	Errors   int64  `json:"errors"`
+}
+
+var csvHeader = []string{"date", "key_id", "owner_id", "endpoint", "requests", "credits", "units", "errors"}
+
+// billingDaily streams every key's daily rows (finance and admin only) as
+// JSON {"data": [...]} or, with format=csv, as CSV with a header row.
+func (h *Handler) billingDaily(c echo.Context) error {
+	who, err := caller(c)
+	if err != nil {
+		return err
+	}
+	if !who.IsFinance() {
+		return problem.New(http.StatusForbidden, "the finance or admin role is required")
+	}
+	format := c.QueryParam("format")
+	if format != "" && format != "json" && format != "csv" {
+		return problem.New(http.StatusBadRequest, "format must be json or csv")
+	}
+	from, to, err := h.dateRange(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	rows, err := h.deps.DB.QueryContext(ctx, `
+		SELECT day, key_id, owner_id, endpoint, requests, credits, units, errors
+		FROM api_gateway.api_usage_daily WHERE day BETWEEN $1 AND $2 ORDER BY day, key_id, endpoint`, from, to)
+	if err != nil {
+		return internal("read billing rows", err)
+	}
+	defer rows.Close()
+
+	w := c.Response()
+	var emit func(billingRow) error
+	var finish func() error
+	if format == "csv" {
+		w.Header().Set(echo.HeaderContentType, "text/csv; charset=utf-8")
+		w.Header().Set(echo.HeaderContentDisposition, fmt.Sprintf(`attachment; filename="billing-daily-%s-%s.csv"`,
+			from.Format(time.DateOnly), to.Format(time.DateOnly)))
+		cw := csv.NewWriter(w)
+		started := false
+		emit = func(r billingRow) error {
+			if !started {
+				started = true
+				w.WriteHeader(http.StatusOK)
+				if err := cw.Write(csvHeader); err != nil {
+					return err
+				}
+			}
+			return cw.Write([]string{r.Date, r.KeyID, csvCell(r.OwnerID), csvCell(r.Endpoint),
+				strconv.FormatInt(r.Requests, 10), strconv.FormatInt(r.Credits, 10),
+				strconv.FormatInt(r.Units, 10), strconv.FormatInt(r.Errors, 10)})
+		}
+		finish = func() error {
+			if !started {
+				w.WriteHeader(http.StatusOK)
+				if err := cw.Write(csvHeader); err != nil {
+					return err
+				}
+			}
+			cw.Flush()
+			return cw.Error()
+		}
+	} else {
+		w.Header().Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+		n := 0
+		enc := json.NewEncoder(w)
+		emit = func(r billingRow) error {
+			sep := ","
+			if n == 0 {
+				w.WriteHeader(http.StatusOK)
+				sep = `{"data":[`
+			}
+			n++
+			if _, err := w.Write([]byte(sep)); err != nil {
+				return err
+			}
+			return enc.Encode(r)
+		}
+		finish = func() error {
+			end := "]}\n"
+			if n == 0 {
+				w.WriteHeader(http.StatusOK)
+				end = `{"data":[]}` + "\n"
+			}
+			_, err := w.Write([]byte(end))
+			return err
+		}
+	}
+
+	for rows.Next() {
+		var r billingRow
+		var day time.Time
+		if err := rows.Scan(&day, &r.KeyID, &r.OwnerID, &r.Endpoint, &r.Requests, &r.Credits, &r.Units, &r.Errors); err != nil {
+			return h.abort(c, fmt.Errorf("scan billing row: %w", err))
+		}
+		r.Date = day.Format(time.DateOnly)
+		if err := emit(r); err != nil {
+			return h.abort(c, fmt.Errorf("write billing row: %w", err))
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return h.abort(c, fmt.Errorf("read billing rows: %w", err))
+	}
+	if err := finish(); err != nil {
+		return h.abort(c, fmt.Errorf("finish billing export: %w", err))
+	}
+	return nil
+}
+
+// abort ends a streamed answer that failed part way. Before the first byte
+// it is an ordinary error; after, the connection is closed without the
+// final chunk, so the client sees a broken transfer, never a short file
+// that looks complete.
+func (h *Handler) abort(c echo.Context, err error) error {
+	if !c.Response().Committed {
+		return err
+	}
+	h.logger.ErrorContext(context.WithoutCancel(c.Request().Context()), "billing export aborted", "error", err)
+	if conn, _, herr := http.NewResponseController(c.Response()).Hijack(); herr == nil {
+		_ = conn.Close()
+	}
+	return nil
+}
+
+// csvCell keeps a spreadsheet from reading a cell as a formula.
+func csvCell(s string) string {
+	if s != "" && (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@' || s[0] == '\t' || s[0] == '\r') {
+		return "'" + s
+	}
+	return s
+}
