@@ -1,0 +1,259 @@
+package tts
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/mana/apigw/services/stt/wav"
+)
+
+type synthesizeRequest struct {
+	Text  string `json:"text"`
+	Voice string `json:"voice"`
+}
+
+func (s *service) handleSynthesize(w http.ResponseWriter, r *http.Request) {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			writeProblem(w, http.StatusUnsupportedMediaType, "Unsupported Media Type", "send the request body as application/json")
+			return
+		}
+	}
+	var req synthesizeRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeProblem(w, http.StatusRequestEntityTooLarge, "Request Too Large", fmt.Sprintf("the body exceeds %d bytes", maxRequestBody))
+			return
+		}
+		writeProblem(w, http.StatusBadRequest, "Malformed Request", "the body is not a JSON object with text and voice: "+err.Error())
+		return
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		writeProblem(w, http.StatusBadRequest, "Malformed Request", "the body holds more than one JSON value")
+		return
+	}
+	if strings.TrimSpace(req.Text) == "" {
+		writeProblem(w, http.StatusBadRequest, "Invalid Request", "text is required")
+		return
+	}
+	if !utf8.ValidString(req.Text) {
+		writeProblem(w, http.StatusBadRequest, "Invalid Request", "text is not valid UTF-8")
+		return
+	}
+	if n := utf8.RuneCountInString(req.Text); n > s.cfg.MaxChars {
+		writeProblem(w, http.StatusUnprocessableEntity, "Text Too Long", fmt.Sprintf("text has %d characters; the limit is %d", n, s.cfg.MaxChars))
+		return
+	}
+	if req.Voice == "" {
+		req.Voice = DefaultVoice
+	}
+	voice, ok := s.voices[req.Voice]
+	if !ok {
+		writeProblem(w, http.StatusBadRequest, "Unknown Voice", fmt.Sprintf("voice %q does not exist; see GET /voices", req.Voice))
+		return
+	}
+	var err error
+	if s.espeak != "" {
+		err = s.speakEspeak(r.Context(), w, req.Text, voice)
+	} else {
+		err = speakTone(w, req.Text, voice)
+	}
+	if err != nil {
+		s.logger.ErrorContext(r.Context(), "synthesize", "voice", voice.ID, "err", err)
+		return
+	}
+	s.logger.InfoContext(r.Context(), "synthesized", "voice", voice.ID, "characters", utf8.RuneCountInString(req.Text))
+}
+
+// writeAudioHeaders sets the headers of a WAV answer before any byte of it.
+func writeAudioHeaders(w http.ResponseWriter, size int64, h wav.Header) {
+	w.Header().Set("Content-Type", "audio/wav")
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.Header().Set("X-Audio-Duration-Seconds", strconv.FormatFloat(h.Duration().Seconds(), 'f', 3, 64))
+	w.WriteHeader(http.StatusOK)
+}
+
+// speakEspeak runs espeak-ng into a temporary file and streams it. A file,
+// not --stdout: on a pipe espeak-ng cannot seek back and leaves a placeholder
+// data size (about 2 GiB) in the header, which would misprice the audio
+// downstream.
+func (s *service) speakEspeak(ctx context.Context, w http.ResponseWriter, text string, v Voice) error {
+	dir, err := os.MkdirTemp("", "tts-")
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "no temporary space")
+		return fmt.Errorf("temp dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	out := filepath.Join(dir, "speech.wav")
+
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.SynthesisTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.espeak, "-v", v.espeak, "-w", out, "--stdin")
+	cmd.Stdin = strings.NewReader(text)
+	var stderr strings.Builder
+	cmd.Stderr = &limitedWriter{w: &stderr, n: 4096}
+	if err := cmd.Run(); err != nil {
+		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine failed")
+		return fmt.Errorf("espeak-ng: %w: %s", err, stderr.String())
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote no audio")
+		return fmt.Errorf("open espeak output: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote no audio")
+		return fmt.Errorf("stat espeak output: %w", err)
+	}
+	h, err := wav.ParseHeader(f)
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote a broken WAV file")
+		return fmt.Errorf("espeak output: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "could not read the audio")
+		return fmt.Errorf("rewind espeak output: %w", err)
+	}
+	writeAudioHeaders(w, st.Size(), h)
+	if _, err := io.Copy(w, f); err != nil {
+		return fmt.Errorf("stream audio: %w", err)
+	}
+	return nil
+}
+
+type limitedWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if l.n > 0 {
+		k := min(len(p), l.n)
+		l.n -= k
+		_, _ = l.w.Write(p[:k])
+	}
+	return len(p), nil
+}
+
+// The tone engine: 16 kHz mono 16-bit PCM; each character lasts charFrames
+// (64 ms, about 15 characters per second, the pace of speech); letters and
+// digits are short tones around the voice's pitch, everything else silence;
+// 100 ms of silence at either end.
+const (
+	toneRate    = 16000
+	charFrames  = 1024
+	edgeFrames  = 1600
+	fadeFrames  = 80 // 5 ms fade against clicks
+	toneAmpl    = 0.3 * math.MaxInt16
+	chunkFrames = 4096
+)
+
+// toneFrames is the length in frames of the tone rendering of text.
+func toneFrames(text string) int64 {
+	return int64(2*edgeFrames) + int64(utf8.RuneCountInString(text))*charFrames
+}
+
+// speakTone streams the generated waveform: header first (its size is known
+// from the text), then the samples chunk by chunk.
+func speakTone(w http.ResponseWriter, text string, v Voice) error {
+	frames := toneFrames(text)
+	dataSize := frames * 2
+	var hdr strings.Builder
+	if err := wav.Encode(&hdr, 1, toneRate, 16, uint32(dataSize)); err != nil {
+		writeProblem(w, http.StatusUnprocessableEntity, "Text Too Long", err.Error())
+		return err
+	}
+	h, _ := wav.ParseHeader(strings.NewReader(hdr.String()))
+	writeAudioHeaders(w, int64(hdr.Len())+dataSize, h)
+	bw := bufio.NewWriterSize(w, chunkFrames*2)
+	if _, err := bw.WriteString(hdr.String()); err != nil {
+		return fmt.Errorf("stream audio: %w", err)
+	}
+	if err := writeToneSamples(bw, text, v.pitch); err != nil {
+		return fmt.Errorf("stream audio: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("stream audio: %w", err)
+	}
+	return nil
+}
+
+func writeToneSamples(w io.Writer, text string, pitch float64) error {
+	var buf [2]byte
+	put := func(sample float64) error {
+		binary.LittleEndian.PutUint16(buf[:], uint16(int16(sample)))
+		_, err := w.Write(buf[:])
+		return err
+	}
+	silence := func(n int) error {
+		for range n {
+			if err := put(0); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := silence(edgeFrames); err != nil {
+		return err
+	}
+	for _, r := range text {
+		if !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+			if err := silence(charFrames); err != nil {
+				return err
+			}
+			continue
+		}
+		freq := pitch * math.Pow(2, float64(unicode.ToLower(r)%12)/12)
+		for i := range charFrames {
+			env := 1.0
+			if i < fadeFrames {
+				env = float64(i) / fadeFrames
+			} else if i >= charFrames-fadeFrames {
+				env = float64(charFrames-1-i) / fadeFrames
+			}
+			if err := put(toneAmpl * env * math.Sin(2*math.Pi*freq*float64(i)/toneRate)); err != nil {
+				return err
+			}
+		}
+	}
+	return silence(edgeFrames)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// problem is an RFC 9457 problem details body.
+type problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+}
+
+func writeProblem(w http.ResponseWriter, status int, title, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(problem{Type: "about:blank", Title: title, Status: status, Detail: detail})
+}
