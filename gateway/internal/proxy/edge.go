@@ -204,6 +204,7 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 		}
 		e.lastUsed.Touch(k.ID, d.Now)
 		if rt.Backend == backendLocal {
+			c.Response().Header().Set("X-Credits-Remaining", strconv.FormatInt(d.Credits, 10))
 			return e.describeKey(c, k, tier, d)
 		}
 		ctx, cancel := context.WithTimeout(context.WithValue(req.Context(), callKey{}, cl), rt.Timeout)
@@ -225,7 +226,13 @@ func (e *Edge) refusal(c echo.Context, d quota.Decision) error {
 	case quota.Expired:
 		return unauthorized("API key expired")
 	}
-	setQuotaHeaders(c.Response().Header(), d, d.Credits)
+	credits := d.Credits
+	if d.Outcome == quota.OK {
+		// A served call's balance is set once settled (ModifyResponse):
+		// the reverse proxy adds, never replaces, response headers.
+		credits = -1
+	}
+	setQuotaHeaders(c.Response().Header(), d, credits)
 	switch d.Outcome {
 	case quota.OK:
 		return nil

@@ -1,0 +1,520 @@
+package proxy_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mana/apigw/gateway/internal/keys"
+	"github.com/mana/apigw/gateway/internal/pricing"
+	"github.com/mana/apigw/gateway/internal/proxy"
+	"github.com/mana/apigw/gateway/internal/quota"
+	"github.com/mana/apigw/gateway/internal/server"
+	"github.com/mana/apigw/gateway/internal/usage"
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+	"github.com/mana/apigw/services/search"
+	"github.com/mana/apigw/services/testenv"
+)
+
+// env is one gateway edge in process, against real Postgres, Redis and
+// NATS, with the search stand-in and a capturing backend.
+type env struct {
+	t        *testing.T
+	url      string
+	db       *sqlx.DB
+	pgCount  *atomic.Int64
+	redisCmd *atomic.Int64
+	rdb      *redis.Client
+	redis    *testenv.Redis
+	nats     *testenv.NATS
+	stream   jetstream.Stream
+	store    *keys.Store
+	hasher   keys.Hasher
+	resolver *keys.Resolver
+	q        *quota.Store
+	capture  *capture
+}
+
+// capture is a backend that records what it received and answers as told.
+type capture struct {
+	mu      sync.Mutex
+	headers []http.Header
+	calls   atomic.Int64
+	status  atomic.Int64
+	delay   atomic.Int64 // ms
+}
+
+func (c *capture) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.calls.Add(1)
+	c.mu.Lock()
+	c.headers = append(c.headers, r.Header.Clone())
+	c.mu.Unlock()
+	_, _ = io.Copy(io.Discard, r.Body)
+	if d := c.delay.Load(); d > 0 {
+		select {
+		case <-time.After(time.Duration(d) * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	st := int(c.status.Load())
+	if st == 0 {
+		st = 200
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(st)
+	_, _ = w.Write([]byte(`{"ok":true,"durationSeconds":61.2}`))
+}
+
+type cmdCounter struct{ n *atomic.Int64 }
+
+func (c cmdCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.n.Add(1); return next(ctx, cmd) }
+}
+func (c cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(int64(len(cmds))); return next(ctx, cmds) }
+}
+
+func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string) *env {
+	t.Helper()
+	ctx := context.Background()
+	logger := testenv.Logger(t)
+	ev := &env{t: t, capture: &capture{}}
+	sqlDB, n := testenv.CountingDB(t, testenv.PostgresURL(t))
+	ev.db, ev.pgCount = sqlx.NewDb(sqlDB, "postgres"), n
+	ev.redis = testenv.StartRedis(t)
+	ev.rdb = ev.redis.Client()
+	ev.redisCmd = &atomic.Int64{}
+	ev.rdb.AddHook(cmdCounter{ev.redisCmd})
+	ev.nats = testenv.StartNATS(t)
+	nc, err := nats.Connect(ev.nats.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.stream, err = usagev1.EnsureStream(ctx, js, 0); err != nil {
+		t.Fatal(err)
+	}
+	spool, err := usage.OpenSpool(t.TempDir(), 1<<20, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = spool.Close() })
+	pub, err := usage.NewPublisher(usage.PublisherConfig{AckTimeout: time.Second, DrainInterval: 100 * time.Millisecond}, nc, js, spool, logger, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pricing.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.store = keys.NewStore(ev.db)
+	ev.hasher = keys.NewHasher([]byte("test-pepper-0123456789"))
+	ev.resolver = keys.NewResolver(keys.ResolverConfig{Size: 1000, TTL: time.Minute, UnknownTTL: time.Second}, ev.store, ev.hasher)
+	ev.q = quota.NewStore(ev.rdb, quota.NewPGLoader(ev.db, nil))
+	if err := ev.q.Preload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	capSrv := httptest.NewServer(ev.capture)
+	t.Cleanup(capSrv.Close)
+	pick := func(s string) *url.URL {
+		if s == "capture" {
+			s = capSrv.URL
+		}
+		u, _ := url.Parse(s)
+		return u
+	}
+	edge, err := proxy.New(proxy.Config{
+		Backends:       map[string]*url.URL{proxy.BackendSearch: pick(searchBackend), proxy.BackendSTT: pick(sttBackend), proxy.BackendTTS: pick(ttsBackend)},
+		GatewayID:      "test",
+		PublishTimeout: 5 * time.Second,
+	}, p, ev.resolver, ev.q, pub, proxy.NewLastUsed(ev.store, time.Hour, logger), logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := server.NewEcho(logger, prometheus.NewRegistry(), nil, false)
+	edge.Register(e)
+	srv := httptest.NewServer(e)
+	t.Cleanup(srv.Close)
+	ev.url = srv.URL
+	return ev
+}
+
+func searchStandIn(t *testing.T) string {
+	t.Helper()
+	h, err := search.New(search.Config{}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewServer(h)
+	t.Cleanup(s.Close)
+	return s.URL
+}
+
+// key creates a key of the tier directly in the store.
+func (ev *env) key(tier string) (string, *keys.Key) {
+	ev.t.Helper()
+	p, _ := pricing.Default()
+	tr := p.Tiers[tier]
+	secret, err := keys.Generate()
+	if err != nil {
+		ev.t.Fatal(err)
+	}
+	k := &keys.Key{OwnerID: "owner-1", Name: "test", Prefix: keys.Prefix(secret), Tier: tier, Active: true,
+		RateLimitPerMinute: tr.RateLimitPerMinute, MonthlyCredits: tr.MonthlyCredits, Hash: ev.hasher.Hash(secret)}
+	if err := ev.store.Create(context.Background(), k); err != nil {
+		ev.t.Fatal(err)
+	}
+	return secret, k
+}
+
+func (ev *env) do(method, path, secret, contentType, body string, hdr ...string) (*http.Response, []byte) {
+	ev.t.Helper()
+	req, err := http.NewRequest(method, ev.url+path, strings.NewReader(body))
+	if err != nil {
+		ev.t.Fatal(err)
+	}
+	if secret != "" {
+		req.Header.Set("X-API-Key", secret)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		ev.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+func (ev *env) events() []*usagev1.UsageEvent {
+	ev.t.Helper()
+	ctx := context.Background()
+	info, err := ev.stream.Info(ctx)
+	if err != nil {
+		ev.t.Fatal(err)
+	}
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	cons, err := ev.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		ev.t.Fatal(err)
+	}
+	batch, err := cons.Fetch(int(info.State.Msgs), jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		ev.t.Fatal(err)
+	}
+	var out []*usagev1.UsageEvent
+	for m := range batch.Messages() {
+		e, err := usagev1.Decode(m.Data())
+		if err != nil {
+			ev.t.Fatal(err)
+		}
+		if m.Headers().Get(jetstream.MsgIDHeader) != e.EventId {
+			ev.t.Fatalf("Nats-Msg-Id %q != event id %q", m.Headers().Get(jetstream.MsgIDHeader), e.EventId)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func (ev *env) balance(k *keys.Key) int64 {
+	ev.t.Helper()
+	b, ok, err := ev.q.Balance(context.Background(), k.ID, time.Now().UTC().Format("2006-01"))
+	if err != nil || !ok {
+		ev.t.Fatalf("balance: %v %v", ok, err)
+	}
+	return b
+}
+
+func isProblem(t *testing.T, resp *http.Response, body []byte, status int) {
+	t.Helper()
+	if resp.StatusCode != status {
+		t.Fatalf("status %d, want %d: %s", resp.StatusCode, status, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("content type %q for %d: %s", ct, status, body)
+	}
+	var p struct {
+		Type, Title, Detail string
+		Status              int
+	}
+	if err := json.Unmarshal(body, &p); err != nil || p.Status != status || p.Title == "" || p.Detail == "" || p.Type == "" {
+		t.Fatalf("problem body %s (%v)", body, err)
+	}
+}
+
+func TestSearchIsServedMeteredAndPublished(t *testing.T) {
+	ev := newEnv(t, searchStandIn(t), "capture", "capture")
+	secret, k := ev.key("free")
+	resp, body := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"quantum computing"}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	var res struct {
+		Results []struct{ Title string } `json:"results"`
+	}
+	if err := json.Unmarshal(body, &res); err != nil || len(res.Results) == 0 {
+		t.Fatalf("search body %s (%v)", body, err)
+	}
+	for h, want := range map[string]string{"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "9", "X-Credits-Remaining": "99"} {
+		if got := resp.Header.Get(h); got != want {
+			t.Errorf("%s = %q, want %q", h, got, want)
+		}
+	}
+	reset := resp.Header.Get("X-RateLimit-Reset")
+	var resetUnix int64
+	if _, err := fmt.Sscan(reset, &resetUnix); err != nil || resetUnix < time.Now().Unix() || resetUnix > time.Now().Add(61*time.Second).Unix() {
+		t.Errorf("X-RateLimit-Reset %q", reset)
+	}
+	if resp.Header.Get("X-Request-Id") == "" || resp.Header.Get("RateLimit-Policy") != `"default";q=10;w=60` || !strings.HasPrefix(resp.Header.Get("RateLimit"), `"default";r=9;t=`) {
+		t.Errorf("headers %v", resp.Header)
+	}
+	evs := ev.events()
+	if len(evs) != 1 {
+		t.Fatalf("%d events", len(evs))
+	}
+	e := evs[0]
+	if e.KeyId != k.ID || e.Credits != 1 || e.Units != 1 || e.Status != 200 || e.Endpoint != "/v1/search" || e.RequestId != resp.Header.Get("X-Request-Id") || e.OwnerId != "owner-1" || e.Tier != "free" {
+		t.Fatalf("event %+v", e)
+	}
+	if ev.balance(k) != 99 {
+		t.Fatalf("balance %d", ev.balance(k))
+	}
+}
+
+func TestHotPathBudget(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, _ := ev.key("enterprise")
+	if resp, b := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"warm up"}`); resp.StatusCode != 200 {
+		t.Fatalf("warm-up %d %s", resp.StatusCode, b)
+	}
+	redisBefore, pgBefore := ev.redisCmd.Load(), ev.pgCount.Load()
+	const calls = 50
+	for i := 0; i < calls; i++ {
+		if resp, b := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"q"}`); resp.StatusCode != 200 {
+			t.Fatalf("call %d: %d %s", i, resp.StatusCode, b)
+		}
+	}
+	redisPer := float64(ev.redisCmd.Load()-redisBefore) / calls
+	pgPer := float64(ev.pgCount.Load()-pgBefore) / calls
+	t.Logf("per request: %.2f Redis commands, %.2f Postgres statements", redisPer, pgPer)
+	if redisPer != 1 || pgPer != 0 {
+		t.Fatalf("per request: %.2f Redis commands (want 1), %.2f Postgres statements (want 0)", redisPer, pgPer)
+	}
+}
+
+func TestCredentialsNeverReachTheBackend(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, _ := ev.key("pro")
+	resp, b := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"x"}`,
+		"Authorization", "Bearer abc", "Cookie", "session=1", "Proxy-Authorization", "Basic x", "X-Request-Id", "client-req-1",
+		"Connection", "X-Hop", "X-Hop", "secret")
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	ev.capture.mu.Lock()
+	h := ev.capture.headers[0]
+	ev.capture.mu.Unlock()
+	for _, name := range []string{"X-Api-Key", "Authorization", "Cookie", "Proxy-Authorization", "X-Hop"} {
+		if v := h.Get(name); v != "" {
+			t.Errorf("backend received %s: %q", name, v)
+		}
+	}
+	if h.Get("X-Request-Id") != "client-req-1" || h.Get("X-Forwarded-For") != "127.0.0.1" {
+		t.Errorf("forwarded headers %v", h)
+	}
+	if resp.Header.Get("X-Request-Id") != "client-req-1" {
+		t.Errorf("response X-Request-Id %q", resp.Header.Get("X-Request-Id"))
+	}
+}
+
+func TestBadInputIsAClear4xxAndCostsNothing(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, k := ev.key("free")
+	other, _ := keys.Generate()
+	tampered := secret[:len(secret)-1] + string("ab"[0]^secret[len(secret)-1]&1)
+	for _, tc := range []struct {
+		name, method, path, secret, ct, body string
+		status                               int
+	}{
+		{"missing key", "POST", "/v1/search", "", "application/json", `{"query":"a"}`, 401},
+		{"malformed key", "POST", "/v1/search", "sk_live_nope", "application/json", `{"query":"a"}`, 401},
+		{"bad checksum", "POST", "/v1/search", tampered, "application/json", `{"query":"a"}`, 401},
+		{"unknown key", "POST", "/v1/search", other, "application/json", `{"query":"a"}`, 401},
+		{"malformed JSON", "POST", "/v1/search", secret, "application/json", `{"query":`, 400},
+		{"not an object", "POST", "/v1/search", secret, "application/json", `[1,2]`, 400},
+		{"missing field", "POST", "/v1/search", secret, "application/json", `{}`, 400},
+		{"unknown field", "POST", "/v1/search", secret, "application/json", `{"query":"a","x":1}`, 400},
+		{"empty body", "POST", "/v1/search", secret, "application/json", ``, 400},
+		{"wrong content type", "POST", "/v1/search", secret, "text/plain", `{"query":"a"}`, 415},
+		{"huge body", "POST", "/v1/search", secret, "application/json", `{"query":"` + strings.Repeat("a", 70<<10) + `"}`, 413},
+		{"bad extract url", "POST", "/v1/extract", secret, "application/json", `{"url":"file:///etc/passwd"}`, 400},
+		{"empty bulk", "POST", "/v1/extract/bulk", secret, "application/json", `{"urls":[]}`, 400},
+		{"free tier on tts", "POST", "/v1/tts/synthesize", secret, "application/json", `{"text":"hi","voice":"en-US-1"}`, 403},
+		{"free tier on stt models", "GET", "/v1/stt/models", secret, "", ``, 403},
+		{"h2c upgrade", "POST", "/v1/search", secret, "application/json", `{"query":"a"}`, 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var extra []string
+			if tc.name == "h2c upgrade" {
+				extra = []string{"Upgrade", "h2c", "Connection", "Upgrade, HTTP2-Settings"}
+			}
+			resp, b := ev.do(tc.method, tc.path, tc.secret, tc.ct, tc.body, extra...)
+			isProblem(t, resp, b, tc.status)
+		})
+	}
+	if n := ev.capture.calls.Load(); n != 0 {
+		t.Fatalf("backend called %d times for refused requests", n)
+	}
+	if evs := ev.events(); len(evs) != 0 {
+		t.Fatalf("%d events for refused requests", len(evs))
+	}
+	// The key is untouched: a good call still sees the full balance.
+	resp, b := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"a"}`)
+	if resp.StatusCode != 200 || resp.Header.Get("X-Credits-Remaining") != "99" {
+		t.Fatalf("after bad input: %d %s credits %q", resp.StatusCode, b, resp.Header.Get("X-Credits-Remaining"))
+	}
+	_ = k
+}
+
+func TestFailedBackendCallsCostNothing(t *testing.T) {
+	ev := newEnv(t, "capture", "http://127.0.0.1:1", "capture")
+	secret, k := ev.key("pro")
+	// 500 from the backend is passed through, not charged.
+	ev.capture.status.Store(500)
+	resp, _ := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"a"}`)
+	if resp.StatusCode != 500 || resp.Header.Get("X-Credits-Remaining") != "5000" {
+		t.Fatalf("500 passthrough: %d credits %q", resp.StatusCode, resp.Header.Get("X-Credits-Remaining"))
+	}
+	// A backend that is down: 502.
+	resp, b := ev.do("GET", "/v1/stt/models", secret, "", "")
+	isProblem(t, resp, b, 502)
+	ev.capture.status.Store(200)
+	// A slow backend: 504 after the route's timeout — use TTS voices (10 s) … too slow for a test;
+	// the search route's context is cancelled by the client instead, see TestBackendTimeout.
+	evs := ev.events()
+	if len(evs) != 2 {
+		t.Fatalf("%d events, want 2 (one per backend call)", len(evs))
+	}
+	for _, e := range evs {
+		if e.Credits != 0 {
+			t.Fatalf("failed call charged: %+v", e)
+		}
+	}
+	if ev.balance(k) != 5000 {
+		t.Fatalf("balance %d", ev.balance(k))
+	}
+}
+
+func TestInsufficientCreditsAndRateLimit(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, k := ev.key("free")
+	// Spend down to 2 credits, then ask for a bulk extract of 3 URLs.
+	if err := ev.rdb.HSet(context.Background(), "gw:{"+k.ID+"}:s", "bal", 2).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ev.do("GET", "/v1/key", secret, "", "") // loads state
+	if err := ev.rdb.HSet(context.Background(), "gw:{"+k.ID+"}:s", "bal", 2).Err(); err != nil {
+		t.Fatal(err)
+	}
+	resp, b := ev.do("POST", "/v1/extract/bulk", secret, "application/json", `{"urls":["https://a.example","https://b.example","https://c.example"]}`)
+	isProblem(t, resp, b, 402)
+	if ra := resp.Header.Get("Retry-After"); ra == "" || ra == "0" {
+		t.Fatalf("402 without Retry-After")
+	}
+	if ev.capture.calls.Load() != 0 {
+		t.Fatal("backend called for a 402")
+	}
+	// Free tier: 10 per minute; /v1/key used one slot.
+	ok, limited := 0, 0
+	for i := 0; i < 12; i++ {
+		resp, b := ev.do("GET", "/v1/search/engines", secret, "", "")
+		switch resp.StatusCode {
+		case 200:
+			ok++
+		case 429:
+			limited++
+			isProblem(t, resp, b, 429)
+			if resp.Header.Get("Retry-After") == "" || resp.Header.Get("X-RateLimit-Remaining") != "0" {
+				t.Fatalf("429 headers %v", resp.Header)
+			}
+		default:
+			t.Fatalf("status %d %s", resp.StatusCode, b)
+		}
+	}
+	if ok != 9 || limited != 3 {
+		t.Fatalf("ok %d limited %d, want 9 and 3", ok, limited)
+	}
+}
+
+func TestKeyIntrospection(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, k := ev.key("pro")
+	resp, b := ev.do("GET", "/v1/key", secret, "", "")
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	var got struct {
+		ID               string   `json:"id"`
+		KeyPrefix        string   `json:"keyPrefix"`
+		Tier             string   `json:"tier"`
+		RateLimit        int      `json:"rateLimitPerMinute"`
+		CreditsRemaining int64    `json:"creditsRemaining"`
+		Allowed          []string `json:"allowedEndpoints"`
+		PeriodEnd        time.Time
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != k.ID || got.Tier != "pro" || got.RateLimit != 100 || got.CreditsRemaining != 5000 || len(got.Allowed) < 10 || got.KeyPrefix != k.Prefix {
+		t.Fatalf("introspection %s", b)
+	}
+	if strings.Contains(string(b), secret) {
+		t.Fatal("introspection echoes the secret")
+	}
+}
+
+func TestRedisDownPolicy(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, _ := ev.key("pro")
+	if resp, _ := ev.do("GET", "/v1/search/engines", secret, "", ""); resp.StatusCode != 200 {
+		t.Fatal("warm-up")
+	}
+	ev.redis.Stop()
+	resp, b := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"a"}`)
+	isProblem(t, resp, b, 503)
+	resp, b = ev.do("GET", "/v1/search/engines", secret, "", "")
+	if resp.StatusCode != 200 {
+		t.Fatalf("free call with Redis down: %d %s", resp.StatusCode, b)
+	}
+	if n := ev.events(); len(n) != 2 {
+		t.Fatalf("%d events", len(n))
+	}
+}
