@@ -98,6 +98,7 @@ start_apps() {
 	for e in "${APPS[@]}"; do
 		name=$(app_field "$e" 0)
 		mapfile -t envs < <(app_env "$name")
+		if [[ -f $LOGS/$name.log ]]; then mv -f "$LOGS/$name.log" "$LOGS/$name.log.prev"; fi
 		setsid env "${envs[@]}" "$BIN/$name" >>"$LOGS/$name.log" 2>&1 </dev/null &
 		pid=$!
 		echo "$pid" >"$RUN/$name.pid"
@@ -114,7 +115,7 @@ wait_port() { # NAME PORT
 		check_alive
 		sleep 0.1
 	done
-	fail "$1 did not listen on :$2 within ${READY_TIMEOUT}s"
+	fail "$1 did not listen on :$2 within ${READY_TIMEOUT}s" "$1"
 }
 
 # check_alive fails when a started binary has exited.
@@ -123,22 +124,29 @@ check_alive() {
 	for e in "${APPS[@]}"; do
 		name=$(app_field "$e" 0)
 		if [[ -f $RUN/$name.pid ]] && ! pid_alive "$RUN/$name.pid"; then
-			fail "$name exited"
+			fail "$name exited" "$name"
 		fi
 	done
 }
 
+# fail MESSAGE [NAME]: shows the logs' tails (NAME's last, at length), stops
+# everything and exits 1.
 fail() {
-	local e name
+	local e name culprit=${2:-}
 	warn "$1"
+	stop_all
 	for e in "${APPS[@]}"; do
 		name=$(app_field "$e" 0)
-		if [[ -s $LOGS/$name.log ]]; then
+		if [[ $name != "$culprit" && -s $LOGS/$name.log ]]; then
 			printf '\n--- last lines of .data/logs/%s.log\n' "$name" >&2
-			tail -n 15 "$LOGS/$name.log" >&2
+			tail -n 8 "$LOGS/$name.log" >&2
 		fi
 	done
-	stop_all
+	if [[ -n $culprit && -s $LOGS/$culprit.log ]]; then
+		printf '\n--- last lines of .data/logs/%s.log\n' "$culprit" >&2
+		tail -n 40 "$LOGS/$culprit.log" >&2
+	fi
+	printf '\nerror: %s\n' "$1" >&2
 	exit 1
 }
 
@@ -151,16 +159,16 @@ wait_ready() {
 		if [[ $code == 200 ]]; then
 			for e in "${APPS[@]}"; do
 				name=$(app_field "$e" 0) port=$(app_field "$e" 2) path=$(app_field "$e" 3)
-				port_open "$port" || fail "$name does not listen on :$port"
+				port_open "$port" || fail "$name does not listen on :$port" "$name"
 				if [[ -n $path && $(http_status "http://127.0.0.1:$port$path") != 200 ]]; then
-					fail "$name: GET :$port$path is not 200"
+					fail "$name: GET :$port$path is not 200" "$name"
 				fi
 			done
 			return 0
 		fi
 		sleep 0.25
 	done
-	fail "the gateway was not ready within ${READY_TIMEOUT}s (last /ready status: $code)"
+	fail "the gateway was not ready within ${READY_TIMEOUT}s (last /ready status: $code)" gateway
 }
 
 stop_apps() {
@@ -172,7 +180,8 @@ stop_apps() {
 }
 
 stop_all() {
-	trap - INT TERM
+	# A second Ctrl-C (or make's own SIGTERM) must not cut the shutdown short.
+	trap '' INT TERM
 	stop_apps
 	"$ROOT/.ci/servers.sh" stop dev
 }
@@ -220,22 +229,10 @@ cmd_run() {
 		# Wake up on a signal (traps run) or every few seconds to check.
 		sleep 2 &
 		wait $! || true
-		if ! (check_alive_quiet); then
-			fail "a binary exited"
-		fi
+		check_alive
 	done
 }
 
-check_alive_quiet() {
-	local e name
-	for e in "${APPS[@]}"; do
-		name=$(app_field "$e" 0)
-		if [[ -f $RUN/$name.pid ]] && ! pid_alive "$RUN/$name.pid"; then
-			warn "$name exited (log: .data/logs/$name.log)"
-			return 1
-		fi
-	done
-}
 
 cmd_status() {
 	local e name
