@@ -3,6 +3,7 @@ package keys
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -207,5 +208,59 @@ func TestStoreTouchLastUsed(t *testing.T) {
 		if !got.UpdatedAt.Equal(k.UpdatedAt) {
 			t.Fatalf("touch changed updated_at")
 		}
+	}
+}
+
+// TestStoreUpdateOrdersVersions: concurrent updates of one key are
+// serialised by the row lock and each commits a distinct, later
+// UpdatedAt, so consumers can order states by it.
+func TestStoreUpdateOrdersVersions(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	h := NewHasher([]byte("pepper"))
+	k, _ := newKey(t, h, "o")
+	if err := s.Create(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	type result struct {
+		name string
+		at   time.Time
+	}
+	results := make(chan result, n)
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			name := fmt.Sprint("name-", i)
+			got, err := s.Update(ctx, k.ID, func(k *Key) error { k.Name = name; return nil })
+			if err != nil {
+				errs <- err
+				return
+			}
+			results <- result{name, got.UpdatedAt}
+		}()
+	}
+	seen := map[time.Time]bool{}
+	var latest result
+	for range n {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case r := <-results:
+			if seen[r.at] || !r.at.After(k.UpdatedAt) {
+				t.Fatalf("UpdatedAt %v repeated or not after creation", r.at)
+			}
+			seen[r.at] = true
+			if r.at.After(latest.at) {
+				latest = r
+			}
+		}
+	}
+	final, err := s.ByID(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.Name != latest.name || !final.UpdatedAt.Equal(latest.at) {
+		t.Fatalf("final row %q@%v, latest update %q@%v", final.Name, final.UpdatedAt, latest.name, latest.at)
 	}
 }
