@@ -69,10 +69,11 @@ pg_install() {
 	PGBIN=$(pg_bindir) || die "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin"
 }
 
-# as_pg runs a command as the user that owns the cluster.
+# as_pg runs a command as the user that owns the cluster (from /, which that
+# user can always enter).
 as_pg() {
 	if [[ $EUID -eq 0 ]]; then
-		runuser -u postgres -- "$@"
+		(cd / && runuser -u postgres -- "$@")
 	else
 		"$@"
 	fi
