@@ -49,7 +49,7 @@ func run() error {
 	if cfg.DevPepperWarning {
 		logger.Warn("API_KEY_PEPPER is unset: using the development pepper; set a secret in production")
 	}
-	app, err := server.NewApp(ctx, cfg, logger, server.Management(cfg, logger))
+	app, err := server.NewApp(ctx, cfg, logger, server.Management(ctx, cfg, logger))
 	if err != nil {
 		return err
 	}

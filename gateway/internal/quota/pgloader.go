@@ -5,29 +5,33 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/jmoiron/sqlx"
 )
 
-// PendingCounter sums the credits of a key's events for a period that are
-// published but not yet in the ledger. It must be safe for concurrent use.
-type PendingCounter interface {
-	Pending(ctx context.Context, keyID, period string) (int64, error)
+// Spender sums the credits a key was charged in a period according to the
+// event stream, which runs ahead of the ledger. Safe for concurrent use.
+type Spender interface {
+	Spent(ctx context.Context, keyID, period string) (int64, error)
 }
 
 // PGLoader rebuilds key state from Postgres: api_keys (the gateway's own
 // table) and credit_balances (read-only; the billing worker writes it).
-// The balance is grant − used − pending, so a rebuild never grants a credit
-// that the ledger, or an event on its way to it, has spent.
+// The balance is grant − max(ledger, stream): a rebuild never grants a
+// credit that the ledger, or an event on its way to it, has spent. Holds of
+// calls still at a backend on other gateways at the moment Redis lost its
+// state are the only spend it cannot see (see docs/billing.md).
 type PGLoader struct {
-	db      *sqlx.DB
-	pending PendingCounter
+	db     *sqlx.DB
+	spent  Spender
+	logger *slog.Logger
 }
 
-// NewPGLoader builds a loader; pending may be nil (then nothing in flight is subtracted).
-func NewPGLoader(db *sqlx.DB, pending PendingCounter) *PGLoader {
-	return &PGLoader{db: db, pending: pending}
+// NewPGLoader builds a loader; spent may be nil (then the ledger alone counts).
+func NewPGLoader(db *sqlx.DB, spent Spender, logger *slog.Logger) *PGLoader {
+	return &PGLoader{db: db, spent: spent, logger: logger}
 }
 
 type keyRow struct {
@@ -76,15 +80,17 @@ func (l *PGLoader) Load(ctx context.Context, keyID, period string) (State, int64
 		RateLimitPerMinute: r.RateLimitPerMinute,
 		MonthlyCredits:     r.MonthlyCredits,
 	}
-	bal := r.MonthlyCredits - r.Used
-	if l.pending != nil {
-		p, err := l.pending.Pending(ctx, keyID, period)
+	used := r.Used
+	if l.spent != nil {
+		s, err := l.spent.Spent(ctx, keyID, period)
 		if err != nil {
-			return State{}, 0, fmt.Errorf("load key %s: pending events: %w", keyID, err)
+			// The ledger alone still never grants a credit it has spent.
+			l.logger.WarnContext(ctx, "stream unavailable while rebuilding a balance; using the ledger alone", "key_id", keyID, "err", err)
+		} else if s > used {
+			used = s
 		}
-		bal -= p
 	}
-	return st, bal, nil
+	return st, r.MonthlyCredits - used, nil
 }
 
 func timePtr(t sql.NullTime) *time.Time {

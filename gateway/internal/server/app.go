@@ -90,10 +90,6 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		PoolSize: 256, MinIdleConns: 8,
 	})
 	store := keys.NewStore(db)
-	q := quota.NewStore(a.rdb, quota.NewPGLoader(db, nil))
-	if err := q.Preload(sctx); err != nil {
-		logger.WarnContext(ctx, "redis scripts not preloaded; they load on first use", "err", err)
-	}
 	a.nc, err = nats.Connect(cfg.NATSURL, nats.Name("mana-gateway "+cfg.GatewayID),
 		nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
 		nats.ReconnectBufSize(-1), nats.Timeout(2*time.Second),
@@ -108,6 +104,10 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	}
 	if _, err := usagev1.EnsureStream(sctx, a.js, cfg.StreamMaxAge); err != nil {
 		logger.WarnContext(ctx, "usage stream not ensured yet (NATS down?); events spool until it is", "err", err)
+	}
+	q := quota.NewStore(a.rdb, quota.NewPGLoader(db, usage.NewStreamSpend(a.js, 5*time.Second), logger))
+	if err := q.Preload(sctx); err != nil {
+		logger.WarnContext(ctx, "redis scripts not preloaded; they load on first use", "err", err)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
