@@ -1,0 +1,368 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/mana/apigw/aggregator/internal/app"
+	"github.com/mana/apigw/aggregator/internal/rollup"
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+	"github.com/mana/apigw/services/testenv"
+)
+
+func (e *env) getenv(extra ...string) func(string) string {
+	m := map[string]string{"DATABASE_URL": e.dbURL, "NATS_URL": e.nats.URL, "LOG_LEVEL": "error",
+		"FETCH_WAIT": "200ms", "NAK_DELAY": "100ms", "METRICS_PORT": "0"}
+	for i := 0; i+1 < len(extra); i += 2 {
+		m[extra[i]] = extra[i+1]
+	}
+	return func(k string) string { return m[k] }
+}
+
+// start runs the aggregator consumer in this process until the test ends.
+func (e *env) start(mod func(*app.Config)) app.Config {
+	e.t.Helper()
+	cfg, err := app.ConfigFromEnv(e.getenv("METRICS_PORT", strconv.Itoa(testenv.FreePort(e.t))))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx, cfg, testenv.Logger(e.t)) }()
+	e.t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				e.t.Errorf("aggregator: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			e.t.Error("aggregator did not stop")
+		}
+	})
+	return cfg
+}
+
+// main runs the binary's Main in this process and returns its exit code and outputs.
+func (e *env) main(args ...string) (int, string, string) {
+	e.t.Helper()
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	code := app.Main(ctx, args, e.getenv(), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// TestDaily checks the daily rows, including a late event (published last,
+// from days ago and from the previous month) landing on its own day in its
+// own partition.
+func TestDaily(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := makeEvents(3000, 6)
+	late := proto.Clone(evs[0]).(*usagev1.UsageEvent)
+	at := time.Now().UTC().AddDate(0, -1, -3).Truncate(time.Microsecond)
+	late.EventId, late.KeyId, late.OccurredAt, late.Period = "01HZZZZZZZZZZZZZZZZZZZZZZZ", "8d0c5b1e-0000-4000-8000-000000000001", timestamppb.New(at), at.Format("2006-01")
+	cfg := e.start(nil)
+	e.publish(evs, nil)
+	e.waitUsage(int64(len(evs)), 60*time.Second)
+	e.publish([]*usagev1.UsageEvent{late}, nil)
+	all := append(evs, late)
+	e.waitUsage(int64(len(all)), 30*time.Second)
+	e.waitDrained(10 * time.Second)
+	e.checkUsage(all)
+	if got := e.daily()[at.Format(time.DateOnly)+"/"+late.KeyId+"/"+late.Endpoint]; got.Requests != 1 || got.Credits != late.Credits {
+		t.Errorf("late event's day row = %+v", got)
+	}
+	part := fmt.Sprintf("api_gateway.api_usage_%s", at.Format("2006_01"))
+	if n := e.count(`SELECT count(*) FROM ` + part + ` WHERE event_id = $1`, late.EventId); n != 1 {
+		t.Errorf("late event not in partition %s", part)
+	}
+	if got := scrape(t, cfg.MetricsPort, "aggregator_events_processed_total"); got != float64(len(all)) {
+		t.Errorf("processed metric = %v, want %d", got, len(all))
+	}
+}
+
+// TestIdempotent: every event twice in the stream (different message IDs)
+// and batches held past AckWait by two consumers, so events are redelivered:
+// api_usage and the daily rows stay exact.
+func TestIdempotent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := makeEvents(400, 3)
+	e.publish(evs, nil)
+	e.publish(evs, func(ev *usagev1.UsageEvent) string { return "again-" + ev.GetEventId() })
+	slow := func(c *app.Config) {
+		c.AckWait, c.HandleDelay, c.BatchSize, c.MaxAckPending = time.Second, 1500*time.Millisecond, 200, 400
+	}
+	a, b := e.start(slow), e.start(slow)
+	e.waitUsage(int64(len(evs)), 60*time.Second)
+	e.waitDrained(60 * time.Second)
+	e.checkUsage(evs)
+	if r := scrape(t, a.MetricsPort, "aggregator_messages_redelivered_total") + scrape(t, b.MetricsPort, "aggregator_messages_redelivered_total"); r == 0 {
+		t.Error("no redelivery happened")
+	}
+	if d := scrape(t, a.MetricsPort, "aggregator_events_duplicate_total") + scrape(t, b.MetricsPort, "aggregator_events_duplicate_total"); d < float64(len(evs)) {
+		t.Errorf("duplicates = %v, want at least %d", d, len(evs))
+	}
+}
+
+func TestDeadLetters(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := makeEvents(20, 2)
+	bad := proto.Clone(evs[0]).(*usagev1.UsageEvent)
+	bad.Period = "1999-01"
+	badData, _ := proto.Marshal(bad)
+	e.publishRaw(usagev1.Subject("x"), []byte("not protobuf \xff"), "junk")
+	e.publishRaw(usagev1.Subject(bad.GetKeyId()), badData, "bad-period")
+	e.publish(evs, nil)
+	e.start(nil)
+	e.waitUsage(int64(len(evs)), 30*time.Second)
+	e.waitDrained(10 * time.Second)
+	e.checkUsage(evs)
+	var reasons []string
+	if err := e.db.Select(&reasons, `SELECT reason FROM api_gateway.dead_letters WHERE consumer = 'aggregator' ORDER BY stream_seq`); err != nil {
+		t.Fatal(err)
+	}
+	if len(reasons) != 2 || !strings.Contains(reasons[0], "decode") || !strings.Contains(reasons[1], "period does not match") {
+		t.Errorf("dead letter reasons = %q", reasons)
+	}
+}
+
+// TestReplay: replaying twice into empty tables gives the live daily table
+// row for row (same SHA-256 of the ordered dump); a tampered live row is
+// found (exit 1), --apply repairs it; a windowed replay compares whole days.
+func TestReplay(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := makeEvents(4000, 5)
+	e.publish(evs[:2000], nil)
+	e.publish(evs[:500], func(ev *usagev1.UsageEvent) string { return "dup-" + ev.GetEventId() })
+	e.publish(evs[2000:], nil)
+	e.start(nil)
+	e.waitUsage(int64(len(evs)), 60*time.Second)
+	e.waitDrained(10 * time.Second)
+	e.checkUsage(evs)
+
+	ctx := context.Background()
+	live, err := rollup.DailyDigest(ctx, e.db, rollup.LiveSchema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		rep, err := rollup.Replay(ctx, rollup.ReplayConfig{DB: e.db, JS: e.js, Logger: testenv.Logger(t),
+			Start: rollup.Start{Policy: jetstream.DeliverAllPolicy}, Keep: true, Out: &bytes.Buffer{},
+			Schema: fmt.Sprintf("api_gateway_replay_t%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Events != 4500 || rep.Differs() {
+			t.Errorf("replay %d: %+v", i, rep)
+		}
+		got, err := rollup.DailyDigest(ctx, e.db, rep.Schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != live {
+			t.Errorf("replay %d: daily digest %s, live %s", i, got, live)
+		}
+	}
+
+	if code, out, errOut := e.main("replay"); code != app.ExitOK {
+		t.Fatalf("replay of untouched tables: exit %d\n%s\n%s", code, out, errOut)
+	}
+	var day, key, ep string
+	if err := e.db.QueryRow(`UPDATE api_gateway.api_usage_daily SET credits = credits + 7
+		WHERE (day, key_id, endpoint) = (SELECT day, key_id, endpoint FROM api_gateway.api_usage_daily ORDER BY day DESC LIMIT 1)
+		RETURNING to_char(day, 'YYYY-MM-DD'), key_id::text, endpoint`).Scan(&day, &key, &ep); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := e.main("replay", "--from-start")
+	if code != app.ExitDiffers || !strings.Contains(out, "- api_usage_daily live   day="+day+" key_id="+key) || !strings.Contains(out, "+ api_usage_daily replay") {
+		t.Fatalf("replay of a tampered row: exit %d\n%s\n%s", code, out, errOut)
+	}
+	// A window starting in the middle of the stream covers the tampered (latest) day.
+	if code, out, _ := e.main("replay", "--from-seq", "2600"); code != app.ExitDiffers || !strings.Contains(out, "day="+day) {
+		t.Fatalf("windowed replay of a tampered row: exit %d\n%s", code, out)
+	}
+	if code, out, errOut := e.main("replay", "--apply"); code != app.ExitOK || !strings.Contains(errOut, "replaced") {
+		t.Fatalf("replay --apply: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if got, _ := rollup.DailyDigest(ctx, e.db, rollup.LiveSchema); got != live {
+		t.Errorf("after --apply the daily digest is %s, want %s", got, live)
+	}
+	for _, args := range [][]string{{"replay"}, {"replay", "--from-seq", "2600"}, {"replay", "--from-time", time.Now().UTC().Add(-time.Hour).Format(time.RFC3339)}} {
+		if code, out, errOut := e.main(args...); code != app.ExitOK {
+			t.Errorf("%v after --apply: exit %d\n%s\n%s", args, code, out, errOut)
+		}
+	}
+	if code, _, _ := e.main("replay", "--from-seq", "1", "--from-start"); code != app.ExitError {
+		t.Errorf("conflicting flags: exit %d", code)
+	}
+	var left int
+	if err := e.db.Get(&left, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'api_gateway_replay_%' AND nspname NOT LIKE 'api_gateway_replay_t%'`); err != nil || left != 0 {
+		t.Errorf("%d scratch schemas left behind (%v)", left, err)
+	}
+}
+
+// TestReplayBinary runs the built binary: its exit code tells a tampered
+// api_usage row.
+func TestReplayBinary(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	bin := testenv.BuildBinary(t, "./aggregator/cmd/aggregator")
+	evs := makeEvents(200, 2)
+	e.publish(evs, nil)
+	e.start(nil)
+	e.waitUsage(int64(len(evs)), 30*time.Second)
+	e.waitDrained(10 * time.Second)
+	run := func(args ...string) (int, string) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = testenv.Env("DATABASE_URL", e.dbURL, "NATS_URL", e.nats.URL, "LOG_LEVEL", "error")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), string(out)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	if code, out := run("replay"); code != 0 {
+		t.Fatalf("replay: exit %d\n%s", code, out)
+	}
+	if _, err := e.db.Exec(`UPDATE api_gateway.api_usage SET status = 201 WHERE event_id = $1`, evs[7].GetEventId()); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := run("replay"); code != 1 || !strings.Contains(out, evs[7].GetEventId()) {
+		t.Fatalf("replay of a tampered api_usage row: exit %d\n%s", code, out)
+	}
+	if code, out := run("tail", "--from-start", "--limit", "3"); code != 0 || strings.Count(out, "\n") != 3 {
+		t.Fatalf("tail: exit %d\n%s", code, out)
+	}
+}
+
+func TestTail(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := makeEvents(6, 2)
+	e.publish(evs[:3], nil)
+	e.publishRaw(usagev1.Subject("x"), []byte("junk"), "")
+	e.publish(evs[3:], nil)
+	code, out, errOut := e.main("tail", "--from-start", "--limit", "6")
+	if code != 0 {
+		t.Fatalf("tail: exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 6 {
+		t.Fatalf("tail printed %d lines:\n%s", len(lines), out)
+	}
+	for i, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("line %d is not JSON: %v", i, err)
+		}
+		if m["event_id"] != evs[i].GetEventId() {
+			t.Errorf("line %d: event_id %v, want %s", i, m["event_id"], evs[i].GetEventId())
+		}
+	}
+	// Default: only new events.
+	done := make(chan string, 1)
+	go func() {
+		_, out, _ := e.main("tail", "--limit", "1", "--key", evs[5].GetKeyId())
+		done <- out
+	}()
+	time.Sleep(500 * time.Millisecond)
+	fresh := makeEvents(1, 1)[0]
+	fresh.KeyId = evs[5].GetKeyId()
+	e.publish([]*usagev1.UsageEvent{fresh}, nil)
+	select {
+	case out := <-done:
+		if !strings.Contains(out, fresh.GetEventId()) {
+			t.Errorf("tail of new events printed %q", out)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("tail did not print the new event")
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		env       map[string]string
+		withError func(*testing.T, error)
+	}{
+		{name: "defaults"},
+		{name: "bad values", env: map[string]string{"METRICS_PORT": "-1", "FETCH_WAIT": "x", "LOG_LEVEL": "chatty"},
+			withError: func(t *testing.T, err error) {
+				for _, s := range []string{"METRICS_PORT", "FETCH_WAIT", "LOG_LEVEL"} {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error %q does not name %s", err, s)
+					}
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := app.ConfigFromEnv(func(k string) string { return tt.env[k] })
+			if tt.withError == nil {
+				if err != nil || c.MetricsPort != 9102 {
+					t.Fatalf("config %+v, %v", c, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			tt.withError(t, err)
+		})
+	}
+}
+
+// TestPartitionMovesDefaultRows: rows already in the default partition for
+// a month are moved when that month's partition is created.
+func TestPartitionMovesDefaultRows(t *testing.T) {
+	t.Parallel()
+	db := sqlx.MustOpen("postgres", testenv.PostgresURL(t))
+	defer db.Close()
+	ctx := context.Background()
+	if _, err := db.Exec(`INSERT INTO api_gateway.api_usage VALUES
+		('01HAAAAAAAAAAAAAAAAAAAAAAA', '2024-02-10T10:00:00Z', 'r', '8d0c5b1e-0000-4000-8000-000000000001', 'o', 'pro', 'POST /v1/search', 200, 1, 1, 'request', 5),
+		('01HAAAAAAAAAAAAAAAAAAAAAAB', '2024-03-01T00:00:00Z', 'r', '8d0c5b1e-0000-4000-8000-000000000001', 'o', 'pro', 'POST /v1/search', 200, 1, 1, 'request', 5)`); err != nil {
+		t.Fatal(err)
+	}
+	store := rollup.NewStore(rollup.LiveSchema)
+	for range 2 { // the second call is a no-op
+		if err := store.EnsurePartition(ctx, db, time.Date(2024, 2, 15, 0, 0, 0, 0, time.UTC)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rollup.NewStore(rollup.LiveSchema).EnsurePartition(ctx, db, time.Date(2024, 2, 1, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	var feb, def int
+	_ = db.Get(&feb, `SELECT count(*) FROM api_gateway.api_usage_2024_02`)
+	_ = db.Get(&def, `SELECT count(*) FROM api_gateway.api_usage_default`)
+	if feb != 1 || def != 1 {
+		t.Errorf("february partition %d rows, default %d rows; want 1 and 1", feb, def)
+	}
+}
