@@ -1,0 +1,46 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mana/apigw/aggregator/internal/rollup"
+	"github.com/mana/apigw/services/testenv"
+)
+
+// BenchmarkAggregatorDrain measures how fast one aggregator drains a backlog
+// of b.N events into api_usage and api_usage_daily (events/s).
+func BenchmarkAggregatorDrain(b *testing.B) {
+	e := newEnv(b)
+	evs := makeEvents(b.N, 50)
+	e.publish(evs, nil)
+	b.ResetTimer()
+	start := time.Now()
+	e.start(nil)
+	e.waitUsage(int64(b.N), 10*time.Minute)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+}
+
+// BenchmarkReplay measures a full replay of b.N events into a scratch schema
+// and its comparison with the live tables (events/s).
+func BenchmarkReplay(b *testing.B) {
+	e := newEnv(b)
+	evs := makeEvents(b.N, 50)
+	e.publish(evs, nil)
+	e.start(nil)
+	e.waitUsage(int64(b.N), 10*time.Minute)
+	b.ResetTimer()
+	start := time.Now()
+	rep, err := rollup.Replay(context.Background(), rollup.ReplayConfig{DB: e.db, JS: e.js, Logger: testenv.Logger(b),
+		Start: rollup.Start{Policy: jetstream.DeliverAllPolicy}, Out: &bytes.Buffer{}})
+	b.StopTimer()
+	if err != nil || rep.Differs() || rep.Events != b.N {
+		b.Fatalf("replay: %+v, %v", rep, err)
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+}
