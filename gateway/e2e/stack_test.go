@@ -7,6 +7,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
 	"strconv"
 	"testing"
 	"time"
@@ -39,20 +43,51 @@ type stack struct {
 	http     testenv.HTTP
 }
 
-var binCache = map[string]string{}
+var (
+	binMu    sync.Mutex
+	binDir   string
+	binCache = map[string]string{}
+)
+
+// TestMain keeps the binaries built once for all tests of the package.
+func TestMain(m *testing.M) {
+	d, err := os.MkdirTemp("", "e2e-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binDir = d
+	code := m.Run()
+	_ = os.RemoveAll(d)
+	os.Exit(code)
+}
 
 func bin(t *testing.T, pkg string) string {
+	t.Helper()
+	binMu.Lock()
+	defer binMu.Unlock()
 	if b, ok := binCache[pkg]; ok {
 		return b
 	}
-	b := testenv.BuildBinary(t, pkg)
-	binCache[pkg] = b
-	return b
+	out := filepath.Join(binDir, filepath.Base(pkg))
+	args := []string{"build", "-o", out}
+	if os.Getenv("TEST_BUILD_RACE") != "" {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, pkg)...)
+	cmd.Dir = testenv.RepoRoot(t)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	binCache[pkg] = out
+	return out
 }
 
 type stackOpts struct {
 	gateways int
 	extraEnv []string
+	// pricing, when set, is written to a file the gateways load (PRICING_FILE).
+	pricing string
+	noWorkers bool
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
@@ -98,6 +133,13 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		}
 	}
 
+	if o.pricing != "" {
+		f := filepath.Join(t.TempDir(), "pricing.yaml")
+		if err := os.WriteFile(f, []byte(o.pricing), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		o.extraEnv = append(o.extraEnv, "PRICING_FILE="+f)
+	}
 	host, port, _ := net.SplitHostPort(s.redis.Addr)
 	common := []string{
 		"DATABASE_URL=" + s.dsn, "REDIS_HOST=" + host, "REDIS_PORT=" + port, "NATS_URL=" + s.nats.URL,
@@ -114,13 +156,23 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		s.gateways = append(s.gateways, testenv.StartProcess(t, "gateway"+strconv.Itoa(i), bin(t, "./gateway/cmd/gateway"), env, u+"/ready"))
 		s.gwURLs = append(s.gwURLs, u)
 	}
+	if o.noWorkers {
+		return s
+	}
+	s.startWorkers()
+	return s
+}
+
+func (s *stack) startWorkers() {
+	t := s.t
+	host, port, _ := net.SplitHostPort(s.redis.Addr)
+	common := []string{"DATABASE_URL=" + s.dsn, "REDIS_HOST=" + host, "REDIS_PORT=" + port, "NATS_URL=" + s.nats.URL, "LOG_LEVEL=info"}
 	bp := testenv.FreePort(t)
 	s.billing = testenv.StartProcess(t, "billing-worker", bin(t, "./billing-worker/cmd/billing-worker"),
 		append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(bp)), fmt.Sprintf("http://127.0.0.1:%d/health", bp))
 	ap := testenv.FreePort(t)
 	s.agg = testenv.StartProcess(t, "aggregator", bin(t, "./aggregator/cmd/aggregator"),
 		append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(ap)), fmt.Sprintf("http://127.0.0.1:%d/health", ap))
-	return s
 }
 
 // standIn is a minimal backend for the services this test does not look at.
@@ -223,4 +275,64 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// testPricing is the seed's table plus tiers sized for tests.
+const testPricing = `
+tiers:
+  free: {rateLimitPerMinute: 10, monthlyCredits: 100, endpoints: [search, extract, extract-bulk, search-engines, key]}
+  pro: {rateLimitPerMinute: 100, monthlyCredits: 5000, endpoints: ["*"]}
+  enterprise: {rateLimitPerMinute: 1000, monthlyCredits: 50000, endpoints: ["*"]}
+  load: {rateLimitPerMinute: 1000000, monthlyCredits: 1000, endpoints: ["*"]}
+  burst: {rateLimitPerMinute: 20, monthlyCredits: 100000, endpoints: ["*"]}
+operations:
+  search:          {unit: request,      credits: 1,  per: 1}
+  extract:         {unit: request,      credits: 1,  per: 1}
+  extract-bulk:    {unit: url,          credits: 1,  per: 1}
+  search-engines:  {unit: request,      credits: 0,  per: 1}
+  stt-transcribe:  {unit: audio_second, credits: 10, per: 60}
+  stt-models:      {unit: request,      credits: 0,  per: 1}
+  stt-languages:   {unit: request,      credits: 0,  per: 1}
+  tts-synthesize:  {unit: character,    credits: 1,  per: 1000}
+  tts-voices:      {unit: request,      credits: 0,  per: 1}
+  tts-languages:   {unit: request,      credits: 0,  per: 1}
+  key:             {unit: request,      credits: 0,  per: 1}
+`
+
+// ledger returns the key's ledger rows and their credit sum.
+func (s *stack) ledger(keyID string) (rows, credits int64) {
+	s.t.Helper()
+	if err := s.db.QueryRowx(`SELECT count(*), COALESCE(sum(credits),0) FROM api_gateway.credit_ledger WHERE key_id = $1`, keyID).Scan(&rows, &credits); err != nil {
+		s.t.Fatal(err)
+	}
+	return rows, credits
+}
+
+// balances returns the key's balance in Postgres (granted − used) and in Redis.
+func (s *stack) balances(keyID string, grant int64) (pg, rd int64) {
+	s.t.Helper()
+	var used int64
+	err := s.db.QueryRowx(`SELECT COALESCE((SELECT used FROM api_gateway.credit_balances WHERE key_id = $1 AND period = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0)`, keyID).Scan(&used)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	v, err := s.redis.Client().HGet(context.Background(), "gw:{"+keyID+"}:s", "bal").Int64()
+	if err != nil {
+		s.t.Fatalf("redis balance: %v", err)
+	}
+	return grant - used, v
+}
+
+// streamCount is the number of events on the stream for a key.
+func (s *stack) streamCount(keyID string) uint64 {
+	s.t.Helper()
+	st, err := s.js.Stream(context.Background(), "USAGE")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter("usage.v1."+keyID))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return info.State.Subjects["usage.v1."+keyID]
 }

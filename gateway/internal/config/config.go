@@ -34,6 +34,7 @@ type Config struct {
 	GatewayID        string
 	LogLevel         string
 	ShutdownTimeout  time.Duration
+	RateWindow       time.Duration
 	DevPepperWarning bool
 }
 
@@ -93,6 +94,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		GatewayID:       get("GATEWAY_ID", host),
 		LogLevel:        get("LOG_LEVEL", "info"),
 		ShutdownTimeout: parseDur("SHUTDOWN_TIMEOUT", "20s"),
+		// The tiers are priced per minute; a shorter window is for tests.
+		RateWindow: parseDur("RATE_LIMIT_WINDOW", "60s"),
 	}
 	c.DevPepperWarning = c.APIKeyPepper == DevPepper
 	if c.Port <= 0 || c.Port > 65535 {

@@ -279,7 +279,7 @@ func (e *Edge) withoutRedis(c echo.Context, cl *call, tier pricing.Tier, cause e
 	h.Set("X-RateLimit-Remaining", strconv.Itoa(int(lim.Tokens())))
 	h.Set("X-RateLimit-Reset", strconv.FormatInt(time.Now().Add(time.Minute).Unix(), 10))
 	now := time.Now().UTC()
-	cl.decision = quota.Decision{Outcome: quota.OK, Limit: tier.RateLimitPerMinute, Now: now, Period: now.Format("2006-01"), Credits: -1}
+	cl.decision = quota.Decision{Outcome: quota.OK, Limit: tier.RateLimitPerMinute, Now: now, Period: now.Format("2006-01"), Credits: -1, Window: quota.Window}
 	if cl.route.Backend == backendLocal {
 		return e.describeKey(c, cl.key, tier, cl.decision)
 	}
@@ -297,7 +297,7 @@ func setQuotaHeaders(h http.Header, d quota.Decision, credits int64) {
 	h.Set("X-RateLimit-Limit", strconv.Itoa(d.Limit))
 	h.Set("X-RateLimit-Remaining", strconv.Itoa(d.Remaining))
 	h.Set("X-RateLimit-Reset", strconv.FormatInt(int64(math.Ceil(float64(reset.UnixMilli())/1000)), 10))
-	h.Set("RateLimit-Policy", fmt.Sprintf(`"default";q=%d;w=%d`, d.Limit, int(quota.Window.Seconds())))
+	h.Set("RateLimit-Policy", fmt.Sprintf(`"default";q=%d;w=%d`, d.Limit, int(d.Window.Seconds())))
 	h.Set("RateLimit", fmt.Sprintf(`"default";r=%d;t=%d`, d.Remaining, ceilSeconds(reset.Sub(d.Now))))
 	if credits >= 0 {
 		h.Set("X-Credits-Remaining", strconv.FormatInt(credits, 10))

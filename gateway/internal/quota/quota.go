@@ -92,6 +92,7 @@ type Decision struct {
 	Now        time.Time // Redis time
 	Period     string    // credit month, YYYY-MM
 	RetryAfter time.Duration
+	Window     time.Duration // the rate limit's window
 }
 
 // Store is the Redis face of quota. Safe for concurrent use.
@@ -118,7 +119,8 @@ func NewStore(rdb redis.UniversalClient, loader Loader) *Store {
 	}
 }
 
-// WithWindow returns a copy of the store with another rate window (tests).
+// WithWindow returns a copy of the store with another rate window (the
+// tiers are priced per minute; tests use a shorter one).
 func (s *Store) WithWindow(w time.Duration) *Store {
 	c := *s
 	c.window = w
@@ -166,6 +168,7 @@ func (s *Store) Acquire(ctx context.Context, r Request) (Decision, error) {
 		if err != nil {
 			return Decision{}, err
 		}
+		d.Window = s.window
 		if d.Outcome != noState {
 			return d, nil
 		}

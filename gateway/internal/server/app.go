@@ -105,7 +105,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	if _, err := usagev1.EnsureStream(sctx, a.js, cfg.StreamMaxAge); err != nil {
 		logger.WarnContext(ctx, "usage stream not ensured yet (NATS down?); events spool until it is", "err", err)
 	}
-	q := quota.NewStore(a.rdb, quota.NewPGLoader(db, usage.NewStreamSpend(a.js, 5*time.Second), logger))
+	q := quota.NewStore(a.rdb, quota.NewPGLoader(db, usage.NewStreamSpend(a.js, 5*time.Second), logger)).WithWindow(cfg.RateWindow)
 	if err := q.Preload(sctx); err != nil {
 		logger.WarnContext(ctx, "redis scripts not preloaded; they load on first use", "err", err)
 	}

@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+)
+
+func bearer(tok string) map[string]string { return map[string]string{"Authorization": "Bearer " + tok} }
+
+func (s *stack) status(gw, secret string) int {
+	s.t.Helper()
+	resp, _ := s.do("POST", gw+"/v1/search", `{"query":"quantum"}`, map[string]string{"X-API-Key": secret})
+	return resp.StatusCode
+}
+
+// TestKeyLifecycle walks the key lifecycle of issue 3 through the API.
+func TestKeyLifecycle(t *testing.T) {
+	s := newStack(t, stackOpts{noWorkers: true})
+	gw := s.gwURLs[0]
+	tok := s.login("user@example.com")
+	k := s.createKey(gw, tok, map[string]any{"name": "lifecycle", "tier": "free"})
+	step := func(name, secret string, want int) {
+		t.Helper()
+		if got := s.status(gw, secret); got != want {
+			t.Fatalf("%s: status %d, want %d", name, got, want)
+		}
+	}
+	patch := func(body string) {
+		t.Helper()
+		resp, b := s.do("PATCH", gw+"/api-keys/"+k.ID, body, bearer(tok))
+		if resp.StatusCode != 200 {
+			t.Fatalf("patch %s: %d %s", body, resp.StatusCode, b)
+		}
+	}
+	step("new key", k.Key, 200)
+	patch(`{"active":false}`)
+	step("deactivated", k.Key, 403)
+	patch(`{"active":true}`)
+	step("reactivated", k.Key, 200)
+	resp, b := s.do("POST", gw+"/api-keys/"+k.ID+"/regenerate", nil, bearer(tok))
+	if resp.StatusCode != 200 && resp.StatusCode != 201 {
+		t.Fatalf("regenerate: %d %s", resp.StatusCode, b)
+	}
+	var r1 keyObject
+	_ = json.Unmarshal(b, &r1)
+	step("old key after regenerate", k.Key, 401)
+	step("new key after regenerate", r1.Key, 200)
+	// With a grace period the old secret keeps working until it ends.
+	resp, b = s.do("POST", gw+"/api-keys/"+k.ID+"/regenerate", `{"gracePeriodSeconds": 2}`, bearer(tok))
+	if resp.StatusCode != 200 && resp.StatusCode != 201 {
+		t.Fatalf("regenerate with grace: %d %s", resp.StatusCode, b)
+	}
+	var r2 keyObject
+	_ = json.Unmarshal(b, &r2)
+	graceEnd := time.Now().Add(2 * time.Second)
+	step("old key in grace", r1.Key, 200)
+	step("new key in grace", r2.Key, 200)
+	time.Sleep(time.Until(graceEnd) + 100*time.Millisecond)
+	step("old key after grace", r1.Key, 401)
+	step("new key after grace", r2.Key, 200)
+	// Expiry set in the near future.
+	patch(fmt.Sprintf(`{"expiresAt":%q}`, time.Now().Add(1500*time.Millisecond).UTC().Format(time.RFC3339Nano)))
+	step("before expiry", r2.Key, 200)
+	time.Sleep(1600 * time.Millisecond)
+	step("after expiry", r2.Key, 401)
+	patch(`{"expiresAt":null}`)
+	step("expiry cleared", r2.Key, 200)
+	resp, _ = s.do("DELETE", gw+"/api-keys/"+k.ID, nil, bearer(tok))
+	if resp.StatusCode != 204 && resp.StatusCode != 200 {
+		t.Fatalf("delete: %d", resp.StatusCode)
+	}
+	step("deleted", r2.Key, 401)
+	if resp, _ := s.do("GET", gw+"/api-keys/"+k.ID, nil, bearer(tok)); resp.StatusCode != 404 {
+		t.Fatalf("get deleted key: %d", resp.StatusCode)
+	}
+}
+
+// TestRevocationAcrossGateways: a change through one gateway is enforced by
+// the other within one second (measured over 20 tries; the worst is printed).
+func TestRevocationAcrossGateways(t *testing.T) {
+	s := newStack(t, stackOpts{gateways: 2, noWorkers: true, pricing: testPricing})
+	a, b := s.gwURLs[0], s.gwURLs[1]
+	tok := s.login("user@example.com")
+	var worst time.Duration
+	measure := func(name, secret string, want int) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for {
+			got := s.status(b, secret)
+			if got == want {
+				return time.Since(start)
+			}
+			if time.Since(start) > time.Second {
+				t.Fatalf("%s: gateway B still answers %d after 1 s (want %d)", name, got, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for i := 0; i < 20; i++ {
+		k := s.createKey(a, tok, map[string]any{"name": fmt.Sprint("rev", i), "tier": "burst"})
+		if got := s.status(b, k.Key); got != 200 {
+			t.Fatalf("new key at B: %d", got)
+		}
+		var d time.Duration
+		var path, method, body string
+		switch i % 3 {
+		case 0:
+			method, path, body = "DELETE", "/api-keys/"+k.ID, ""
+		case 1:
+			method, path, body = "PATCH", "/api-keys/"+k.ID, `{"active":false}`
+		case 2:
+			method, path, body = "POST", "/api-keys/"+k.ID+"/regenerate", "{}"
+		}
+		var bodyArg any
+		if body != "" {
+			bodyArg = body
+		}
+		resp, rb := s.do(method, a+path, bodyArg, bearer(tok))
+		if resp.StatusCode >= 300 {
+			t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, rb)
+		}
+		want := http.StatusUnauthorized
+		if i%3 == 1 {
+			want = http.StatusForbidden
+		}
+		d = measure(method+" "+path, k.Key, want)
+		if d > worst {
+			worst = d
+		}
+	}
+	t.Logf("revocation seen by the other gateway: worst of 20 = %v", worst)
+	fmt.Printf("REVOCATION worst-of-20 across two gateways: %v\n", worst)
+}
