@@ -22,6 +22,8 @@ import (
 
 	"github.com/mana/apigw/services/authdev"
 	"github.com/mana/apigw/services/search"
+	"github.com/mana/apigw/services/stt"
+	"github.com/mana/apigw/services/tts"
 	"github.com/mana/apigw/services/testenv"
 )
 
@@ -120,17 +122,32 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	as := httptest.NewServer(ah)
 	t.Cleanup(as.Close)
 	s.authURL = as.URL
-	sh, err := search.New(search.Config{}, logger)
+	// The search stand-in may extract its own pages (and nothing else local).
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ss := httptest.NewServer(sh)
+	sh, err := search.New(search.Config{PublicURL: "http://" + l.Addr().String(), ExtractAllowHosts: []string{l.Addr().String()}}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss := httptest.NewUnstartedServer(sh)
+	ss.Listener = l
+	ss.Start()
 	t.Cleanup(ss.Close)
 	s.backends["search"] = ss.URL
-	for _, name := range []string{"stt", "tts"} {
-		if _, ok := s.backends[name]; !ok {
-			s.backends[name] = standIn(t, name)
-		}
+	sttH, err := stt.New(stt.Config{}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ttsH, err := tts.New(tts.Config{Engine: tts.EngineTone}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, h := range map[string]http.Handler{"stt": sttH, "tts": ttsH} {
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		s.backends[name] = srv.URL
 	}
 
 	if o.pricing != "" {
@@ -173,16 +190,6 @@ func (s *stack) startWorkers() {
 	ap := testenv.FreePort(t)
 	s.agg = testenv.StartProcess(t, "aggregator", bin(t, "./aggregator/cmd/aggregator"),
 		append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(ap)), fmt.Sprintf("http://127.0.0.1:%d/health", ap))
-}
-
-// standIn is a minimal backend for the services this test does not look at.
-func standIn(t *testing.T, name string) string {
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = fmt.Fprintf(w, `{"service":%q,"durationSeconds":1}`, name)
-	}))
-	t.Cleanup(s.Close)
-	return s.URL
 }
 
 func (s *stack) do(method, url string, body any, hdr map[string]string) (*http.Response, []byte) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -162,4 +163,29 @@ func (h HTTP) Do(ctx context.Context, method, url string, body []byte, header ma
 	var buf bytes.Buffer
 	_, err = buf.ReadFrom(resp.Body)
 	return resp, buf.Bytes(), err
+}
+
+// RSS returns the process's resident set size and its peak (VmHWM) in bytes,
+// from /proc.
+func (p *Process) RSS() (rss, peak int64) {
+	p.mu.Lock()
+	cmd := p.cmd
+	p.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return 0, 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var kb int64
+		if _, err := fmt.Sscanf(line, "VmRSS: %d kB", &kb); err == nil {
+			rss = kb << 10
+		}
+		if _, err := fmt.Sscanf(line, "VmHWM: %d kB", &kb); err == nil {
+			peak = kb << 10
+		}
+	}
+	return rss, peak
 }

@@ -132,13 +132,12 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 			break
 		}
 	}
-	hdr, err := wav.ParseHeader(part)
+	pr := bufio.NewReader(part)
+	if _, err := pr.Peek(1); err != nil {
+		return nil, 0, problem.New(http.StatusBadRequest, "the file is empty")
+	}
+	hdr, err := wav.ParseHeader(pr)
 	if err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			if n, _ := io.Copy(io.Discard, part); n == 0 {
-				return nil, 0, problem.New(http.StatusBadRequest, "the file is empty")
-			}
-		}
 		return nil, 0, problem.New(http.StatusUnsupportedMediaType, "the file must be a WAV (RIFF/WAVE) audio file")
 	}
 	seconds := int64(math.Ceil(hdr.Duration().Seconds()))

@@ -56,6 +56,8 @@ type Config struct {
 	PublishTimeout time.Duration
 	// Transport is shared by all routes of a backend; nil builds a pooled default.
 	Transport http.RoundTripper
+	// TimeoutCap, if positive, caps every route's backend timeout.
+	TimeoutCap time.Duration
 }
 
 // Validate reports every problem.
@@ -82,6 +84,7 @@ type Edge struct {
 	lastUsed *LastUsed
 	logger   *slog.Logger
 	proxies  map[string]*httputil.ReverseProxy // by op
+	routes   []Route
 
 	// fallback limits zero-cost calls per key while Redis is unreachable.
 	fallbackMu sync.Mutex
@@ -96,7 +99,13 @@ func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publish
 	e := &Edge{cfg: cfg, pricing: p, resolver: resolver, quota: q, pub: pub, lastUsed: lastUsed, logger: logger,
 		proxies: map[string]*httputil.ReverseProxy{}, fallback: map[string]*rate.Limiter{}}
 	transports := map[string]http.RoundTripper{}
-	for _, rt := range Routes() {
+	e.routes = Routes()
+	for i := range e.routes {
+		if cfg.TimeoutCap > 0 && e.routes[i].Timeout > cfg.TimeoutCap {
+			e.routes[i].Timeout = cfg.TimeoutCap
+		}
+	}
+	for _, rt := range e.routes {
 		if rt.Backend == backendLocal {
 			continue
 		}
@@ -114,7 +123,7 @@ func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publish
 
 // Register mounts every route of the table on e.
 func (e *Edge) Register(ec *echo.Echo) {
-	for _, rt := range Routes() {
+	for _, rt := range e.routes {
 		ec.Add(rt.Method, rt.Path, e.handler(rt))
 	}
 }
@@ -167,6 +176,17 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 		if !ok {
 			return fmt.Errorf("key %s has tier %q that the pricing file lacks", k.ID, k.Tier)
 		}
+		allowed := tier.Allows(rt.Op)
+		if !allowed {
+			// Refused before the body is read; the script still tells a
+			// revoked key (401) from a forbidden route (403) and consumes nothing.
+			cl.eventID = ulid.Make().String()
+			d, err := e.quota.Acquire(req.Context(), quota.Request{KeyID: k.ID, Hash: hash, Allowed: false, Member: cl.eventID})
+			if err != nil {
+				return problem.New(http.StatusForbidden, "this endpoint is not included in the key's tier")
+			}
+			return e.refusal(c, d)
+		}
 		cl.units = 1
 		switch rt.Body {
 		case BodyJSON:
@@ -194,7 +214,7 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 			return problem.New(http.StatusServiceUnavailable, "usage cannot be recorded right now; try again shortly")
 		}
 		cl.eventID = ulid.Make().String()
-		d, err := e.quota.Acquire(req.Context(), quota.Request{KeyID: k.ID, Hash: hash, Cost: cl.held, Allowed: tier.Allows(rt.Op), Member: cl.eventID})
+		d, err := e.quota.Acquire(req.Context(), quota.Request{KeyID: k.ID, Hash: hash, Cost: cl.held, Allowed: true, Member: cl.eventID})
 		if err != nil {
 			return e.withoutRedis(c, cl, tier, err)
 		}

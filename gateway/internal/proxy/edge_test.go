@@ -148,6 +148,7 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string) *env {
 		Backends:       map[string]*url.URL{proxy.BackendSearch: pick(searchBackend), proxy.BackendSTT: pick(sttBackend), proxy.BackendTTS: pick(ttsBackend)},
 		GatewayID:      "test",
 		PublishTimeout: 5 * time.Second,
+		TimeoutCap:     time.Second,
 	}, p, ev.resolver, ev.q, pub, proxy.NewLastUsed(ev.store, time.Hour, logger), logger)
 	if err != nil {
 		t.Fatal(err)
@@ -417,11 +418,17 @@ func TestFailedBackendCallsCostNothing(t *testing.T) {
 	resp, b := ev.do("GET", "/v1/stt/models", secret, "", "")
 	isProblem(t, resp, b, 502)
 	ev.capture.status.Store(200)
-	// A slow backend: 504 after the route's timeout — use TTS voices (10 s) … too slow for a test;
-	// the search route's context is cancelled by the client instead, see TestBackendTimeout.
+	// A backend slower than the route's timeout (capped at 1 s here): 504.
+	ev.capture.delay.Store(1500)
+	resp, b = ev.do("POST", "/v1/search", secret, "application/json", `{"query":"slow"}`)
+	isProblem(t, resp, b, 504)
+	if resp.Header.Get("X-Credits-Remaining") != "5000" {
+		t.Fatalf("504 credits %q", resp.Header.Get("X-Credits-Remaining"))
+	}
+	ev.capture.delay.Store(0)
 	evs := ev.events()
-	if len(evs) != 2 {
-		t.Fatalf("%d events, want 2 (one per backend call)", len(evs))
+	if len(evs) != 3 {
+		t.Fatalf("%d events, want 3 (one per backend call)", len(evs))
 	}
 	for _, e := range evs {
 		if e.Credits != 0 {
