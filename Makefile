@@ -53,11 +53,11 @@ bench: ## run the benchmarks (placeholder: every Benchmark in the workspace)
 bench-smoke: ## run each benchmark once, to check they still work
 	go test -run '^$$' -bench . -benchtime 1x $(PKGS)
 
-replay: build ## rebuild/verify the aggregates from the USAGE stream (bin/aggregator replay --from-start)
-	@$(STACK) exec bin/aggregator replay --from-start
+replay: build ## verify the aggregates against the USAGE stream (bin/aggregator replay; ARGS=--from-start by default)
+	@$(STACK) exec bin/aggregator replay $(or $(ARGS),--from-start)
 
-events: build ## print the usage events as JSON (bin/aggregator tail)
-	@$(STACK) exec bin/aggregator tail
+events: build ## follow the usage events as JSON (bin/aggregator tail; ARGS=--from-start for the history)
+	@$(STACK) exec bin/aggregator tail $(ARGS)
 
 servers: ## start only PostgreSQL, Redis and NATS for development (.data/stack.env)
 	@.ci/servers.sh start dev

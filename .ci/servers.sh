@@ -168,6 +168,12 @@ pg_stop() {
 		log "stopping PostgreSQL ($PGDATA_DIR)"
 		as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null
 	fi
+	if [[ $PROFILE == test ]]; then
+		# Test data is thrown away (initdb takes a second); this also keeps
+		# /tmp clean when the cluster had to live there.
+		rm -rf "$PGROOT"
+		rmdir "/tmp/mana-$HASH/test" "/tmp/mana-$HASH" 2>/dev/null || true
+	fi
 }
 
 pg_status() {
