@@ -10,7 +10,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 servers=("$ROOT/.ci/servers.sh")
-cleanup() { "${servers[@]}" stop test || warn "stopping the test servers failed"; }
+# Quiet, so that go test's closing ok/FAIL lines stay the last of the output.
+cleanup() { "${servers[@]}" stop test >/dev/null 2>&1 || warn "stopping the test servers failed"; }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
