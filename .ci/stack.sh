@@ -86,6 +86,9 @@ start_apps() {
 	done
 	((${#taken[@]} == 0)) || die "ports already in use: ${taken[*]}; stop what holds them (ss -ltnp) and retry"
 
+	# curl for the readiness checks, jq for the curl lines the banner suggests.
+	ensure_cmd curl curl
+	ensure_cmd jq jq
 	if [[ -z ${STACK_SKIP_BUILD:-} ]]; then build; fi
 	load_env
 	mkdir -p "$RUN" "$LOGS" "$DATA/auth" "$DATA/spool"
