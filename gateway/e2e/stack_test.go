@@ -39,6 +39,7 @@ type stack struct {
 	backends map[string]string
 	gateways []*testenv.Process
 	gwURLs   []string
+	spools   []string
 	billing  *testenv.Process
 	agg      *testenv.Process
 	bins     map[string]string
@@ -164,10 +165,12 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	}
 	for i := 0; i < o.gateways; i++ {
 		p := testenv.FreePort(t)
+		spool := t.TempDir()
+		s.spools = append(s.spools, spool)
 		env := append(append([]string{}, common...),
 			"PORT="+strconv.Itoa(p), "MANA_CORE_AUTH_URL="+s.authURL,
 			"SEARCH_SERVICE_URL="+s.backends["search"], "STT_SERVICE_URL="+s.backends["stt"], "TTS_SERVICE_URL="+s.backends["tts"],
-			"SPOOL_DIR="+t.TempDir(), "GATEWAY_ID=gw"+strconv.Itoa(i), "API_KEY_PEPPER=e2e-pepper-0123456789")
+			"SPOOL_DIR="+spool, "GATEWAY_ID=gw"+strconv.Itoa(i), "API_KEY_PEPPER=e2e-pepper-0123456789")
 		env = append(env, o.extraEnv...)
 		u := fmt.Sprintf("http://127.0.0.1:%d", p)
 		s.gateways = append(s.gateways, testenv.StartProcess(t, "gateway"+strconv.Itoa(i), bin(t, "./gateway/cmd/gateway"), env, u+"/ready"))
@@ -271,7 +274,13 @@ func (s *stack) createKey(gw, token string, body map[string]any) keyObject {
 // eventually polls cond until it holds or 20 s pass.
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	eventuallyWithin(t, 20*time.Second, what, cond)
+}
+
+// eventuallyWithin polls cond until it holds or d passes.
+func eventuallyWithin(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		ok, got := cond()
 		if ok {
@@ -292,6 +301,7 @@ tiers:
   enterprise: {rateLimitPerMinute: 1000, monthlyCredits: 50000, endpoints: ["*"]}
   load: {rateLimitPerMinute: 1000000, monthlyCredits: 1000, endpoints: ["*"]}
   burst: {rateLimitPerMinute: 20, monthlyCredits: 100000, endpoints: ["*"]}
+  soak: {rateLimitPerMinute: 1000000, monthlyCredits: 1000000, endpoints: ["*"]}
 operations:
   search:          {unit: request,      credits: 1,  per: 1}
   extract:         {unit: request,      credits: 1,  per: 1}
