@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,10 +19,11 @@ func (s *stack) status(gw, secret string) int {
 
 // TestKeyLifecycle walks the key lifecycle of issue 3 through the API.
 func TestKeyLifecycle(t *testing.T) {
-	s := newStack(t, stackOpts{noWorkers: true})
+	s := newStack(t, stackOpts{noWorkers: true, extraEnv: []string{"LOG_LEVEL=debug"}})
 	gw := s.gwURLs[0]
 	tok := s.login("user@example.com")
 	k := s.createKey(gw, tok, map[string]any{"name": "lifecycle", "tier": "free"})
+	secrets := []string{k.Key, tok}
 	step := func(name, secret string, want int) {
 		t.Helper()
 		if got := s.status(gw, secret); got != want {
@@ -46,6 +48,7 @@ func TestKeyLifecycle(t *testing.T) {
 	}
 	var r1 keyObject
 	_ = json.Unmarshal(b, &r1)
+	secrets = append(secrets, r1.Key)
 	step("old key after regenerate", k.Key, 401)
 	step("new key after regenerate", r1.Key, 200)
 	// With a grace period the old secret keeps working until it ends.
@@ -55,6 +58,7 @@ func TestKeyLifecycle(t *testing.T) {
 	}
 	var r2 keyObject
 	_ = json.Unmarshal(b, &r2)
+	secrets = append(secrets, r2.Key)
 	graceEnd := time.Now().Add(2 * time.Second)
 	step("old key in grace", r1.Key, 200)
 	step("new key in grace", r2.Key, 200)
@@ -68,6 +72,13 @@ func TestKeyLifecycle(t *testing.T) {
 	step("after expiry", r2.Key, 401)
 	patch(`{"expiresAt":null}`)
 	step("expiry cleared", r2.Key, 200)
+	// lastUsedAt is kept current from the edge (batched, not on the hot path).
+	eventually(t, "lastUsedAt set", func() (bool, string) {
+		resp, b := s.do("GET", gw+"/api-keys/"+k.ID, nil, bearer(tok))
+		var got keyObject
+		_ = json.Unmarshal(b, &got)
+		return resp.StatusCode == 200 && got.LastUsedAt != nil && time.Since(*got.LastUsedAt) < time.Minute, string(b)
+	})
 	resp, _ = s.do("DELETE", gw+"/api-keys/"+k.ID, nil, bearer(tok))
 	if resp.StatusCode != 204 && resp.StatusCode != 200 {
 		t.Fatalf("delete: %d", resp.StatusCode)
@@ -75,6 +86,16 @@ func TestKeyLifecycle(t *testing.T) {
 	step("deleted", r2.Key, 401)
 	if resp, _ := s.do("GET", gw+"/api-keys/"+k.ID, nil, bearer(tok)); resp.StatusCode != 404 {
 		t.Fatalf("get deleted key: %d", resp.StatusCode)
+	}
+	// Keys and tokens never appear in a log line (debug level included).
+	logs := string(s.gateways[0].Log())
+	if !strings.Contains(logs, `"route":"/api-keys/:id"`) {
+		t.Fatalf("the debug access log is missing; the check below would prove nothing:\n%.2000s", logs)
+	}
+	for _, secret := range secrets {
+		if strings.Contains(logs, secret) || strings.Contains(logs, secret[len(secret)-20:]) {
+			t.Fatalf("a secret appears in the gateway log")
+		}
 	}
 }
 

@@ -42,7 +42,6 @@ type stack struct {
 	spools   []string
 	billing  *testenv.Process
 	agg      *testenv.Process
-	bins     map[string]string
 	http     testenv.HTTP
 }
 

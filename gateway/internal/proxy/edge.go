@@ -48,6 +48,13 @@ type Resolver interface {
 	Resolve(ctx context.Context, secret string) (*keys.Key, []byte, error)
 }
 
+// Holds records credits held by calls in flight here (see package holds).
+// Safe for concurrent use.
+type Holds interface {
+	Hold(keyID, eventID string, credits int64)
+	Release(keyID, eventID string)
+}
+
 // Config configures the edge.
 type Config struct {
 	Backends  map[string]*url.URL // search, stt, tts
@@ -82,6 +89,7 @@ type Edge struct {
 	quota    Quota
 	pub      Publisher
 	lastUsed *LastUsed
+	holds    Holds
 	logger   *slog.Logger
 	proxies  map[string]*httputil.ReverseProxy // by op
 	routes   []Route
@@ -92,11 +100,11 @@ type Edge struct {
 }
 
 // New builds the edge; the pricing must price every route of the table.
-func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publisher, lastUsed *LastUsed, logger *slog.Logger) (*Edge, error) {
+func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publisher, lastUsed *LastUsed, holds Holds, logger *slog.Logger) (*Edge, error) {
 	if err := errors.Join(cfg.Validate(), p.RequireOperations(Ops())); err != nil {
 		return nil, err
 	}
-	e := &Edge{cfg: cfg, pricing: p, resolver: resolver, quota: q, pub: pub, lastUsed: lastUsed, logger: logger,
+	e := &Edge{cfg: cfg, pricing: p, resolver: resolver, quota: q, pub: pub, lastUsed: lastUsed, holds: holds, logger: logger,
 		proxies: map[string]*httputil.ReverseProxy{}, fallback: map[string]*rate.Limiter{}}
 	transports := map[string]http.RoundTripper{}
 	e.routes = Routes()
@@ -144,6 +152,7 @@ type call struct {
 	body      *meteredBody // STT uploads
 	settled   bool         // the hold was settled (charged or released)
 	charged   int64        // what the settlement charged
+	holding   bool         // the hold is counted in e.holds
 }
 
 type callKey struct{}
@@ -222,6 +231,12 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 		if err := e.refusal(c, d); err != nil {
 			return err
 		}
+		if cl.held > 0 {
+			// Held until the event is durable or the hold is released.
+			e.holds.Hold(k.ID, cl.eventID, cl.held)
+			cl.holding = true
+			defer e.releaseHold(cl)
+		}
 		e.lastUsed.Touch(k.ID, d.Now)
 		if rt.Backend == backendLocal {
 			c.Response().Header().Set("X-Credits-Remaining", strconv.FormatInt(d.Credits, 10))
@@ -231,6 +246,15 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 		defer cancel()
 		e.proxies[rt.Op].ServeHTTP(c.Response(), req.WithContext(ctx))
 		return nil
+	}
+}
+
+// releaseHold stops counting the call's hold as in flight (its event is
+// durable, or nothing was charged). Idempotent.
+func (e *Edge) releaseHold(cl *call) {
+	if cl.holding {
+		cl.holding = false
+		e.holds.Release(cl.key.ID, cl.eventID)
 	}
 }
 

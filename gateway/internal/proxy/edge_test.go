@@ -1,10 +1,14 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -15,11 +19,13 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mana/apigw/gateway/internal/holds"
 	"github.com/mana/apigw/gateway/internal/keys"
 	"github.com/mana/apigw/gateway/internal/pricing"
 	"github.com/mana/apigw/gateway/internal/proxy"
@@ -48,7 +54,14 @@ type env struct {
 	resolver *keys.Resolver
 	q        *quota.Store
 	capture  *capture
+	echo     *echo.Echo
 }
+
+type envOpt func(*envOpts)
+
+type envOpts struct{ spoolBytes int64 }
+
+func withSpoolBytes(n int64) envOpt { return func(o *envOpts) { o.spoolBytes = n } }
 
 // capture is a backend that records what it received and answers as told.
 type capture struct {
@@ -91,8 +104,12 @@ func (c cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(int64(len(cmds))); return next(ctx, cmds) }
 }
 
-func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string) *env {
+func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...envOpt) *env {
 	t.Helper()
+	o := envOpts{spoolBytes: 1 << 20}
+	for _, f := range opts {
+		f(&o)
+	}
 	ctx := context.Background()
 	logger := testenv.Logger(t)
 	ev := &env{t: t, capture: &capture{}}
@@ -115,7 +132,7 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string) *env {
 	if ev.stream, err = usagev1.EnsureStream(ctx, js, 0); err != nil {
 		t.Fatal(err)
 	}
-	spool, err := usage.OpenSpool(t.TempDir(), 1<<20, logger)
+	spool, err := usage.OpenSpool(t.TempDir(), o.spoolBytes, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +148,11 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string) *env {
 	ev.store = keys.NewStore(ev.db)
 	ev.hasher = keys.NewHasher([]byte("test-pepper-0123456789"))
 	ev.resolver = keys.NewResolver(keys.ResolverConfig{Size: 1000, TTL: time.Minute, UnknownTTL: time.Second}, ev.store, ev.hasher)
-	ev.q = quota.NewStore(ev.rdb, quota.NewPGLoader(ev.db, usage.NewStreamSpend(js, 5*time.Second), logger))
+	hl := holds.NewLedger()
+	if _, err := hl.Serve(nc, logger); err != nil {
+		t.Fatal(err)
+	}
+	ev.q = quota.NewStore(ev.rdb, quota.NewPGLoader(ev.db, usage.NewStreamSpend(js, 5*time.Second), holds.NewQuery(nc, 50*time.Millisecond), logger))
 	if err := ev.q.Preload(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -149,12 +170,13 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string) *env {
 		GatewayID:      "test",
 		PublishTimeout: 5 * time.Second,
 		TimeoutCap:     time.Second,
-	}, p, ev.resolver, ev.q, pub, proxy.NewLastUsed(ev.store, time.Hour, logger), logger)
+	}, p, ev.resolver, ev.q, pub, proxy.NewLastUsed(ev.store, time.Hour, logger), hl, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := server.NewEcho(logger, prometheus.NewRegistry(), nil, false)
 	edge.Register(e)
+	ev.echo = e
 	srv := httptest.NewServer(e)
 	t.Cleanup(srv.Close)
 	ev.url = srv.URL
@@ -546,5 +568,99 @@ func TestRedisFlushNeverRegrantsSpentCredits(t *testing.T) {
 	}
 	if ev.balance(k) != 94 {
 		t.Fatalf("balance %d", ev.balance(k))
+	}
+}
+
+// TestInventedKeysCostNoLookups: strings with a wrong checksum are refused
+// before any Redis or Postgres lookup — 10^6 through the resolver, and
+// 10^4 through the whole HTTP edge.
+func TestInventedKeysCostNoLookups(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	ctx := context.Background()
+	pg0, rd0 := ev.pgCount.Load(), ev.redisCmd.Load()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	const alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+	invent := func() string {
+		b := make([]byte, 38)
+		for i := range b {
+			b[i] = alphabet[rnd.IntN(len(alphabet))]
+		}
+		return "sk_live_" + string(b)
+	}
+	for i := 0; i < 1_000_000; i++ {
+		if _, _, err := ev.resolver.Resolve(ctx, invent()); !errors.Is(err, keys.ErrMalformed) {
+			// A random string passes a 6-character checksum with odds of 62^-6.
+			if err == nil || !errors.Is(err, keys.ErrNotFound) {
+				t.Fatalf("invented key: %v", err)
+			}
+		}
+	}
+	for i := 0; i < 10_000; i++ {
+		req := httptest.NewRequest("GET", "/v1/search/engines", nil)
+		req.Header.Set("X-API-Key", invent())
+		rec := httptest.NewRecorder()
+		ev.echo.ServeHTTP(rec, req)
+		if rec.Code != 401 {
+			t.Fatalf("status %d", rec.Code)
+		}
+	}
+	pg, rd := ev.pgCount.Load()-pg0, ev.redisCmd.Load()-rd0
+	t.Logf("1,010,000 invented keys: %d Postgres statements, %d Redis commands", pg, rd)
+	if pg != 0 || rd != 0 || ev.resolver.Lookups() != 0 {
+		t.Fatalf("%d Postgres statements, %d Redis commands, %d lookups", pg, rd, ev.resolver.Lookups())
+	}
+}
+
+// TestSmugglingIsRefused: a request with both Transfer-Encoding and
+// Content-Length never reaches the backend.
+func TestSmugglingIsRefused(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, _ := ev.key("pro")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ev.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"query":"a"}`
+	fmt.Fprintf(conn, "POST /v1/search HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", secret, len(body), len(body), body)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 400 {
+		t.Fatalf("status %d, want 400", resp.StatusCode)
+	}
+	if ev.capture.calls.Load() != 0 {
+		t.Fatal("the backend was called")
+	}
+}
+
+// TestFullSpoolRefusesBillableCalls: with NATS away and the spool full, a
+// call that costs credits gets 503 before the backend; free calls still work.
+func TestFullSpoolRefusesBillableCalls(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture", withSpoolBytes(2000))
+	secret, k := ev.key("pro")
+	if resp, b := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"a"}`); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	ev.nats.Stop()
+	statuses := map[int]int{}
+	for i := 0; i < 20; i++ {
+		resp, b := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"a"}`)
+		statuses[resp.StatusCode]++
+		if resp.StatusCode == 503 {
+			isProblem(t, resp, b, 503)
+		}
+	}
+	if statuses[200] == 0 || statuses[503] == 0 {
+		t.Fatalf("statuses %v: want some spooled (200) and then 503", statuses)
+	}
+	calls := ev.capture.calls.Load()
+	if int(calls) != 1+statuses[200] {
+		t.Fatalf("backend saw %d calls for %d served", calls, 1+statuses[200])
+	}
+	if got := ev.balance(k); got != int64(5000-1-statuses[200]) {
+		t.Fatalf("balance %d: refused calls must not be charged", got)
 	}
 }

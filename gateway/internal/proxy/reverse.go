@@ -101,8 +101,10 @@ func (e *Edge) modifyResponse(resp *http.Response) error {
 	if err := e.publish(resp.Request.Context(), ev); err != nil {
 		// The call cannot be billed: give the credits back and refuse it.
 		_ = e.settle(resp.Request.Context(), cl, 0)
+		e.releaseHold(cl)
 		return errUnbillable{err}
 	}
+	e.releaseHold(cl)
 	if cl.decision.Credits >= 0 {
 		resp.Header.Set("X-Credits-Remaining", strconv.FormatInt(cl.decision.Credits, 10))
 	}
@@ -156,6 +158,7 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	_ = e.settle(r.Context(), cl, 0)
+	e.releaseHold(cl)
 	status, detail := http.StatusBadGateway, "the backend could not be reached"
 	var mbe *http.MaxBytesError
 	var unbillable errUnbillable

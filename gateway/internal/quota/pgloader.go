@@ -12,9 +12,10 @@ import (
 )
 
 // Spender sums the credits a key was charged in a period according to the
-// event stream, which runs ahead of the ledger. Safe for concurrent use.
+// event stream, which runs ahead of the ledger, and returns the IDs of the
+// events it counted. Safe for concurrent use.
 type Spender interface {
-	Spent(ctx context.Context, keyID, period string) (int64, error)
+	Spent(ctx context.Context, keyID, period string) (int64, map[string]bool, error)
 }
 
 // PGLoader rebuilds key state from Postgres: api_keys (the gateway's own
@@ -26,12 +27,20 @@ type Spender interface {
 type PGLoader struct {
 	db     *sqlx.DB
 	spent  Spender
+	holds  HoldCounter
 	logger *slog.Logger
 }
 
-// NewPGLoader builds a loader; spent may be nil (then the ledger alone counts).
-func NewPGLoader(db *sqlx.DB, spent Spender, logger *slog.Logger) *PGLoader {
-	return &PGLoader{db: db, spent: spent, logger: logger}
+// HoldCounter collects the credits held by calls in flight on every
+// gateway, by the ID of the event each will publish. Safe for concurrent use.
+type HoldCounter interface {
+	Held(ctx context.Context, keyID string) (map[string]int64, error)
+}
+
+// NewPGLoader builds a loader; spent and holds may be nil (then the ledger
+// alone counts).
+func NewPGLoader(db *sqlx.DB, spent Spender, holds HoldCounter, logger *slog.Logger) *PGLoader {
+	return &PGLoader{db: db, spent: spent, holds: holds, logger: logger}
 }
 
 type keyRow struct {
@@ -53,6 +62,15 @@ func (l *PGLoader) Load(ctx context.Context, keyID, period string) (State, int64
 	start, err := time.Parse("2006-01", period)
 	if err != nil {
 		return State{}, 0, fmt.Errorf("load key: period %q: %w", period, err)
+	}
+	// Holds first, then the stream: a call is either still held when its
+	// gateway answers, or its event is on the stream by the time it is
+	// scanned; a call that is both is counted once, by its event ID.
+	var held map[string]int64
+	if l.holds != nil {
+		if held, err = l.holds.Held(ctx, keyID); err != nil {
+			l.logger.WarnContext(ctx, "holds in flight unknown while rebuilding a balance", "key_id", keyID, "err", err)
+		}
 	}
 	var r keyRow
 	err = l.db.GetContext(ctx, &r, `
@@ -81,13 +99,22 @@ func (l *PGLoader) Load(ctx context.Context, keyID, period string) (State, int64
 		MonthlyCredits:     r.MonthlyCredits,
 	}
 	used := r.Used
+	var onStream map[string]bool
 	if l.spent != nil {
-		s, err := l.spent.Spent(ctx, keyID, period)
+		s, ids, err := l.spent.Spent(ctx, keyID, period)
 		if err != nil {
 			// The ledger alone still never grants a credit it has spent.
 			l.logger.WarnContext(ctx, "stream unavailable while rebuilding a balance; using the ledger alone", "key_id", keyID, "err", err)
-		} else if s > used {
-			used = s
+		} else {
+			onStream = ids
+			if s > used {
+				used = s
+			}
+		}
+	}
+	for id, c := range held {
+		if !onStream[id] {
+			used += c
 		}
 	}
 	return st, r.MonthlyCredits - used, nil

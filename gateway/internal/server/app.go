@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mana/apigw/gateway/internal/config"
+	"github.com/mana/apigw/gateway/internal/holds"
 	"github.com/mana/apigw/gateway/internal/keys"
 	"github.com/mana/apigw/gateway/internal/pricing"
 	"github.com/mana/apigw/gateway/internal/proxy"
@@ -33,16 +34,18 @@ import (
 
 // App is a wired gateway. Build it with NewApp, serve with Run.
 type App struct {
-	cfg    config.Config
-	logger *slog.Logger
-	db     *sqlx.DB
-	rdb    *redis.Client
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	spool  *usage.Spool
-	pub    *usage.Publisher
-	last   *proxy.LastUsed
-	Echo   *echo.Echo
+	cfg      config.Config
+	logger   *slog.Logger
+	db       *sqlx.DB
+	rdb      *redis.Client
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	spool    *usage.Spool
+	pub      *usage.Publisher
+	last     *proxy.LastUsed
+	holds    *holds.Ledger
+	holdsSub *nats.Subscription
+	Echo     *echo.Echo
 }
 
 // OpenDB opens Postgres and applies the migrations, retrying while the
@@ -105,9 +108,13 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	if _, err := usagev1.EnsureStream(sctx, a.js, cfg.StreamMaxAge); err != nil {
 		logger.WarnContext(ctx, "usage stream not ensured yet (NATS down?); events spool until it is", "err", err)
 	}
-	q := quota.NewStore(a.rdb, quota.NewPGLoader(db, usage.NewStreamSpend(a.js, 5*time.Second), logger)).WithWindow(cfg.RateWindow)
+	q := quota.NewStore(a.rdb, quota.NewPGLoader(db, usage.NewStreamSpend(a.js, 5*time.Second), holds.NewQuery(a.nc, 100*time.Millisecond), logger)).WithWindow(cfg.RateWindow)
 	if err := q.Preload(sctx); err != nil {
 		logger.WarnContext(ctx, "redis scripts not preloaded; they load on first use", "err", err)
+	}
+	a.holds = holds.NewLedger()
+	if a.holdsSub, err = a.holds.Serve(a.nc, logger); err != nil {
+		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -126,7 +133,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		Backends:       map[string]*url.URL{proxy.BackendSearch: cfg.SearchURL, proxy.BackendSTT: cfg.STTURL, proxy.BackendTTS: cfg.TTSURL},
 		GatewayID:      cfg.GatewayID,
 		PublishTimeout: cfg.PublishTimeout,
-	}, p, resolver, q, a.pub, a.last, logger)
+	}, p, resolver, q, a.pub, a.last, a.holds, logger)
 	if err != nil {
 		return nil, err
 	}

@@ -26,11 +26,12 @@ func NewStreamSpend(js jetstream.JetStream, timeout time.Duration) *StreamSpend 
 	return &StreamSpend{js: js, timeout: timeout}
 }
 
-// Spent returns the credits of the key's events of the period on the stream.
-func (s *StreamSpend) Spent(ctx context.Context, keyID, period string) (int64, error) {
+// Spent returns the credits of the key's events of the period on the
+// stream, and their event IDs.
+func (s *StreamSpend) Spent(ctx context.Context, keyID, period string) (int64, map[string]bool, error) {
 	start, err := time.Parse("2006-01", period)
 	if err != nil {
-		return 0, fmt.Errorf("stream spend: period: %w", err)
+		return 0, nil, fmt.Errorf("stream spend: period: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -42,11 +43,11 @@ func (s *StreamSpend) Spent(ctx context.Context, keyID, period string) (int64, e
 		OptStartTime:   &start,
 	})
 	if err != nil {
-		return 0, fmt.Errorf("stream spend: %w", err)
+		return 0, nil, fmt.Errorf("stream spend: %w", err)
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("stream spend: %w", err)
+		return 0, nil, fmt.Errorf("stream spend: %w", err)
 	}
 	remaining := int(info.NumPending)
 	var sum int64
@@ -54,7 +55,7 @@ func (s *StreamSpend) Spent(ctx context.Context, keyID, period string) (int64, e
 	for remaining > 0 {
 		batch, err := cons.Fetch(min(remaining, 1000), jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			return 0, fmt.Errorf("stream spend: %w", err)
+			return 0, nil, fmt.Errorf("stream spend: %w", err)
 		}
 		n := 0
 		for m := range batch.Messages() {
@@ -67,12 +68,12 @@ func (s *StreamSpend) Spent(ctx context.Context, keyID, period string) (int64, e
 			sum += ev.GetCredits()
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return 0, fmt.Errorf("stream spend: %w", err)
+			return 0, nil, fmt.Errorf("stream spend: %w", err)
 		}
 		if n == 0 {
-			return 0, errors.New("stream spend: the stream stopped delivering")
+			return 0, nil, errors.New("stream spend: the stream stopped delivering")
 		}
 		remaining -= n
 	}
-	return sum, nil
+	return sum, seen, nil
 }
