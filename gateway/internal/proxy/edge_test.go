@@ -177,7 +177,15 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...
 	e := server.NewEcho(logger, prometheus.NewRegistry(), nil, false)
 	edge.Register(e)
 	ev.echo = e
-	srv := httptest.NewServer(e)
+	srv := httptest.NewUnstartedServer(e)
+	l, err := server.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Config.ConnContext = server.ConnContext
+	srv.Start()
 	t.Cleanup(srv.Close)
 	ev.url = srv.URL
 	return ev

@@ -178,10 +178,16 @@ func (a *App) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); a.pub.Run(bg) }()
 	go func() { defer wg.Done(); a.last.Run(bg) }()
+	l, err := Listen(addr)
+	if err != nil {
+		stopBG()
+		wg.Wait()
+		return fmt.Errorf("listen: %w", err)
+	}
 	errc := make(chan error, 1)
 	go func() {
 		a.logger.Info("gateway listening", "addr", addr)
-		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
 		}
 		close(errc)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -118,6 +119,7 @@ func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, acce
 			return problem.New(http.StatusInternalServerError, "internal error")
 		},
 	}))
+	e.Use(refuseConflictingFraming)
 	e.Use(requestID)
 	e.Use(newHTTPMetrics(reg).middleware)
 	if accessLogs {
@@ -149,9 +151,20 @@ func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, acce
 	return e
 }
 
+// Listen opens the gateway's listener; its connections are checked for
+// conflicting request framing (see framing.go).
+func Listen(addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return framingListener{l}, nil
+}
+
 // NewHTTPServer wraps h with the gateway's timeouts and header limit.
 func NewHTTPServer(addr string, h http.Handler, logger *slog.Logger) *http.Server {
 	return &http.Server{
+		ConnContext:       ConnContext,
 		Addr:              addr,
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
