@@ -230,3 +230,15 @@ func decodeCursor(c string) (time.Time, string, error) {
 	}
 	return t, id, nil
 }
+
+// ChangedSince returns up to limit keys (deleted ones included) whose row
+// changed after t, oldest change first.
+func (s *Store) ChangedSince(ctx context.Context, t time.Time, limit int) ([]*Key, error) {
+	var out []*Key
+	err := s.db.SelectContext(ctx, &out, `SELECT `+keyColumns+` FROM api_gateway.api_keys
+		WHERE updated_at > $1 ORDER BY updated_at LIMIT $2`, t, limit)
+	if err != nil {
+		return nil, fmt.Errorf("keys changed since %s: %w", t.Format(time.RFC3339Nano), err)
+	}
+	return out, nil
+}

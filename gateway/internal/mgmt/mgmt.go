@@ -181,6 +181,7 @@ func (h *Handler) sync(c echo.Context, k *keys.Key, action string) error {
 	if err := h.deps.State.Sync(ctx, k); err != nil {
 		h.logger.ErrorContext(ctx, "propagate api key state", "action", action, "key_id", k.ID,
 			"key_prefix", k.Prefix, "error", err)
+		c.Response().Header().Set("Retry-After", "2")
 		return problem.New(http.StatusServiceUnavailable,
 			"the change is saved but could not be propagated to the gateways yet; retry the request")
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/mana/apigw/gateway/internal/config"
 	"github.com/mana/apigw/gateway/internal/holds"
 	"github.com/mana/apigw/gateway/internal/keys"
+	"github.com/mana/apigw/gateway/internal/openapi"
 	"github.com/mana/apigw/gateway/internal/pricing"
 	"github.com/mana/apigw/gateway/internal/proxy"
 	"github.com/mana/apigw/gateway/internal/quota"
@@ -43,6 +44,8 @@ type App struct {
 	spool    *usage.Spool
 	pub      *usage.Publisher
 	last     *proxy.LastUsed
+	store    *keys.Store
+	quota    *quota.Store
 	holds    *holds.Ledger
 	holdsSub *nats.Subscription
 	Echo     *echo.Echo
@@ -93,6 +96,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		PoolSize: 256, MinIdleConns: 8,
 	})
 	store := keys.NewStore(db)
+	a.store = store
 	a.nc, err = nats.Connect(cfg.NATSURL, nats.Name("mana-gateway "+cfg.GatewayID),
 		nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
 		nats.ReconnectBufSize(-1), nats.Timeout(2*time.Second),
@@ -109,6 +113,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		logger.WarnContext(ctx, "usage stream not ensured yet (NATS down?); events spool until it is", "err", err)
 	}
 	q := quota.NewStore(a.rdb, quota.NewPGLoader(db, usage.NewStreamSpend(a.js, 5*time.Second), holds.NewQuery(a.nc, 100*time.Millisecond), logger)).WithWindow(cfg.RateWindow)
+	a.quota = q
 	if err := q.Preload(sctx); err != nil {
 		logger.WarnContext(ctx, "redis scripts not preloaded; they load on first use", "err", err)
 	}
@@ -150,6 +155,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	}
 	a.Echo = NewEcho(logger, reg, checks, cfg.LogLevel == "debug")
 	edge.Register(a.Echo)
+	openapi.Register(a.Echo)
 	if mgmt != nil {
 		if err := mgmt(a.Echo, MgmtDeps{DB: db, Store: store, Hasher: hasher, Pricing: p, Quota: q}); err != nil {
 			return nil, err
@@ -175,9 +181,10 @@ func (a *App) Run(ctx context.Context) error {
 	srv := NewHTTPServer(addr, a.Echo, a.logger)
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); a.pub.Run(bg) }()
 	go func() { defer wg.Done(); a.last.Run(bg) }()
+	go func() { defer wg.Done(); resync(bg, a.store, a.quota.Sync, 2*time.Second, a.logger) }()
 	l, err := Listen(addr)
 	if err != nil {
 		stopBG()
