@@ -222,21 +222,24 @@ func TestUploadStreamsThroughTheGateway(t *testing.T) {
 	req.Header.Set("Content-Type", mw.FormDataContentType())
 	req.Header.Set("X-API-Key", k.Key)
 	stop := make(chan struct{})
-	peakDuring := int64(0)
+	sampled := make(chan int64)
 	go func() {
+		var peak int64
 		for {
 			select {
 			case <-stop:
+				sampled <- peak
 				return
 			case <-time.After(20 * time.Millisecond):
-				if r, _ := s.gateways[0].RSS(); r > peakDuring {
-					peakDuring = r
+				if r, _ := s.gateways[0].RSS(); r > peak {
+					peak = r
 				}
 			}
 		}
 	}()
 	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
 	close(stop)
+	peakDuring := <-sampled
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -85,15 +86,26 @@ func PostgresURL(t testing.TB) string {
 	return dsn
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
+// is drawn below the kernel's ephemeral range (32768+), so an outgoing
+// connection cannot take it between this call and the server's bind.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
+	for i := 0; i < 200; i++ {
+		port := 15000 + rand.IntN(17000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		// Also free on every interface (servers may bind ":port").
+		if l2, err := net.Listen("tcp", fmt.Sprintf(":%d", port)); err == nil {
+			_ = l2.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port found")
+	return 0
 }
 
 // Redis is a redis-server process owned by one test.
