@@ -163,9 +163,6 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 	op := e.pricing.Operations[rt.Op]
 	return func(c echo.Context) error {
 		req := c.Request()
-		if req.Header.Get("Upgrade") != "" {
-			return problem.New(http.StatusBadRequest, "protocol upgrades are not supported")
-		}
 		cl := &call{ec: c, route: rt, op: op, start: time.Now(), requestID: c.Response().Header().Get(echo.HeaderXRequestID)}
 		secret := req.Header.Get("X-API-Key")
 		if secret == "" {
@@ -197,25 +194,15 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 			return e.refusal(c, d)
 		}
 		cl.units = 1
-		switch rt.Body {
-		case BodyJSON:
-			body, err := readJSONBody(c, rt.BodyLimit)
-			if err != nil {
-				return err
-			}
-			if rt.Units != nil {
-				if cl.units, err = rt.Units(body); err != nil {
-					return err
-				}
-			}
-			setBody(req, body)
-		case BodyMultipart:
-			mb, seconds, err := openAudioUpload(req, rt.BodyLimit)
-			if err != nil {
-				return err
-			}
-			cl.body, cl.units = mb, seconds
-			req.Body = mb
+		if req.Header.Get("Upgrade") != "" {
+			// No h2c or WebSocket upgrades through the metered edge.
+			return e.peek(c, k, hash, problem.New(http.StatusBadRequest, "protocol upgrades are not supported"))
+		}
+		if err := e.prepareBody(c, &rt, cl); err != nil {
+			// Bad input from a known key: answered with the key's quota
+			// headers (a peek that consumes nothing), unless the key itself
+			// is no longer usable, which takes precedence.
+			return e.peek(c, k, hash, err)
 		}
 		cl.held = op.Cost(cl.units)
 		if cl.held > 0 && !e.pub.CanAccept() {
@@ -256,6 +243,47 @@ func (e *Edge) releaseHold(cl *call) {
 		cl.holding = false
 		e.holds.Release(cl.key.ID, cl.eventID)
 	}
+}
+
+// prepareBody reads and prices the request body of the route.
+func (e *Edge) prepareBody(c echo.Context, rt *Route, cl *call) error {
+	req := c.Request()
+	switch rt.Body {
+	case BodyJSON:
+		body, err := readJSONBody(c, rt.BodyLimit)
+		if err != nil {
+			return err
+		}
+		if rt.Units != nil {
+			if cl.units, err = rt.Units(body); err != nil {
+				return err
+			}
+		}
+		setBody(req, body)
+	case BodyMultipart:
+		mb, seconds, err := openAudioUpload(req, rt.BodyLimit)
+		if err != nil {
+			return err
+		}
+		cl.body, cl.units = mb, seconds
+		req.Body = mb
+	}
+	return nil
+}
+
+// peek asks Redis for the key's state without consuming anything, sets the
+// quota headers, and returns cause unless the key is refused outright.
+func (e *Edge) peek(c echo.Context, k *keys.Key, hash []byte, cause error) error {
+	d, err := e.quota.Acquire(c.Request().Context(), quota.Request{KeyID: k.ID, Hash: hash, Allowed: false, Member: ulid.Make().String()})
+	if err != nil {
+		return cause
+	}
+	switch d.Outcome {
+	case quota.Unknown, quota.Deleted, quota.Expired, quota.Inactive:
+		return e.refusal(c, d)
+	}
+	setQuotaHeaders(c.Response().Header(), d, d.Credits)
+	return cause
 }
 
 func unauthorized(detail string) error {

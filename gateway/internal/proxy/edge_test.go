@@ -419,6 +419,17 @@ func TestBadInputIsAClear4xxAndCostsNothing(t *testing.T) {
 			}
 			resp, b := ev.do(tc.method, tc.path, tc.secret, tc.ct, tc.body, extra...)
 			isProblem(t, resp, b, tc.status)
+			if resp.Header.Get("X-Request-Id") == "" {
+				t.Error("no X-Request-Id")
+			}
+			// Every answer to a known key carries its quota headers.
+			if tc.secret == secret {
+				for _, h := range []string{"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-Credits-Remaining"} {
+					if resp.Header.Get(h) == "" {
+						t.Errorf("no %s", h)
+					}
+				}
+			}
 		})
 	}
 	if n := ev.capture.calls.Load(); n != 0 {

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -143,7 +144,16 @@ func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, acce
 		}
 		if len(failed) > 0 {
 			logger.WarnContext(ctx, "not ready", "err", errors.Join(failed...))
-			return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "checks": out})
+			// A problem document with the checks as an extension member (RFC 9457 §3.2).
+			body, err := json.Marshal(map[string]any{
+				"type": "about:blank", "title": http.StatusText(http.StatusServiceUnavailable),
+				"status": http.StatusServiceUnavailable, "detail": "a dependency is unavailable",
+				"checks": out,
+			})
+			if err != nil {
+				return err
+			}
+			return c.Blob(http.StatusServiceUnavailable, problem.ContentType, body)
 		}
 		return c.JSON(http.StatusOK, map[string]any{"status": "ready", "checks": out})
 	})
