@@ -47,11 +47,11 @@ migrate: ## apply the database migrations to the dev database (starts the server
 proto: ## regenerate proto/usage/v1/usage.pb.go (protoc + protoc-gen-go v1.36.12)
 	@.ci/proto.sh
 
-bench: ## run the benchmarks (placeholder: every Benchmark in the workspace)
-	go test -run '^$$' -bench . $(PKGS)
+bench: ## gateway vs direct, nginx and a bare Go proxy, plus the pipeline (~10 min); writes docs/benchmarks.md
+	@.ci/bench.sh full
 
-bench-smoke: ## run each benchmark once, to check they still work
-	go test -run '^$$' -bench . -benchtime 1x $(PKGS)
+bench-smoke: ## the same harness with tiny durations (seconds), to check it still works; writes .data/bench/smoke.md
+	@.ci/bench.sh smoke
 
 replay: build ## verify the aggregates against the USAGE stream (bin/aggregator replay; ARGS=--from-start by default)
 	@$(STACK) exec bin/aggregator replay $(or $(ARGS),--from-start)

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   []float64
+		want float64
+	}{
+		{"one", []float64{3}, 3},
+		{"odd", []float64{5, 1, 3}, 3},
+		{"even", []float64{4, 1, 3, 2}, 2.5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := median(tc.in); got != tc.want {
+				t.Fatalf("median(%v) = %v, want %v", tc.in, got, tc.want)
+			}
+		})
+	}
+	if !math.IsNaN(median(nil)) {
+		t.Fatal("median of nothing is not NaN")
+	}
+}
+
+func TestQuantiles(t *testing.T) {
+	d := make([]time.Duration, 1000)
+	for i := range d {
+		d[len(d)-1-i] = time.Duration(i+1) * time.Microsecond // 1..1000 µs, reversed
+	}
+	got := quantiles(d)
+	want := latencies{p50: 500 * time.Microsecond, p90: 900 * time.Microsecond, p99: 990 * time.Microsecond,
+		p999: 999 * time.Microsecond, max: 1000 * time.Microsecond}
+	if got != want {
+		t.Fatalf("quantiles = %+v, want %+v", got, want)
+	}
+	if (quantiles(nil) != latencies{}) {
+		t.Fatal("quantiles of nothing")
+	}
+}
+
+func TestStatFields(t *testing.T) {
+	for _, tc := range []struct {
+		name, line   string
+		ppid, ut, st string
+		wantErr      bool
+	}{
+		{name: "plain", line: "42 (nginx) S 7 42 42 0 -1 4194560 100 0 0 0 25 13 0 0 20 0 1 0", ppid: "7", ut: "25", st: "13"},
+		{name: "spaces and parens in the name", line: "42 (a (b) c) R 1 42 42 0 -1 0 0 0 0 0 3 4 0", ppid: "1", ut: "3", st: "4"},
+		{name: "no name", line: "42 S 1", wantErr: true},
+		{name: "short", line: "42 (x) S 1 2 3", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := statFields([]byte(tc.line))
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("no error for %q", tc.line)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f[1] != tc.ppid || f[11] != tc.ut || f[12] != tc.st {
+				t.Fatalf("ppid %s utime %s stime %s", f[1], f[11], f[12])
+			}
+		})
+	}
+}
+
+func TestOwnProcess(t *testing.T) {
+	if _, err := cpuSeconds(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if memKB(os.Getpid(), "VmHWM") <= 0 || memKB(os.Getpid(), "VmRSS") <= 0 {
+		t.Fatal("no VmHWM or VmRSS for this process")
+	}
+}
+
+func TestRotate(t *testing.T) {
+	in := []string{"a", "b", "c"}
+	for r, want := range []string{"abc", "bca", "cab", "abc"} {
+		if got := strings.Join(rotate(in, r), ""); got != want {
+			t.Errorf("rotate(%d) = %s, want %s", r, got, want)
+		}
+	}
+}
+
+func TestParseGoBench(t *testing.T) {
+	out := `goos: linux
+BenchmarkEdgeFullPath/serial-2         	    2581	    824242 ns/op	         0 pg-stmts/op	         1.000 redis-cmds/op	   23522 B/op	     260 allocs/op
+BenchmarkBareProxy/parallel-2          	   38108	     62824 ns/op	   44195 B/op	      83 allocs/op
+PASS
+`
+	lines := parseGoBench(out)
+	if len(lines) != 2 {
+		t.Fatalf("%d lines", len(lines))
+	}
+	fp, ok := fullPathBench(lines)
+	if !ok || fp.n != 2581 || fp.metrics["redis-cmds/op"] != 1 || fp.metrics["pg-stmts/op"] != 0 || fp.metrics["allocs/op"] != 260 {
+		t.Fatalf("full path line %+v", fp)
+	}
+	if lines[1].metrics["B/op"] != 44195 {
+		t.Fatalf("bare line %+v", lines[1])
+	}
+}
+
+func TestConfig(t *testing.T) {
+	dir := t.TempDir()
+	base := map[string]string{"BENCH_DATABASE_URL": "postgres://x@127.0.0.1:1/postgres", "BENCH_REDIS_ADDR": "127.0.0.1:2",
+		"BENCH_NATS_URL": "nats://127.0.0.1:3", "BENCH_BIN_DIR": dir, "BENCH_WORK_DIR": dir, "BENCH_OUT": dir + "/r.md"}
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		wantErr []string
+		check   func(t *testing.T, c config)
+	}{
+		{name: "full defaults", check: func(t *testing.T, c config) {
+			if c.Rounds != 3 || c.FixedRate != 2000 || c.ReplayEvents != 1_000_000 || c.MaxDuration != 3*time.Second {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "smoke with an override", env: map[string]string{"BENCH_PROFILE": "smoke", "BENCH_ROUNDS": "2"}, check: func(t *testing.T, c config) {
+			if c.Rounds != 2 || c.MaxDuration != 300*time.Millisecond {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "every problem at once", env: map[string]string{"BENCH_PROFILE": "huge", "BENCH_ROUNDS": "x", "BENCH_MAX_DURATION": "-1s", "BENCH_NATS_URL": ""},
+			wantErr: []string{"BENCH_PROFILE", "BENCH_ROUNDS", "BENCH_MAX_DURATION", "BENCH_NATS_URL is required"}},
+		{name: "replay smaller than the pipeline", env: map[string]string{"BENCH_PIPELINE_EVENTS": "10", "BENCH_REPLAY_EVENTS": "5"},
+			wantErr: []string{"BENCH_REPLAY_EVENTS"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range base {
+				env[k] = v
+			}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			c, err := configFromEnv(func(k string) string { return env[k] })
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q lacks %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestChecksVerdicts(t *testing.T) {
+	s := func(rate float64, p50, p99 time.Duration) []sample {
+		return []sample{{rate: rate, requests: 100, lat: latencies{p50: p50, p99: p99}}}
+	}
+	r := &results{
+		max: map[string][]sample{"direct": s(10000, 0, 0), "nginx": s(5000, 0, 0), "bare-go": s(2000, 0, 0), "gateway": s(1800, 0, 0)},
+		rates: []rateRun{{rate: 2000, fixed: true, samples: map[string][]sample{
+			"direct":  s(2000, 100*time.Microsecond, time.Millisecond),
+			"nginx":   s(2000, 150*time.Microsecond, 1500*time.Microsecond),
+			"gateway": s(2000, 400*time.Microsecond, 2200*time.Microsecond),
+		}}},
+		peakFixed: map[string]int64{"gateway": 50 * 1024},
+		goBench:   "BenchmarkEdgeFullPath/serial-2 10 100 ns/op 0 pg-stmts/op 1.000 redis-cmds/op\n",
+		pipeline: pipelineResult{billing: drainResult{name: "billing-worker", events: 60000, seconds: 10},
+			aggregator: drainResult{name: "aggregator", events: 50000, seconds: 10}, replayEvents: 100_000, replaySeconds: 5},
+	}
+	got := map[string]string{}
+	for _, c := range r.checks() {
+		got[c.what] = c.verdict()
+	}
+	want := map[string]string{
+		"full path ÷ nginx, max throughput":                        "MISS", // 0.36
+		"full path ÷ features off (bare Go proxy), max throughput": "PASS", // 0.9
+		"added p50 over direct at 2000 req/s":                      "PASS", // 0.3 ms
+		"added p99 over direct at 2000 req/s":                      "PASS", // 1.2 ms
+		"added p99 ÷ nginx's added p99":                            "MISS", // 1.2 > 2 × 0.5
+		"Redis commands per hot request":                           "PASS",
+		"Postgres statements per hot request":                      "PASS",
+		"billing-worker events/s ÷ full-path max req/s":            "PASS", // 6000/1800
+		"aggregator events/s ÷ full-path max req/s":                "MISS", // 5000/1800 < 3
+		"replay of 1 M events":                                     "PASS", // 50 s
+		"gateway peak RSS at 2000 req/s":                           "PASS",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s, want %s", k, got[k], v)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("checks %v", got)
+	}
+}
+
+// The report renders from results without panicking and names every target.
+func TestWriteReport(t *testing.T) {
+	r := &results{cfg: config{Profile: "smoke", Rounds: 1, RateDuration: time.Second, FixedRate: 2000}, started: time.Now(),
+		targets: []*target{{name: "direct", label: "direct"}, {name: "nginx", label: "nginx"}, {name: "bare-go", label: "bare"}, {name: "gateway", label: "gw"}},
+		max:     map[string][]sample{}, peakAll: map[string]int64{}, peakFixed: map[string]int64{}}
+	var b strings.Builder
+	writeReport(&b, r)
+	for _, s := range []string{"## Targets (issue 7)", "## Pipeline", "| gw |"} {
+		if !strings.Contains(b.String(), s) {
+			t.Errorf("report lacks %q", s)
+		}
+	}
+}

@@ -1,0 +1,507 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/lib/pq" // Postgres driver
+
+	"github.com/mana/apigw/services/authdev"
+)
+
+// benchPricing is the seed's table plus the tier the benchmark's key uses:
+// a rate and a grant no run can exhaust, so every request takes the full
+// path (key, rate limit and credit hold in Redis, durable event) and none
+// is refused.
+const benchPricing = `
+tiers:
+  free: {rateLimitPerMinute: 10, monthlyCredits: 100, endpoints: [search, extract, extract-bulk, search-engines, key]}
+  pro: {rateLimitPerMinute: 100, monthlyCredits: 5000, endpoints: ["*"]}
+  enterprise: {rateLimitPerMinute: 1000, monthlyCredits: 50000, endpoints: ["*"]}
+  bench: {rateLimitPerMinute: 1000000000, monthlyCredits: 1000000000000, endpoints: ["*"]}
+operations:
+  search:          {unit: request,      credits: 1,  per: 1}
+  extract:         {unit: request,      credits: 1,  per: 1}
+  extract-bulk:    {unit: url,          credits: 1,  per: 1}
+  search-engines:  {unit: request,      credits: 0,  per: 1}
+  stt-transcribe:  {unit: audio_second, credits: 10, per: 60}
+  stt-models:      {unit: request,      credits: 0,  per: 1}
+  stt-languages:   {unit: request,      credits: 0,  per: 1}
+  tts-synthesize:  {unit: character,    credits: 1,  per: 1000}
+  tts-voices:      {unit: request,      credits: 0,  per: 1}
+  tts-languages:   {unit: request,      credits: 0,  per: 1}
+  key:             {unit: request,      credits: 0,  per: 1}
+`
+
+// searchBody is the request every target gets: a one-result search, so the
+// stand-in answers a small JSON document quickly.
+const searchBody = `{"query":"quantum computing","limit":1}`
+
+// nginxConf is nginx as a keep-alive reverse proxy in front of the stand-in.
+const nginxConf = `# written by the bench harness
+worker_processes auto;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %[1]s/body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+    upstream standin {
+        server 127.0.0.1:%[2]d;
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:%[3]d;
+        location / {
+            proxy_pass http://standin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+`
+
+// harness owns the processes of one benchmark run.
+type harness struct {
+	cfg     config
+	logger  *slog.Logger
+	dsn     string // the bench database
+	procs   []*proc
+	closers []func()
+
+	searchURL, gatewayURL, bareURL, nginxURL string
+	search, gateway, bare, nginx             *proc
+	apiKey                                   string
+	noFsyncURL                               string // the diagnostic gateway, if any
+	noFsync                                  *proc
+}
+
+func runHarness(ctx context.Context, cfg config, logger *slog.Logger) error {
+	start := time.Now()
+	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+		return err
+	}
+	h := &harness{cfg: cfg, logger: logger}
+	defer h.stopAll()
+	if err := h.setup(ctx); err != nil {
+		return err
+	}
+	res := &results{cfg: cfg, started: start, loadavg: loadAvg()}
+	res.targets = h.targets()
+	if err := h.httpPhase(ctx, res); err != nil {
+		return err
+	}
+	if err := h.pipelinePhase(ctx, res); err != nil {
+		return err
+	}
+	res.machine = machineInfo(ctx, cfg, h.dsn)
+	res.goBench = readOptional(cfg.GoBench)
+	res.pprofTop = readOptional(cfg.Profile0)
+	res.elapsed = time.Since(start)
+	var buf bytes.Buffer
+	writeReport(&buf, res)
+	if err := os.MkdirAll(filepath.Dir(cfg.Out), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(cfg.Out, buf.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	logger.Info("report written", "path", cfg.Out, "elapsed", res.elapsed.Round(time.Second).String())
+	for _, c := range res.checks() {
+		logger.Info("target", "what", c.what, "measured", c.measured, "target", c.want, "verdict", c.verdict())
+	}
+	return nil
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func readOptional(path string) string {
+	if path == "" {
+		return ""
+	}
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+func (h *harness) stopAll() {
+	for i := len(h.procs) - 1; i >= 0; i-- {
+		h.procs[i].stop(20 * time.Second)
+	}
+	for i := len(h.closers) - 1; i >= 0; i-- {
+		h.closers[i]()
+	}
+}
+
+func (h *harness) start(name, bin string, env []string, args ...string) (*proc, error) {
+	p, err := startProc(name, h.cfg.WorkDir, bin, env, args...)
+	if err != nil {
+		return nil, err
+	}
+	h.procs = append(h.procs, p)
+	return p, nil
+}
+
+func (h *harness) bin(name string) string { return filepath.Join(h.cfg.BinDir, name) }
+
+// setup creates the database and starts the stand-in, the dev issuer (in
+// process), the gateway, the bare proxy and nginx, then creates the API key
+// through the management API.
+func (h *harness) setup(ctx context.Context) error {
+	var err error
+	if h.dsn, err = freshDatabase(ctx, h.cfg.DatabaseURL, "bench"); err != nil {
+		return err
+	}
+	authURL, err := h.startAuth()
+	if err != nil {
+		return err
+	}
+	ports := make([]int, 4)
+	for i := range ports {
+		if ports[i], err = freePort(); err != nil {
+			return err
+		}
+	}
+	h.searchURL = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	h.gatewayURL = fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	h.bareURL = fmt.Sprintf("http://127.0.0.1:%d", ports[2])
+	h.nginxURL = fmt.Sprintf("http://127.0.0.1:%d", ports[3])
+
+	if h.search, err = h.start("search", h.bin("search"), []string{"PORT=" + strconv.Itoa(ports[0]), "LOG_LEVEL=warn"}); err != nil {
+		return err
+	}
+	if err := waitReady(ctx, h.search, h.searchURL+"/health", 30*time.Second); err != nil {
+		return err
+	}
+
+	pricing := filepath.Join(h.cfg.WorkDir, "pricing.yaml")
+	if err := os.WriteFile(pricing, []byte(benchPricing), 0o600); err != nil {
+		return err
+	}
+	rhost, rport, err := net.SplitHostPort(h.cfg.RedisAddr)
+	if err != nil {
+		return fmt.Errorf("BENCH_REDIS_ADDR: %w", err)
+	}
+	spool := filepath.Join(h.cfg.WorkDir, "spool")
+	gwEnv := []string{
+		"PORT=" + strconv.Itoa(ports[1]), "DATABASE_URL=" + h.dsn, "REDIS_HOST=" + rhost, "REDIS_PORT=" + rport,
+		"NATS_URL=" + h.cfg.NATSURL, "SEARCH_SERVICE_URL=" + h.searchURL,
+		// Not benchmarked; nothing listens there.
+		"STT_SERVICE_URL=http://127.0.0.1:9", "TTS_SERVICE_URL=http://127.0.0.1:9",
+		"MANA_CORE_AUTH_URL=" + authURL, "API_KEY_PEPPER=bench-pepper-0123456789abcdef",
+		"PRICING_FILE=" + pricing, "SPOOL_DIR=" + spool, "GATEWAY_ID=bench", "LOG_LEVEL=warn",
+	}
+	if h.gateway, err = h.start("gateway", h.bin("gateway"), gwEnv); err != nil {
+		return err
+	}
+	if err := waitReady(ctx, h.gateway, h.gatewayURL+"/ready", 60*time.Second); err != nil {
+		return err
+	}
+	if h.cfg.NATSNoFsyncURL != "" {
+		// Same database, Redis and key; only its JetStream differs.
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		h.noFsyncURL = fmt.Sprintf("http://127.0.0.1:%d", port)
+		env := append(append([]string{}, gwEnv...), "PORT="+strconv.Itoa(port), "NATS_URL="+h.cfg.NATSNoFsyncURL,
+			"SPOOL_DIR="+spool+"-nofsync", "GATEWAY_ID=bench-nofsync")
+		if h.noFsync, err = h.start("gateway-nofsync", h.bin("gateway"), env); err != nil {
+			return err
+		}
+		if err := waitReady(ctx, h.noFsync, h.noFsyncURL+"/ready", 60*time.Second); err != nil {
+			return err
+		}
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if h.bare, err = h.start("bare-proxy", self, []string{"PORT=" + strconv.Itoa(ports[2]), "TARGET_URL=" + h.searchURL}, "proxy"); err != nil {
+		return err
+	}
+	if err := waitReady(ctx, h.bare, h.bareURL+"/health", 30*time.Second); err != nil {
+		return err
+	}
+
+	prefix := filepath.Join(h.cfg.WorkDir, "nginx")
+	for _, d := range []string{"body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		if err := os.MkdirAll(filepath.Join(prefix, d), 0o777); err != nil {
+			return err
+		}
+	}
+	conf := filepath.Join(prefix, "nginx.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, prefix, ports[0], ports[3]), 0o644); err != nil {
+		return err
+	}
+	if h.nginx, err = h.start("nginx", h.cfg.Nginx, nil, "-p", prefix, "-c", conf, "-g", "daemon off;"); err != nil {
+		return err
+	}
+	if err := waitReady(ctx, h.nginx, h.nginxURL+"/health", 30*time.Second); err != nil {
+		return err
+	}
+	h.apiKey, err = h.createKey(ctx, authURL)
+	return err
+}
+
+// freshDatabase (re)creates database name on the cluster of adminURL and
+// returns its URL.
+func freshDatabase(ctx context.Context, adminURL, name string) (string, error) {
+	db, err := sql.Open("postgres", adminURL)
+	if err != nil {
+		return "", fmt.Errorf("open postgres: %w", err)
+	}
+	defer db.Close()
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(cctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+		return "", fmt.Errorf("drop database %s: %w", name, err)
+	}
+	if _, err := db.ExecContext(cctx, "CREATE DATABASE "+name); err != nil {
+		return "", fmt.Errorf("create database %s: %w", name, err)
+	}
+	u, err := url.Parse(adminURL)
+	if err != nil {
+		return "", err
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// startAuth serves the dev issuer in this process.
+func (h *harness) startAuth() (string, error) {
+	ah, err := authdev.New(authdev.Config{}, h.logger.With("component", "authdev"))
+	if err != nil {
+		return "", err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	srv := &http.Server{Handler: ah, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+	go func() { _ = srv.Serve(l) }()
+	h.closers = append(h.closers, func() { _ = srv.Close() })
+	return "http://" + l.Addr().String(), nil
+}
+
+// createKey logs in as the dev user and creates a key of the bench tier.
+func (h *harness) createKey(ctx context.Context, authURL string) (string, error) {
+	var login struct {
+		AccessToken string `json:"accessToken"`
+	}
+	if err := postJSON(ctx, authURL+"/api/v1/auth/login", "", `{"email":"user@example.com","password":"password"}`, http.StatusOK, &login); err != nil {
+		return "", fmt.Errorf("login: %w", err)
+	}
+	var key struct {
+		Key string `json:"key"`
+	}
+	if err := postJSON(ctx, h.gatewayURL+"/api-keys", login.AccessToken, `{"name":"bench","tier":"bench"}`, http.StatusCreated, &key); err != nil {
+		return "", fmt.Errorf("create key: %w", err)
+	}
+	if key.Key == "" {
+		return "", errors.New("create key: no key in the answer")
+	}
+	return key.Key, nil
+}
+
+func postJSON(ctx context.Context, u, bearer, body string, want int, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != want {
+		return fmt.Errorf("POST %s: status %d: %s", u, resp.StatusCode, b)
+	}
+	return json.Unmarshal(b, out)
+}
+
+// targets are the four things measured, in the report's order.
+func (h *harness) targets() []*target {
+	hdr := http.Header{"Content-Type": []string{"application/json"}}
+	gwHdr := hdr.Clone()
+	gwHdr.Set("X-API-Key", h.apiKey)
+	one := func(p *proc) func() []int { return func() []int { return []int{p.pid()} } }
+	extra := map[string]int{}
+	if h.cfg.RedisPID > 0 {
+		extra["redis"] = h.cfg.RedisPID
+	}
+	if h.cfg.NATSPID > 0 {
+		extra["nats"] = h.cfg.NATSPID
+	}
+	body := []byte(searchBody)
+	ts := []*target{
+		{name: "direct", label: "direct (search stand-in)", url: h.searchURL + "/search", header: hdr, body: body, pids: one(h.search)},
+		{name: "nginx", label: "nginx keep-alive proxy", url: h.nginxURL + "/search", header: hdr, body: body,
+			pids: func() []int { return append([]int{h.nginx.pid()}, children(h.nginx.pid())...) }},
+		{name: "bare-go", label: "bare Go proxy (features off)", url: h.bareURL + "/search", header: hdr, body: body, pids: one(h.bare)},
+		{name: "gateway", label: "gateway, full path", url: h.gatewayURL + "/v1/search", header: gwHdr, body: body, pids: one(h.gateway), extra: extra},
+	}
+	if h.noFsync != nil {
+		extra := map[string]int{}
+		if h.cfg.RedisPID > 0 {
+			extra["redis"] = h.cfg.RedisPID
+		}
+		if h.cfg.NATSNoFsyncPID > 0 {
+			extra["nats"] = h.cfg.NATSNoFsyncPID
+		}
+		ts = append(ts, &target{name: "gateway-nofsync", label: "gateway, full path, JetStream without per-write fsync (diagnostic)",
+			url: h.noFsyncURL + "/v1/search", header: gwHdr, body: body, pids: one(h.noFsync), extra: extra})
+	}
+	return ts
+}
+
+// rotate returns ts starting at index r (mod len), so that every target
+// takes every position across rounds.
+func rotate[T any](ts []T, r int) []T {
+	n := len(ts)
+	out := make([]T, 0, n)
+	for i := 0; i < n; i++ {
+		out = append(out, ts[(i+r)%n])
+	}
+	return out
+}
+
+// httpPhase: warm-up, closed-loop max throughput, then open-loop latency at
+// fixed rates, each alternating the targets over several rounds.
+func (h *harness) httpPhase(ctx context.Context, res *results) error {
+	cfg := h.cfg
+	busy0, ours0 := machineBusy(), h.ourCPU()
+	defer func() {
+		res.busyCPU, res.ourCPU = machineBusy()-busy0, h.ourCPU()-ours0
+	}()
+	for _, t := range res.targets {
+		s := attack(ctx, t, attackOpts{duration: cfg.Warmup, workers: cfg.Connections})
+		if s.requests == 0 || s.errors > 0 {
+			return fmt.Errorf("warm-up of %s: %d requests, %d errors (first: %s)", t.name, s.requests, s.errors, s.firstErr)
+		}
+	}
+	res.max = map[string][]sample{}
+	for r := 0; r < cfg.Rounds; r++ {
+		for _, t := range rotate(res.targets, r) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			s := attack(ctx, t, attackOpts{duration: cfg.MaxDuration, workers: cfg.Connections})
+			h.logger.Info("max throughput", "round", r+1, "target", t.name, "rps", math.Round(s.rate), "errors", s.errors)
+			res.max[t.name] = append(res.max[t.name], s)
+		}
+	}
+	directMax := median(rates(res.max["direct"]))
+	var rateList []rateRun
+	for _, f := range cfg.RateFractions {
+		rate := int(math.Round(directMax*f/50) * 50)
+		rateList = append(rateList, rateRun{label: fmt.Sprintf("%.0f %% of direct's max", f*100), rate: max(rate, 50)})
+	}
+	rateList = append(rateList, rateRun{label: "fixed", rate: cfg.FixedRate, fixed: true})
+	res.peakAll, res.peakFixed = map[string]int64{}, map[string]int64{}
+	for i := range rateList {
+		rr := &rateList[i]
+		rr.samples = map[string][]sample{}
+		if rr.fixed {
+			// The peak RSS of the run so far, then of the fixed-rate phase only.
+			for _, t := range res.targets {
+				res.peakAll[t.name] = groupHWM(t.pids())
+				if err := resetHWM(t.pids()); err != nil {
+					h.logger.Warn("peak RSS not reset; the fixed-rate peak is the run's", "target", t.name, "err", err)
+				}
+			}
+		}
+		for r := 0; r < cfg.Rounds; r++ {
+			for _, t := range rotate(res.targets, r) {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				if !rr.fixed && float64(rr.rate) > res.maxRate(t.name) {
+					// Beyond what the target served closed-loop: its
+					// latencies would be queueing alone, and the overload
+					// would spill into the next run.
+					continue
+				}
+				s := attack(ctx, t, attackOpts{duration: cfg.RateDuration, rate: rr.rate, workers: cfg.OpenWorkers})
+				h.logger.Info("fixed rate", "round", r+1, "target", t.name, "rate", rr.rate, "achieved", math.Round(s.rate),
+					"p50", s.lat.p50.String(), "p99", s.lat.p99.String(), "errors", s.errors)
+				rr.samples[t.name] = append(rr.samples[t.name], s)
+			}
+		}
+		if rr.fixed {
+			for _, t := range res.targets {
+				res.peakFixed[t.name] = groupHWM(t.pids())
+			}
+		}
+	}
+	res.rates = rateList
+	return nil
+}
+
+// ourCPU is the CPU seconds used so far by this process, its children and
+// the servers (Redis, NATS); what else the machine did is interference.
+func (h *harness) ourCPU() float64 {
+	pids := []int{os.Getpid()}
+	for _, p := range h.procs {
+		if !p.exited() {
+			pids = append(pids, p.pid())
+		}
+	}
+	if h.nginx != nil {
+		pids = append(pids, children(h.nginx.pid())...)
+	}
+	for _, p := range []int{h.cfg.RedisPID, h.cfg.NATSPID, h.cfg.NATSNoFsyncPID} {
+		if p > 0 {
+			pids = append(pids, p)
+		}
+	}
+	return groupCPU(pids)
+}
+
+func rates(ss []sample) []float64 {
+	out := make([]float64, len(ss))
+	for i, s := range ss {
+		out[i] = s.rate
+	}
+	return out
+}
