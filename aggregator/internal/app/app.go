@@ -5,134 +5,39 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq" // Postgres driver
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/mana/apigw/aggregator/internal/consumer"
 	"github.com/mana/apigw/aggregator/internal/rollup"
 	"github.com/mana/apigw/migrations"
+	"github.com/mana/apigw/proto/usage/consumer"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
-// Config is the aggregator's configuration.
-type Config struct {
-	DatabaseURL   string        // DATABASE_URL
-	NATSURL       string        // NATS_URL
-	MetricsPort   int           // METRICS_PORT; 0 disables the metrics server
-	LogLevel      slog.Level    // LOG_LEVEL
-	BatchSize     int           // BATCH_SIZE
-	AckWait       time.Duration // ACK_WAIT
-	MaxAckPending int           // MAX_ACK_PENDING
-	FetchWait     time.Duration // FETCH_WAIT
-	NakDelay      time.Duration // NAK_DELAY
-	HandleDelay   time.Duration // HANDLE_DELAY: holds every batch before commit; tests only
-}
+// Config is the aggregator's configuration: the settings every USAGE
+// stream worker shares.
+type Config = consumer.Settings
 
-// ConfigFromEnv reads the configuration with its defaults and validates it,
-// reporting every problem at once.
+// ConfigFromEnv reads the configuration with its defaults (METRICS_PORT
+// 9102) and validates it, reporting every problem at once.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
-	var errs []error
-	str := func(name, def string) string {
-		if v := getenv(name); v != "" {
-			return v
-		}
-		return def
-	}
-	num := func(name string, def int) int {
-		v := getenv(name)
-		if v == "" {
-			return def
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			errs = append(errs, fmt.Errorf("%s: %q is not a non-negative integer", name, v))
-		}
-		return n
-	}
-	dur := func(name string, def time.Duration) time.Duration {
-		v := getenv(name)
-		if v == "" {
-			return def
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			errs = append(errs, fmt.Errorf("%s: %q is not a non-negative duration", name, v))
-		}
-		return d
-	}
-	c := Config{
-		DatabaseURL:   str("DATABASE_URL", "postgres://postgres:postgres@localhost:5432/manacore?sslmode=disable"),
-		NATSURL:       str("NATS_URL", nats.DefaultURL),
-		MetricsPort:   num("METRICS_PORT", 9102),
-		BatchSize:     num("BATCH_SIZE", 500),
-		AckWait:       dur("ACK_WAIT", 30*time.Second),
-		MaxAckPending: num("MAX_ACK_PENDING", 2000),
-		FetchWait:     dur("FETCH_WAIT", 2*time.Second),
-		NakDelay:      dur("NAK_DELAY", time.Second),
-		HandleDelay:   dur("HANDLE_DELAY", 0),
-	}
-	if err := c.LogLevel.UnmarshalText([]byte(str("LOG_LEVEL", "info"))); err != nil {
-		errs = append(errs, fmt.Errorf("LOG_LEVEL: %w", err))
-	}
-	if err := c.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	return c, errors.Join(errs...)
-}
-
-// Validate checks the configuration.
-func (c Config) Validate() error {
-	var errs []error
-	if c.DatabaseURL == "" {
-		errs = append(errs, errors.New("DATABASE_URL is required"))
-	}
-	if c.NATSURL == "" {
-		errs = append(errs, errors.New("NATS_URL is required"))
-	}
-	if c.MetricsPort < 0 || c.MetricsPort > 65535 {
-		errs = append(errs, fmt.Errorf("METRICS_PORT %d is out of range", c.MetricsPort))
-	}
-	if c.BatchSize < 1 || c.BatchSize > 10000 {
-		errs = append(errs, fmt.Errorf("BATCH_SIZE %d is not in 1..10000", c.BatchSize))
-	}
-	if c.AckWait < time.Second {
-		errs = append(errs, fmt.Errorf("ACK_WAIT %s is below 1s", c.AckWait))
-	}
-	if c.MaxAckPending < c.BatchSize {
-		errs = append(errs, fmt.Errorf("MAX_ACK_PENDING %d is below BATCH_SIZE %d", c.MaxAckPending, c.BatchSize))
-	}
-	if c.FetchWait < 10*time.Millisecond {
-		errs = append(errs, fmt.Errorf("FETCH_WAIT %s is below 10ms", c.FetchWait))
-	}
-	return errors.Join(errs...)
+	return consumer.SettingsFromEnv(getenv, 9102)
 }
 
 // conns are the connections every subcommand needs.
 type conns struct {
-	db     *sqlx.DB
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	stream jetstream.Stream
+	db *sqlx.DB
+	*consumer.Conn
 }
 
 func (c *conns) close() {
-	if c.nc != nil {
-		if err := c.nc.Drain(); err != nil {
-			c.nc.Close()
-		}
+	if c.Conn != nil {
+		c.Conn.Close()
 	}
 	if c.db != nil {
 		_ = c.db.Close()
@@ -153,18 +58,7 @@ func connect(ctx context.Context, databaseURL, natsURL, name string, logger *slo
 		c.close()
 		return nil, err
 	}
-	nc, err := nats.Connect(natsURL, nats.Name(name), nats.Timeout(5*time.Second),
-		nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.ReconnectWait(500*time.Millisecond))
-	if err != nil {
-		c.close()
-		return nil, fmt.Errorf("connect nats: %w", err)
-	}
-	c.nc = nc
-	if c.js, err = jetstream.New(nc); err != nil {
-		c.close()
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	if c.stream, err = usagev1.EnsureStream(ctx, c.js, 0); err != nil {
+	if c.Conn, err = consumer.Connect(ctx, natsURL, name); err != nil {
 		c.close()
 		return nil, err
 	}
@@ -192,49 +86,54 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		}
 	}
 	go ensureAhead(ctx, store, c.db, logger)
+	return consumer.Serve(ctx, cfg, c.Stream, consumer.Worker{
+		Name: "aggregator", Durable: usagev1.AggregatorConsumer, Namespace: "aggregator",
+		Store: batches{db: c.db, store: store}, Check: Check,
+	}, logger)
+}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics, err := consumer.NewMetrics("aggregator", reg)
+// batches commits the consumer's batches to api_usage and api_usage_daily.
+type batches struct {
+	db    *sqlx.DB
+	store *rollup.Store
+}
+
+func (b batches) Begin(ctx context.Context) (consumer.Tx, error) {
+	tx, err := b.db.BeginTxx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
+		return nil, err
 	}
-	apply := func(ctx context.Context, tx *sqlx.Tx, events []consumer.Event) (consumer.Applied, error) {
-		rows := make([]rollup.Row, len(events))
-		for i, ev := range events {
-			rows[i] = rollup.RowOf(ev.UsageEvent)
-		}
-		if err := store.EnsurePartitions(ctx, c.db, rows); err != nil {
-			return consumer.Applied{}, err
-		}
-		res, err := store.Record(ctx, tx, rows)
-		return consumer.Applied{Inserted: res.Inserted, Duplicates: res.Duplicates}, err
+	return batch{Tx: tx, batches: b}, nil
+}
+
+// batch is one consumer batch's transaction.
+type batch struct {
+	*sqlx.Tx
+	batches
+}
+
+// Apply records the events, creating the monthly partitions they need first
+// (each in its own transaction, see rollup.Store.EnsurePartition).
+func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.Applied, error) {
+	rows := make([]rollup.Row, len(events))
+	for i, ev := range events {
+		rows[i] = rollup.RowOf(ev.UsageEvent)
 	}
-	cons, err := consumer.New(ctx, consumer.Config{
-		Durable: usagev1.AggregatorConsumer, Stream: c.stream, DB: c.db, Logger: logger, Metrics: metrics,
-		Apply: apply, Check: Check,
-		BatchSize: cfg.BatchSize, AckWait: cfg.AckWait, MaxAckPending: cfg.MaxAckPending,
-		FetchWait: cfg.FetchWait, NakDelay: cfg.NakDelay, HandleDelay: cfg.HandleDelay,
-	})
-	if err != nil {
-		return err
+	if err := b.store.EnsurePartitions(ctx, b.db, rows); err != nil {
+		return consumer.Applied{}, err
 	}
-	if cfg.MetricsPort > 0 {
-		srv := MetricsServer(fmt.Sprintf(":%d", cfg.MetricsPort), reg)
-		go func() {
-			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				logger.ErrorContext(ctx, "metrics server failed", "error", err)
-			}
-		}()
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-		}()
-	}
-	logger.InfoContext(ctx, "aggregator started", "batch_size", cfg.BatchSize, "ack_wait", cfg.AckWait)
-	err = cons.Run(ctx)
-	logger.InfoContext(ctx, "aggregator stopped")
+	res, err := b.store.Record(ctx, b.Tx, rows)
+	return consumer.Applied{Inserted: res.Inserted, Duplicates: res.Duplicates}, err
+}
+
+const insertDeadLetter = `
+INSERT INTO api_gateway.dead_letters (consumer, stream_seq, subject, msg_id, payload, reason)
+VALUES ($1, $2, $3, NULLIF($4, ''), $5, $6)
+ON CONFLICT (consumer, stream_seq) DO NOTHING`
+
+// DeadLetter keeps d in api_gateway.dead_letters.
+func (b batch) DeadLetter(ctx context.Context, d consumer.DeadLetter) error {
+	_, err := b.ExecContext(ctx, insertDeadLetter, d.Consumer, int64(d.StreamSeq), d.Subject, d.MsgID, d.Payload, d.Reason)
 	return err
 }
 
@@ -262,19 +161,4 @@ func Check(ev *usagev1.UsageEvent) error {
 		return fmt.Errorf("%w: key_id is not a UUID", usagev1.ErrInvalid)
 	}
 	return nil
-}
-
-// MetricsServer serves /metrics from reg and /health, with timeouts.
-func MetricsServer(addr string, reg *prometheus.Registry) *http.Server {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
-	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"status":"ok"}`))
-	})
-	return &http.Server{
-		Addr: addr, Handler: mux,
-		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 15 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
-	}
 }

@@ -134,7 +134,7 @@ func replayCmd(ctx context.Context, cfg Config, logger *slog.Logger, args []stri
 		return ExitError
 	}
 	defer c.close()
-	rc := rollup.ReplayConfig{DB: c.db, JS: c.js, Logger: logger, Start: st, Apply: *applyFlag, Keep: *keep, Out: stdout}
+	rc := rollup.ReplayConfig{DB: c.db, JS: c.JS, Logger: logger, Start: st, Apply: *applyFlag, Keep: *keep, Out: stdout}
 	if isTerminal(stderr) {
 		rc.Progress = stderr
 	}

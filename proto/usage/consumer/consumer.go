@@ -1,11 +1,15 @@
-// Package consumer (a copy of billing-worker/internal/consumer; keep the two in step) runs a durable JetStream pull consumer of the USAGE stream
-// in batches: each batch is decoded, applied in ONE Postgres transaction
-// together with the dead letters it produced, committed, and only then
-// acknowledged. A failed transaction negatively acknowledges the batch with
-// a backoff; a message that can never be processed is kept in
-// api_gateway.dead_letters with its reason and terminated, never dropped.
+// Package consumer runs a durable JetStream pull consumer of the USAGE stream
+// in batches, the way every worker that consumes the stream does: each batch
+// is decoded, applied in ONE store transaction together with the dead letters
+// it produced, committed, and only then acknowledged. A failed transaction
+// negatively acknowledges the batch with a backoff; a message that can never
+// be processed is kept as a dead letter with its reason and terminated, never
+// dropped.
 //
-// Delivery is at least once, so Apply must be idempotent per event ID.
+// Delivery is at least once, so the store's Apply must be idempotent per
+// event ID. The package also holds what a worker process wraps around the
+// consumer: its settings from the environment, the NATS connection with the
+// stream ensured, and the metrics server (see Serve).
 package consumer
 
 import (
@@ -13,45 +17,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
-	"github.com/jmoiron/sqlx"
-	"github.com/lib/pq"
 	"github.com/nats-io/nats.go/jetstream"
 
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
-// Event is a decoded message and where it sits in the stream.
-type Event struct {
-	*usagev1.UsageEvent
-	StreamSeq    uint64
-	NumDelivered uint64
-}
-
-// Applied is what Apply changed.
-type Applied struct {
-	// Inserted events were new; Duplicates had been applied before.
-	Inserted, Duplicates int
-}
-
-// ApplyFunc applies a batch inside tx and must not commit it. It must be
-// idempotent per event ID (a redelivered event changes nothing) and safe for
-// concurrent use by several processes on the same tables.
-type ApplyFunc func(ctx context.Context, tx *sqlx.Tx, events []Event) (Applied, error)
-
-// CheckFunc rejects an event that decodes and validates but that this consumer
-// can still never process; its error becomes the dead letter's reason.
-type CheckFunc func(*usagev1.UsageEvent) error
-
 // Config configures a Consumer.
 type Config struct {
 	Durable string // consumer name, e.g. usagev1.BillingConsumer
 	Stream  jetstream.Stream
-	DB      *sqlx.DB
+	Store   Store
 	Logger  *slog.Logger
 	Metrics *Metrics
-	Apply   ApplyFunc
 	Check   CheckFunc // optional
 
 	BatchSize     int           // messages per transaction (default 500)
@@ -75,17 +55,14 @@ func (c *Config) Validate() error {
 	if c.Stream == nil {
 		errs = append(errs, errors.New("stream is required"))
 	}
-	if c.DB == nil {
-		errs = append(errs, errors.New("db is required"))
+	if c.Store == nil {
+		errs = append(errs, errors.New("store is required"))
 	}
 	if c.Logger == nil {
 		errs = append(errs, errors.New("logger is required"))
 	}
 	if c.Metrics == nil {
 		errs = append(errs, errors.New("metrics are required"))
-	}
-	if c.Apply == nil {
-		errs = append(errs, errors.New("apply func is required"))
 	}
 	if c.BatchSize < 0 || c.MaxAckPending < 0 || c.AckWait < 0 || c.FetchWait < 0 || c.HandleDelay < 0 {
 		errs = append(errs, errors.New("sizes and durations must not be negative"))
@@ -151,7 +128,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				break
 			}
 			c.log.WarnContext(ctx, "fetch failed", "error", err)
-			sleep(ctx, time.Second)
+			_ = sleep(ctx, time.Second)
 			continue
 		}
 		if len(msgs) == 0 {
@@ -275,7 +252,7 @@ func (c *Consumer) settleOne(ctx context.Context, it item) {
 
 // commit applies the events and writes the dead letters in one transaction.
 func (c *Consumer) commit(ctx context.Context, items []item) (err error) {
-	tx, err := c.cfg.DB.BeginTxx(ctx, nil)
+	tx, err := c.cfg.Store.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
@@ -290,13 +267,13 @@ func (c *Consumer) commit(ctx context.Context, items []item) (err error) {
 			events = append(events, Event{UsageEvent: it.event, StreamSeq: it.meta.Sequence.Stream, NumDelivered: it.meta.NumDelivered})
 			continue
 		}
-		if err := c.deadLetter(ctx, tx, it); err != nil {
-			return err
+		if err := tx.DeadLetter(ctx, c.deadLetter(it)); err != nil {
+			return fmt.Errorf("insert dead letter: %w", err)
 		}
 	}
 	var applied Applied
 	if len(events) > 0 {
-		if applied, err = c.cfg.Apply(ctx, tx, events); err != nil {
+		if applied, err = tx.Apply(ctx, events); err != nil {
 			return err
 		}
 	}
@@ -313,21 +290,15 @@ func (c *Consumer) commit(ctx context.Context, items []item) (err error) {
 	return nil
 }
 
-const insertDeadLetter = `
-INSERT INTO api_gateway.dead_letters (consumer, stream_seq, subject, msg_id, payload, reason)
-VALUES ($1, $2, $3, NULLIF($4, ''), $5, $6)
-ON CONFLICT (consumer, stream_seq) DO NOTHING`
-
-func (c *Consumer) deadLetter(ctx context.Context, tx *sqlx.Tx, it item) error {
+func (c *Consumer) deadLetter(it item) DeadLetter {
 	payload := it.msg.Data()
 	if payload == nil {
 		payload = []byte{}
 	}
-	if _, err := tx.ExecContext(ctx, insertDeadLetter, c.cfg.Durable, int64(it.meta.Sequence.Stream),
-		it.msg.Subject(), it.msg.Headers().Get(jetstream.MsgIDHeader), payload, it.reason); err != nil {
-		return fmt.Errorf("insert dead letter: %w", err)
+	return DeadLetter{
+		Consumer: c.cfg.Durable, StreamSeq: it.meta.Sequence.Stream, Subject: it.msg.Subject(),
+		MsgID: it.msg.Headers().Get(jetstream.MsgIDHeader), Payload: payload, Reason: it.reason,
 	}
-	return nil
 }
 
 // settle acknowledges a committed batch (Term for dead letters) or negatively
@@ -371,12 +342,12 @@ func (c *Consumer) backoff(delivered uint64) time.Duration {
 // isPermanent tells a database rejection of the data (SQLSTATE classes 22
 // data exception and 23 integrity violation) from a transient failure.
 func isPermanent(err error) bool {
-	var pqErr *pq.Error
-	if !errors.As(err, &pqErr) {
+	var coded interface{ SQLState() string }
+	if !errors.As(err, &coded) {
 		return false
 	}
-	class := pqErr.Code.Class()
-	return class == "22" || class == "23"
+	state := coded.SQLState()
+	return strings.HasPrefix(state, "22") || strings.HasPrefix(state, "23")
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

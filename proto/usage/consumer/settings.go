@@ -1,0 +1,108 @@
+package consumer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Settings are the environment settings of a worker process that consumes
+// the USAGE stream (billing-worker, aggregator); they are the same in every
+// such worker but for the default metrics port.
+type Settings struct {
+	DatabaseURL   string        // DATABASE_URL
+	NATSURL       string        // NATS_URL
+	MetricsPort   int           // METRICS_PORT; 0 disables the metrics server
+	LogLevel      slog.Level    // LOG_LEVEL
+	BatchSize     int           // BATCH_SIZE
+	AckWait       time.Duration // ACK_WAIT
+	MaxAckPending int           // MAX_ACK_PENDING
+	FetchWait     time.Duration // FETCH_WAIT
+	NakDelay      time.Duration // NAK_DELAY
+	// HandleDelay (HANDLE_DELAY) holds every batch this long before commit; tests only.
+	HandleDelay time.Duration
+}
+
+// SettingsFromEnv reads the settings through getenv with their defaults
+// (METRICS_PORT defaults to metricsPort) and validates them, reporting every
+// problem at once.
+func SettingsFromEnv(getenv func(string) string, metricsPort int) (Settings, error) {
+	var errs []error
+	str := func(name, def string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	num := func(name string, def int) int {
+		v := getenv(name)
+		if v == "" {
+			return def
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			errs = append(errs, fmt.Errorf("%s: %q is not a non-negative integer", name, v))
+		}
+		return n
+	}
+	dur := func(name string, def time.Duration) time.Duration {
+		v := getenv(name)
+		if v == "" {
+			return def
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			errs = append(errs, fmt.Errorf("%s: %q is not a non-negative duration", name, v))
+		}
+		return d
+	}
+	s := Settings{
+		DatabaseURL:   str("DATABASE_URL", "postgres://postgres:postgres@localhost:5432/manacore?sslmode=disable"),
+		NATSURL:       str("NATS_URL", nats.DefaultURL),
+		MetricsPort:   num("METRICS_PORT", metricsPort),
+		BatchSize:     num("BATCH_SIZE", 500),
+		AckWait:       dur("ACK_WAIT", 30*time.Second),
+		MaxAckPending: num("MAX_ACK_PENDING", 2000),
+		FetchWait:     dur("FETCH_WAIT", 2*time.Second),
+		NakDelay:      dur("NAK_DELAY", time.Second),
+		HandleDelay:   dur("HANDLE_DELAY", 0),
+	}
+	if err := s.LogLevel.UnmarshalText([]byte(str("LOG_LEVEL", "info"))); err != nil {
+		errs = append(errs, fmt.Errorf("LOG_LEVEL: %w", err))
+	}
+	if err := s.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return s, errors.Join(errs...)
+}
+
+// Validate checks the settings.
+func (s Settings) Validate() error {
+	var errs []error
+	if s.DatabaseURL == "" {
+		errs = append(errs, errors.New("DATABASE_URL is required"))
+	}
+	if s.NATSURL == "" {
+		errs = append(errs, errors.New("NATS_URL is required"))
+	}
+	if s.MetricsPort < 0 || s.MetricsPort > 65535 {
+		errs = append(errs, fmt.Errorf("METRICS_PORT %d is out of range", s.MetricsPort))
+	}
+	if s.BatchSize < 1 || s.BatchSize > 10000 {
+		errs = append(errs, fmt.Errorf("BATCH_SIZE %d is not in 1..10000", s.BatchSize))
+	}
+	if s.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("ACK_WAIT %s is below 1s", s.AckWait))
+	}
+	if s.MaxAckPending < s.BatchSize {
+		errs = append(errs, fmt.Errorf("MAX_ACK_PENDING %d is below BATCH_SIZE %d", s.MaxAckPending, s.BatchSize))
+	}
+	if s.FetchWait < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("FETCH_WAIT %s is below 10ms", s.FetchWait))
+	}
+	return errors.Join(errs...)
+}
