@@ -17,7 +17,10 @@ require (
 	golang.org/x/net v0.62.0
 )
 
-require github.com/oklog/ulid/v2 v2.1.2
+require (
+	github.com/google/uuid v1.6.0
+	github.com/oklog/ulid/v2 v2.1.2
+)
 
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect

@@ -24,7 +24,7 @@ import (
 )
 
 func (e *env) getenv(extra ...string) func(string) string {
-	m := map[string]string{"DATABASE_URL": e.dbURL, "NATS_URL": e.nats.URL, "LOG_LEVEL": "error",
+	m := map[string]string{"DATABASE_URL": e.dbURL, "NATS_URL": e.NATS.URL, "LOG_LEVEL": "error",
 		"FETCH_WAIT": "200ms", "NAK_DELAY": "100ms", "METRICS_PORT": "0"}
 	for i := 0; i+1 < len(extra); i += 2 {
 		m[extra[i]] = extra[i+1]
@@ -42,20 +42,7 @@ func (e *env) start(mod func(*app.Config)) app.Config {
 	if mod != nil {
 		mod(&cfg)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx, cfg, testenv.Logger(e.t)) }()
-	e.t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				e.t.Errorf("aggregator: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			e.t.Error("aggregator did not stop")
-		}
-	})
+	testenv.Background(e.t, "aggregator", func(ctx context.Context) error { return app.Run(ctx, cfg, testenv.Logger(e.t)) })
 	return cfg
 }
 
@@ -75,14 +62,14 @@ func (e *env) main(args ...string) (int, string, string) {
 func TestDaily(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	evs := makeEvents(3000, 6)
+	evs := testenv.UsageEvents(3000, 6)
 	late := proto.Clone(evs[0]).(*usagev1.UsageEvent)
 	at := time.Now().UTC().AddDate(0, -1, -3).Truncate(time.Microsecond)
 	late.EventId, late.KeyId, late.OccurredAt, late.Period = "01HZZZZZZZZZZZZZZZZZZZZZZZ", "8d0c5b1e-0000-4000-8000-000000000001", timestamppb.New(at), at.Format("2006-01")
 	cfg := e.start(nil)
-	e.publish(evs, nil)
+	e.Publish(evs, nil)
 	e.waitUsage(int64(len(evs)), 60*time.Second)
-	e.publish([]*usagev1.UsageEvent{late}, nil)
+	e.Publish([]*usagev1.UsageEvent{late}, nil)
 	all := append(evs, late)
 	e.waitUsage(int64(len(all)), 30*time.Second)
 	e.waitDrained(10 * time.Second)
@@ -91,10 +78,10 @@ func TestDaily(t *testing.T) {
 		t.Errorf("late event's day row = %+v", got)
 	}
 	part := fmt.Sprintf("api_gateway.api_usage_%s", at.Format("2006_01"))
-	if n := e.count(`SELECT count(*) FROM ` + part + ` WHERE event_id = $1`, late.EventId); n != 1 {
+	if n := e.count(`SELECT count(*) FROM `+part+` WHERE event_id = $1`, late.EventId); n != 1 {
 		t.Errorf("late event not in partition %s", part)
 	}
-	if got := scrape(t, cfg.MetricsPort, "aggregator_events_processed_total"); got != float64(len(all)) {
+	if got := testenv.Scrape(t, cfg.MetricsPort, "aggregator_events_processed_total"); got != float64(len(all)) {
 		t.Errorf("processed metric = %v, want %d", got, len(all))
 	}
 }
@@ -105,9 +92,9 @@ func TestDaily(t *testing.T) {
 func TestIdempotent(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	evs := makeEvents(400, 3)
-	e.publish(evs, nil)
-	e.publish(evs, func(ev *usagev1.UsageEvent) string { return "again-" + ev.GetEventId() })
+	evs := testenv.UsageEvents(400, 3)
+	e.Publish(evs, nil)
+	e.Publish(evs, func(ev *usagev1.UsageEvent) string { return "again-" + ev.GetEventId() })
 	slow := func(c *app.Config) {
 		c.AckWait, c.HandleDelay, c.BatchSize, c.MaxAckPending = time.Second, 1500*time.Millisecond, 200, 400
 	}
@@ -115,10 +102,10 @@ func TestIdempotent(t *testing.T) {
 	e.waitUsage(int64(len(evs)), 60*time.Second)
 	e.waitDrained(60 * time.Second)
 	e.checkUsage(evs)
-	if r := scrape(t, a.MetricsPort, "aggregator_messages_redelivered_total") + scrape(t, b.MetricsPort, "aggregator_messages_redelivered_total"); r == 0 {
+	if r := testenv.Scrape(t, a.MetricsPort, "aggregator_messages_redelivered_total") + testenv.Scrape(t, b.MetricsPort, "aggregator_messages_redelivered_total"); r == 0 {
 		t.Error("no redelivery happened")
 	}
-	if d := scrape(t, a.MetricsPort, "aggregator_events_duplicate_total") + scrape(t, b.MetricsPort, "aggregator_events_duplicate_total"); d < float64(len(evs)) {
+	if d := testenv.Scrape(t, a.MetricsPort, "aggregator_events_duplicate_total") + testenv.Scrape(t, b.MetricsPort, "aggregator_events_duplicate_total"); d < float64(len(evs)) {
 		t.Errorf("duplicates = %v, want at least %d", d, len(evs))
 	}
 }
@@ -126,13 +113,13 @@ func TestIdempotent(t *testing.T) {
 func TestDeadLetters(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	evs := makeEvents(20, 2)
+	evs := testenv.UsageEvents(20, 2)
 	bad := proto.Clone(evs[0]).(*usagev1.UsageEvent)
 	bad.Period = "1999-01"
 	badData, _ := proto.Marshal(bad)
-	e.publishRaw(usagev1.Subject("x"), []byte("not protobuf \xff"), "junk")
-	e.publishRaw(usagev1.Subject(bad.GetKeyId()), badData, "bad-period")
-	e.publish(evs, nil)
+	e.PublishRaw(usagev1.Subject("x"), []byte("not protobuf \xff"), "junk")
+	e.PublishRaw(usagev1.Subject(bad.GetKeyId()), badData, "bad-period")
+	e.Publish(evs, nil)
 	e.start(nil)
 	e.waitUsage(int64(len(evs)), 30*time.Second)
 	e.waitDrained(10 * time.Second)
@@ -152,10 +139,10 @@ func TestDeadLetters(t *testing.T) {
 func TestReplay(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	evs := makeEvents(4000, 5)
-	e.publish(evs[:2000], nil)
-	e.publish(evs[:500], func(ev *usagev1.UsageEvent) string { return "dup-" + ev.GetEventId() })
-	e.publish(evs[2000:], nil)
+	evs := testenv.UsageEvents(4000, 5)
+	e.Publish(evs[:2000], nil)
+	e.Publish(evs[:500], func(ev *usagev1.UsageEvent) string { return "dup-" + ev.GetEventId() })
+	e.Publish(evs[2000:], nil)
 	e.start(nil)
 	e.waitUsage(int64(len(evs)), 60*time.Second)
 	e.waitDrained(10 * time.Second)
@@ -167,7 +154,7 @@ func TestReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 2 {
-		rep, err := rollup.Replay(ctx, rollup.ReplayConfig{DB: e.db, JS: e.js, Logger: testenv.Logger(t),
+		rep, err := rollup.Replay(ctx, rollup.ReplayConfig{DB: e.db, JS: e.JS, Logger: testenv.Logger(t),
 			Start: rollup.Start{Policy: jetstream.DeliverAllPolicy}, Keep: true, Out: &bytes.Buffer{},
 			Schema: fmt.Sprintf("api_gateway_replay_t%d", i)})
 		if err != nil {
@@ -228,14 +215,14 @@ func TestReplayBinary(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	bin := testenv.BuildBinary(t, "./aggregator/cmd/aggregator")
-	evs := makeEvents(200, 2)
-	e.publish(evs, nil)
+	evs := testenv.UsageEvents(200, 2)
+	e.Publish(evs, nil)
 	e.start(nil)
 	e.waitUsage(int64(len(evs)), 30*time.Second)
 	e.waitDrained(10 * time.Second)
 	run := func(args ...string) (int, string) {
 		cmd := exec.Command(bin, args...)
-		cmd.Env = testenv.Env("DATABASE_URL", e.dbURL, "NATS_URL", e.nats.URL, "LOG_LEVEL", "error")
+		cmd.Env = testenv.Env("DATABASE_URL", e.dbURL, "NATS_URL", e.NATS.URL, "LOG_LEVEL", "error")
 		out, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -263,10 +250,10 @@ func TestReplayBinary(t *testing.T) {
 func TestTail(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	evs := makeEvents(6, 2)
-	e.publish(evs[:3], nil)
-	e.publishRaw(usagev1.Subject("x"), []byte("junk"), "")
-	e.publish(evs[3:], nil)
+	evs := testenv.UsageEvents(6, 2)
+	e.Publish(evs[:3], nil)
+	e.PublishRaw(usagev1.Subject("x"), []byte("junk"), "")
+	e.Publish(evs[3:], nil)
 	code, out, errOut := e.main("tail", "--from-start", "--limit", "6")
 	if code != 0 {
 		t.Fatalf("tail: exit %d: %s", code, errOut)
@@ -291,9 +278,9 @@ func TestTail(t *testing.T) {
 		done <- out
 	}()
 	time.Sleep(500 * time.Millisecond)
-	fresh := makeEvents(1, 1)[0]
+	fresh := testenv.UsageEvents(1, 1)[0]
 	fresh.KeyId = evs[5].GetKeyId()
-	e.publish([]*usagev1.UsageEvent{fresh}, nil)
+	e.Publish([]*usagev1.UsageEvent{fresh}, nil)
 	select {
 	case out := <-done:
 		if !strings.Contains(out, fresh.GetEventId()) {

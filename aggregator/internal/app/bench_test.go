@@ -16,8 +16,8 @@ import (
 // of b.N events into api_usage and api_usage_daily (events/s).
 func BenchmarkAggregatorDrain(b *testing.B) {
 	e := newEnv(b)
-	evs := makeEvents(b.N, 50)
-	e.publish(evs, nil)
+	evs := testenv.UsageEvents(b.N, 50)
+	e.Publish(evs, nil)
 	b.ResetTimer()
 	start := time.Now()
 	e.start(nil)
@@ -30,13 +30,13 @@ func BenchmarkAggregatorDrain(b *testing.B) {
 // and its comparison with the live tables (events/s).
 func BenchmarkReplay(b *testing.B) {
 	e := newEnv(b)
-	evs := makeEvents(b.N, 50)
-	e.publish(evs, nil)
+	evs := testenv.UsageEvents(b.N, 50)
+	e.Publish(evs, nil)
 	e.start(nil)
 	e.waitUsage(int64(b.N), 10*time.Minute)
 	b.ResetTimer()
 	start := time.Now()
-	rep, err := rollup.Replay(context.Background(), rollup.ReplayConfig{DB: e.db, JS: e.js, Logger: testenv.Logger(b),
+	rep, err := rollup.Replay(context.Background(), rollup.ReplayConfig{DB: e.db, JS: e.JS, Logger: testenv.Logger(b),
 		Start: rollup.Start{Policy: jetstream.DeliverAllPolicy}, Out: &bytes.Buffer{}})
 	b.StopTimer()
 	if err != nil || rep.Differs() || rep.Events != b.N {

@@ -1,25 +1,11 @@
 package app_test
 
 import (
-	"bufio"
-	"context"
-	"database/sql"
-	"fmt"
-	"math/rand/v2"
-	"net/http"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/oklog/ulid/v2"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 	"github.com/mana/apigw/services/testenv"
@@ -28,191 +14,37 @@ import (
 // env is one test's servers: a JetStream server with the USAGE stream and a
 // fresh migrated database.
 type env struct {
+	*testenv.Usage
 	t     testing.TB
-	nats  *testenv.NATS
 	dbURL string
 	db    *sqlx.DB
-	js    jetstream.JetStream
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	e := &env{t: t, nats: testenv.StartNATS(t), dbURL: testenv.PostgresURL(t)}
-	db, err := sqlx.Open("postgres", e.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	e.db = db
-	nc, err := nats.Connect(e.nats.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.js = js
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := usagev1.EnsureStream(ctx, js, 0); err != nil {
-		t.Fatal(err)
-	}
-	return e
-}
-
-// makeEvents builds n valid events over a few keys, spread over the last 40
-// days (so over two or three credit periods), some with 0 credits.
-func makeEvents(n, keys int) []*usagev1.UsageEvent {
-	ids := make([]string, keys)
-	for i := range ids {
-		ids[i] = uuid.NewString()
-	}
-	now := time.Now().UTC()
-	evs := make([]*usagev1.UsageEvent, n)
-	for i := range evs {
-		at := now.Add(-time.Duration(rand.Int64N(int64(40 * 24 * time.Hour)))).Truncate(time.Microsecond)
-		k := rand.IntN(keys)
-		evs[i] = &usagev1.UsageEvent{
-			EventId:        ulid.Make().String(),
-			RequestId:      fmt.Sprintf("req-%d", i),
-			KeyId:          ids[k],
-			OwnerId:        fmt.Sprintf("owner-%d", k%3),
-			Tier:           "pro",
-			Endpoint:       []string{"POST /v1/search", "POST /v1/extract", "GET /v1/search/engines"}[i%3],
-			Status:         []int32{200, 200, 200, 404, 502}[rand.IntN(5)],
-			Credits:        rand.Int64N(11),
-			Units:          1 + rand.Int64N(100),
-			Unit:           "request",
-			OccurredAt:     timestamppb.New(at),
-			LatencyUs:      1234,
-			Period:         at.Format("2006-01"),
-			MonthlyCredits: 5000,
-			GatewayId:      "gw-test",
-		}
-	}
-	return evs
-}
-
-// publish sends the events asynchronously. msgID decides the Nats-Msg-Id:
-// nil means the event ID (the gateway's way).
-func (e *env) publish(evs []*usagev1.UsageEvent, msgID func(*usagev1.UsageEvent) string) {
-	e.t.Helper()
-	for len(evs) > 2000 {
-		e.publish(evs[:2000], msgID)
-		evs = evs[2000:]
-	}
-	var futures []jetstream.PubAckFuture
-	for _, ev := range evs {
-		data, err := proto.Marshal(ev)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		id := ev.GetEventId()
-		if msgID != nil {
-			id = msgID(ev)
-		}
-		f, err := e.js.PublishAsync(usagev1.Subject(ev.GetKeyId()), data, jetstream.WithMsgID(id), jetstream.WithStallWait(10*time.Second))
-		if err != nil {
-			e.t.Fatalf("publish: %v", err)
-		}
-		futures = append(futures, f)
-	}
-	select {
-	case <-e.js.PublishAsyncComplete():
-	case <-time.After(60 * time.Second):
-		e.t.Fatal("publish did not complete")
-	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			e.t.Fatalf("publish ack: %v", err)
-		}
-	}
-}
-
-func (e *env) publishRaw(subject string, data []byte, msgID string) {
-	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	opts := []jetstream.PublishOpt{}
-	if msgID != "" {
-		opts = append(opts, jetstream.WithMsgID(msgID))
-	}
-	if _, err := e.js.Publish(ctx, subject, data, opts...); err != nil {
-		e.t.Fatalf("publish raw: %v", err)
-	}
+	dbURL := testenv.PostgresURL(t)
+	return &env{Usage: testenv.StartUsage(t), t: t, dbURL: dbURL, db: sqlx.NewDb(testenv.OpenDB(t, dbURL), "postgres")}
 }
 
 func (e *env) count(query string, args ...any) int64 {
 	e.t.Helper()
-	var n sql.NullInt64
-	if err := e.db.Get(&n, query, args...); err != nil {
-		e.t.Fatalf("%s: %v", query, err)
-	}
-	return n.Int64
+	return testenv.Count(e.t, e.db.DB, query, args...)
+}
+
+// waitUsage waits until api_usage holds n rows.
+func (e *env) waitUsage(n int64, timeout time.Duration) {
+	e.t.Helper()
+	testenv.WaitRows(e.t, e.db.DB, "api_gateway.api_usage", n, timeout)
 }
 
 // waitDrained waits until the aggregator consumer has nothing pending or unacknowledged.
 func (e *env) waitDrained(timeout time.Duration) {
 	e.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		c, err := e.js.Consumer(ctx, usagev1.StreamName, usagev1.AggregatorConsumer)
-		if err == nil {
-			info, err := c.Info(ctx)
-			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
-				cancel()
-				return
-			}
-		}
-		cancel()
-		time.Sleep(50 * time.Millisecond)
-	}
-	e.t.Fatalf("consumer not drained after %s", timeout)
-}
-
-// scrape reads one sample of a metric from a /metrics endpoint.
-func scrape(t testing.TB, port int, name string) float64 {
-	t.Helper()
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
-			v, err := strconv.ParseFloat(f[1], 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return v
-		}
-	}
-	t.Fatalf("metric %s not found", name)
-	return 0
-}
-
-func (e *env) waitUsage(n int64, timeout time.Duration) {
-	e.t.Helper()
-	deadline := time.Now().Add(timeout)
-	var got int64
-	for time.Now().Before(deadline) {
-		if got = e.count(`SELECT count(*) FROM api_gateway.api_usage`); got >= n {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	e.t.Fatalf("api_usage has %d rows after %s, want %d", got, timeout, n)
+	e.WaitDrained(usagev1.AggregatorConsumer, timeout)
 }
 
 type daily struct {
-	Owner                           string
+	Owner                            string
 	Requests, Credits, Units, Errors int64
 }
 

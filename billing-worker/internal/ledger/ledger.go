@@ -119,9 +119,9 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 		period time.Time
 	}
 	type bval struct {
-		granted         int64
-		grantedAt       time.Time
-		used, requests  int64
+		granted        int64
+		grantedAt      time.Time
+		used, requests int64
 	}
 	deltas := make(map[bkey]*bval)
 	var res Result

@@ -3,14 +3,16 @@ package worker_test
 import (
 	"testing"
 	"time"
+
+	"github.com/mana/apigw/services/testenv"
 )
 
 // BenchmarkBillingDrain measures how fast one worker drains a backlog of
 // b.N events into the ledger (events/s, end to end through NATS and Postgres).
 func BenchmarkBillingDrain(b *testing.B) {
 	e := newEnv(b)
-	evs := makeEvents(b.N, 50)
-	e.publish(evs, nil)
+	evs := testenv.UsageEvents(b.N, 50)
+	e.Publish(evs, nil)
 	b.ResetTimer()
 	start := time.Now()
 	e.start(nil)

@@ -24,41 +24,28 @@ import (
 func (e *env) start(mod func(*worker.Config)) worker.Config {
 	e.t.Helper()
 	cfg := worker.Config{
-		DatabaseURL: e.dbURL, NATSURL: e.nats.URL, MetricsPort: testenv.FreePort(e.t),
+		DatabaseURL: e.dbURL, NATSURL: e.NATS.URL, MetricsPort: testenv.FreePort(e.t),
 		BatchSize: 500, AckWait: 30 * time.Second, MaxAckPending: 2000,
 		FetchWait: 200 * time.Millisecond, NakDelay: 100 * time.Millisecond,
 	}
 	if mod != nil {
 		mod(&cfg)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- worker.Run(ctx, cfg, testenv.Logger(e.t)) }()
-	e.t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				e.t.Errorf("worker: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			e.t.Error("worker did not stop")
-		}
-	})
+	testenv.Background(e.t, "worker", func(ctx context.Context) error { return worker.Run(ctx, cfg, testenv.Logger(e.t)) })
 	return cfg
 }
 
 func TestLedgerExact(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	evs := makeEvents(3000, 7)
-	e.publish(evs, nil)
+	evs := testenv.UsageEvents(3000, 7)
+	e.Publish(evs, nil)
 	cfg := e.start(nil)
 	e.waitLedger(int64(len(evs)), 60*time.Second)
 	e.waitDrained(10 * time.Second)
 	e.checkLedger(evs)
 
-	if got := scrape(t, cfg.MetricsPort, "billing_events_processed_total"); got != float64(len(evs)) {
+	if got := testenv.Scrape(t, cfg.MetricsPort, "billing_events_processed_total"); got != float64(len(evs)) {
 		t.Errorf("processed metric = %v, want %d", got, len(evs))
 	}
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", cfg.MetricsPort))
@@ -78,15 +65,15 @@ func TestLedgerExact(t *testing.T) {
 func TestRepublishTwice(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	evs := makeEvents(10000, 5)
-	e.publish(evs, nil)
+	evs := testenv.UsageEvents(10000, 5)
+	e.Publish(evs, nil)
 	cfg := e.start(nil)
 	e.waitLedger(int64(len(evs)), 60*time.Second)
 	e.waitDrained(10 * time.Second)
 	before := e.balances()
 
-	e.publish(evs, nil)
-	e.publish(evs, func(ev *usagev1.UsageEvent) string { return ev.GetEventId() + "-again" })
+	e.Publish(evs, nil)
+	e.Publish(evs, func(ev *usagev1.UsageEvent) string { return ev.GetEventId() + "-again" })
 	e.waitDrained(60 * time.Second)
 
 	e.checkLedger(evs)
@@ -96,7 +83,7 @@ func TestRepublishTwice(t *testing.T) {
 			t.Errorf("balance %s moved: %+v -> %+v", k, b, after[k])
 		}
 	}
-	if got := scrape(t, cfg.MetricsPort, "billing_events_duplicate_total"); got != float64(len(evs)) {
+	if got := testenv.Scrape(t, cfg.MetricsPort, "billing_events_duplicate_total"); got != float64(len(evs)) {
 		t.Errorf("duplicates metric = %v, want %d", got, len(evs))
 	}
 }
@@ -107,8 +94,8 @@ func TestRepublishTwice(t *testing.T) {
 func TestRedelivery(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	evs := makeEvents(400, 3)
-	e.publish(evs, nil)
+	evs := testenv.UsageEvents(400, 3)
+	e.Publish(evs, nil)
 	slow := func(c *worker.Config) {
 		c.AckWait, c.HandleDelay, c.BatchSize, c.MaxAckPending = time.Second, 1500*time.Millisecond, 100, 200
 	}
@@ -116,8 +103,8 @@ func TestRedelivery(t *testing.T) {
 	e.waitLedger(int64(len(evs)), 60*time.Second)
 	e.waitDrained(60 * time.Second)
 	e.checkLedger(evs)
-	redelivered := scrape(t, a.MetricsPort, "billing_messages_redelivered_total") +
-		scrape(t, b.MetricsPort, "billing_messages_redelivered_total")
+	redelivered := testenv.Scrape(t, a.MetricsPort, "billing_messages_redelivered_total") +
+		testenv.Scrape(t, b.MetricsPort, "billing_messages_redelivered_total")
 	if redelivered == 0 {
 		t.Error("no message was redelivered; the test proves nothing")
 	}
@@ -127,8 +114,8 @@ func TestRedelivery(t *testing.T) {
 func TestDeadLetters(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	good := makeEvents(50, 2)
-	e.publish(good[:25], nil)
+	good := testenv.UsageEvents(50, 2)
+	e.Publish(good[:25], nil)
 
 	invalid := proto.Clone(good[0]).(*usagev1.UsageEvent)
 	invalid.EventId, invalid.Status = "not-a-ulid", 42
@@ -137,10 +124,10 @@ func TestDeadLetters(t *testing.T) {
 	badKey.EventId, badKey.KeyId = "01JAAAAAAAAAAAAAAAAAAAAAAA", "not-a-uuid"
 	badKeyData, _ := proto.Marshal(badKey)
 
-	e.publishRaw(usagev1.Subject("garbage"), []byte("\xff\xfe garbage \x00"), "garbage-1")
-	e.publishRaw(usagev1.Subject(good[0].GetKeyId()), invalidData, "invalid-1")
-	e.publishRaw(usagev1.Subject("not-a-uuid"), badKeyData, "")
-	e.publish(good[25:], nil)
+	e.PublishRaw(usagev1.Subject("garbage"), []byte("\xff\xfe garbage \x00"), "garbage-1")
+	e.PublishRaw(usagev1.Subject(good[0].GetKeyId()), invalidData, "invalid-1")
+	e.PublishRaw(usagev1.Subject("not-a-uuid"), badKeyData, "")
+	e.Publish(good[25:], nil)
 	e.start(nil)
 	e.waitLedger(int64(len(good)), 30*time.Second)
 	e.waitDrained(10 * time.Second)
@@ -229,7 +216,7 @@ type process struct {
 func (e *env) spawn(bin string, extra ...string) *process {
 	e.t.Helper()
 	cmd := exec.Command(bin)
-	cmd.Env = testenv.Env(append([]string{"DATABASE_URL", e.dbURL, "NATS_URL", e.nats.URL,
+	cmd.Env = testenv.Env(append([]string{"DATABASE_URL", e.dbURL, "NATS_URL", e.NATS.URL,
 		"METRICS_PORT", strconv.Itoa(testenv.FreePort(e.t)), "FETCH_WAIT", "200ms", "NAK_DELAY", "100ms",
 		"LOG_LEVEL", "warn"}, extra...)...)
 	if os.Getenv("TEST_LOG") != "" {
@@ -285,14 +272,14 @@ func TestKill9(t *testing.T) {
 	bin := testenv.BuildBinary(t, "./billing-worker/cmd/billing-worker")
 	n := eventCount(t, "BILLING_KILL_EVENTS", 20000)
 	kills := eventCount(t, "BILLING_KILLS", 20)
-	evs := makeEvents(n, 10)
+	evs := testenv.UsageEvents(n, 10)
 
 	published := make(chan struct{})
 	go func() {
 		defer close(published)
 		const chunk = 500
 		for i := 0; i < len(evs); i += chunk {
-			e.publish(evs[i:min(i+chunk, len(evs))], nil)
+			e.Publish(evs[i:min(i+chunk, len(evs))], nil)
 			time.Sleep(time.Duration(rand.IntN(40)) * time.Millisecond)
 		}
 	}()
@@ -320,11 +307,11 @@ func TestTwoProcesses(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	bin := testenv.BuildBinary(t, "./billing-worker/cmd/billing-worker")
-	evs := makeEvents(5000, 4)
+	evs := testenv.UsageEvents(5000, 4)
 	a := e.spawn(bin, "BATCH_SIZE", "100")
 	b := e.spawn(bin, "BATCH_SIZE", "100")
-	e.publish(evs, nil)
-	e.publish(evs, func(ev *usagev1.UsageEvent) string { return "dup-" + ev.GetEventId() })
+	e.Publish(evs, nil)
+	e.Publish(evs, func(ev *usagev1.UsageEvent) string { return "dup-" + ev.GetEventId() })
 	e.waitLedger(int64(len(evs)), 60*time.Second)
 	e.waitDrained(30 * time.Second)
 	a.stop(t)

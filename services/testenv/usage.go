@@ -1,0 +1,239 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+)
+
+// Usage is the USAGE stream on an embedded nats-server, for the tests of
+// the binaries that publish and consume usage events.
+type Usage struct {
+	t    testing.TB
+	NATS *NATS
+	JS   jetstream.JetStream
+}
+
+// StartUsage starts nats-server (StartNATS) and ensures the USAGE stream.
+func StartUsage(t testing.TB) *Usage {
+	t.Helper()
+	u := &Usage{t: t, NATS: StartNATS(t)}
+	nc, err := nats.Connect(u.NATS.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if u.JS, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := usagev1.EnsureStream(ctx, u.JS, 0); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// UsageEvents builds n valid events over keys random key IDs, spread over
+// the last 40 days (so over two or three credit periods), with 0 to 10
+// credits, 1 to 100 units and a few error statuses.
+func UsageEvents(n, keys int) []*usagev1.UsageEvent {
+	ids := make([]string, keys)
+	for i := range ids {
+		ids[i] = uuid.NewString()
+	}
+	now := time.Now().UTC()
+	evs := make([]*usagev1.UsageEvent, n)
+	for i := range evs {
+		at := now.Add(-time.Duration(rand.Int64N(int64(40 * 24 * time.Hour)))).Truncate(time.Microsecond)
+		k := rand.IntN(keys)
+		evs[i] = &usagev1.UsageEvent{
+			EventId:        ulid.Make().String(),
+			RequestId:      fmt.Sprintf("req-%d", i),
+			KeyId:          ids[k],
+			OwnerId:        fmt.Sprintf("owner-%d", k%3),
+			Tier:           "pro",
+			Endpoint:       []string{"POST /v1/search", "POST /v1/extract", "GET /v1/search/engines"}[i%3],
+			Status:         []int32{200, 200, 200, 404, 502}[rand.IntN(5)],
+			Credits:        rand.Int64N(11),
+			Units:          1 + rand.Int64N(100),
+			Unit:           "request",
+			OccurredAt:     timestamppb.New(at),
+			LatencyUs:      1234,
+			Period:         at.Format("2006-01"),
+			MonthlyCredits: 5000,
+			GatewayId:      "gw-test",
+		}
+	}
+	return evs
+}
+
+// Publish sends the events asynchronously and waits for every ack. msgID
+// decides the Nats-Msg-Id: nil means the event ID (the gateway's way).
+func (u *Usage) Publish(evs []*usagev1.UsageEvent, msgID func(*usagev1.UsageEvent) string) {
+	u.t.Helper()
+	for len(evs) > 2000 {
+		u.Publish(evs[:2000], msgID)
+		evs = evs[2000:]
+	}
+	var futures []jetstream.PubAckFuture
+	for _, ev := range evs {
+		data, err := proto.Marshal(ev)
+		if err != nil {
+			u.t.Fatal(err)
+		}
+		id := ev.GetEventId()
+		if msgID != nil {
+			id = msgID(ev)
+		}
+		f, err := u.JS.PublishAsync(usagev1.Subject(ev.GetKeyId()), data, jetstream.WithMsgID(id), jetstream.WithStallWait(10*time.Second))
+		if err != nil {
+			u.t.Fatalf("publish: %v", err)
+		}
+		futures = append(futures, f)
+	}
+	select {
+	case <-u.JS.PublishAsyncComplete():
+	case <-time.After(60 * time.Second):
+		u.t.Fatal("publish did not complete")
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			u.t.Fatalf("publish ack: %v", err)
+		}
+	}
+}
+
+// PublishRaw publishes data as it is (no msg ID when msgID is empty), e.g. a
+// message that must end as a dead letter.
+func (u *Usage) PublishRaw(subject string, data []byte, msgID string) {
+	u.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var opts []jetstream.PublishOpt
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	if _, err := u.JS.Publish(ctx, subject, data, opts...); err != nil {
+		u.t.Fatalf("publish raw: %v", err)
+	}
+}
+
+// WaitDrained waits until the durable consumer has nothing pending,
+// unacknowledged or waiting for redelivery.
+func (u *Usage) WaitDrained(durable string, timeout time.Duration) {
+	u.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err := u.JS.Consumer(ctx, usagev1.StreamName, durable)
+		if err == nil {
+			info, err := c.Info(ctx)
+			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
+				cancel()
+				return
+			}
+		}
+		cancel()
+		time.Sleep(50 * time.Millisecond)
+	}
+	u.t.Fatalf("consumer %s not drained after %s", durable, timeout)
+}
+
+// Count runs a query returning one number (NULL counts as 0).
+func Count(t testing.TB, db *sql.DB, query string, args ...any) int64 {
+	t.Helper()
+	var n sql.NullInt64
+	if err := db.QueryRow(query, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n.Int64
+}
+
+// WaitRows waits until table holds at least n rows.
+func WaitRows(t testing.TB, db *sql.DB, table string, n int64, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var got int64
+	for time.Now().Before(deadline) {
+		if got = Count(t, db, `SELECT count(*) FROM `+table); got >= n {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s has %d rows after %s, want %d", table, got, timeout, n)
+}
+
+// Scrape reads one sample of a metric from the /metrics endpoint on port.
+func Scrape(t testing.TB, port int, name string) float64 {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+// Background runs run in a goroutine until the test ends; then it cancels
+// run's context and waits up to 30s for it to return, failing the test when
+// it returns an error or does not return. name names it in the failures.
+func Background(t testing.TB, name string, run func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("%s did not stop", name)
+		}
+	})
+}
+
+// OpenDB opens the Postgres database at url (e.g. from PostgresURL), closed
+// when the test ends.
+func OpenDB(t testing.TB, url string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("postgres", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
