@@ -16,6 +16,8 @@ import (
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/mana/apigw/services/httpjson"
 )
 
 func newServer(t *testing.T, cfg Config) (*Issuer, *httptest.Server) {
@@ -146,7 +148,7 @@ func TestLoginRefusals(t *testing.T) {
 		{"two values", "application/json", `{"email":"user@example.com","password":"password"} {}`, 400},
 		{"wrong type", "application/json", `{"email":1,"password":"password"}`, 400},
 		{"form encoded", "application/x-www-form-urlencoded", `email=user@example.com&password=password`, 415},
-		{"too large", "application/json", `{"email":"` + strings.Repeat("a", maxLoginBody) + `","password":"password"}`, 413},
+		{"too large", "application/json", `{"email":"` + strings.Repeat("a", int(loginBody.Limit)) + `","password":"password"}`, 413},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -157,7 +159,7 @@ func TestLoginRefusals(t *testing.T) {
 			if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
 				t.Fatalf("content type %q", ct)
 			}
-			var p problem
+			var p httpjson.Details
 			if err := json.Unmarshal(body, &p); err != nil || p.Status != tt.want || p.Title == "" || p.Type == "" || p.Detail == "" {
 				t.Fatalf("problem %+v (%v)", p, err)
 			}

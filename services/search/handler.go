@@ -2,18 +2,17 @@ package search
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
-	"io"
 	"math"
-	"mime"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/mana/apigw/services/httpjson"
 )
 
 func (s *service) routes() http.Handler {
@@ -25,10 +24,10 @@ func (s *service) routes() http.Handler {
 	mux.HandleFunc("GET /pages/{slug}", s.handlePage)
 	mux.HandleFunc("GET /pages", s.handlePageIndex)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, http.StatusNotFound, "Not Found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+		httpjson.Problem(w, http.StatusNotFound, "Not Found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
 	return mux
 }
@@ -57,23 +56,23 @@ type Response struct {
 
 func (s *service) handleSearch(w http.ResponseWriter, r *http.Request) {
 	var req searchRequest
-	if !decodeJSON(w, r, &req) {
+	if !requestBody.Decode(w, r, &req) {
 		return
 	}
 	q := strings.TrimSpace(req.Query)
 	if q == "" {
-		writeProblem(w, http.StatusBadRequest, "Invalid Request", "query is required")
+		httpjson.Problem(w, http.StatusBadRequest, "Invalid Request", "query is required")
 		return
 	}
 	if utf8.RuneCountInString(q) > MaxQueryLength {
-		writeProblem(w, http.StatusUnprocessableEntity, "Invalid Request", fmt.Sprintf("query is longer than %d characters", MaxQueryLength))
+		httpjson.Problem(w, http.StatusUnprocessableEntity, "Invalid Request", fmt.Sprintf("query is longer than %d characters", MaxQueryLength))
 		return
 	}
 	limit := DefaultLimit
 	if req.Limit != nil {
 		limit = *req.Limit
 		if limit < 1 || limit > MaxLimit {
-			writeProblem(w, http.StatusUnprocessableEntity, "Invalid Request", fmt.Sprintf("limit must be between 1 and %d", MaxLimit))
+			httpjson.Problem(w, http.StatusUnprocessableEntity, "Invalid Request", fmt.Sprintf("limit must be between 1 and %d", MaxLimit))
 			return
 		}
 	}
@@ -88,11 +87,11 @@ func (s *service) handleSearch(w http.ResponseWriter, r *http.Request) {
 			Score:   math.Round(h.score*1e4) / 1e4,
 		})
 	}
-	writeJSON(w, http.StatusOK, resp)
+	httpjson.Write(w, http.StatusOK, resp)
 }
 
 func (s *service) handleEngines(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
+	httpjson.Write(w, http.StatusOK, map[string]any{
 		"engines": []map[string]any{{
 			"name":        "bm25",
 			"description": "Okapi BM25 (k1=1.2, b=0.75) over the stand-in's local corpus",
@@ -123,34 +122,34 @@ type BulkResult struct {
 
 func (s *service) handleExtract(w http.ResponseWriter, r *http.Request) {
 	var req extractRequest
-	if !decodeJSON(w, r, &req) {
+	if !requestBody.Decode(w, r, &req) {
 		return
 	}
 	if strings.TrimSpace(req.URL) == "" {
-		writeProblem(w, http.StatusBadRequest, "Invalid Request", "url is required")
+		httpjson.Problem(w, http.StatusBadRequest, "Invalid Request", "url is required")
 		return
 	}
 	page, err := s.extractor.extract(r.Context(), req.URL)
 	if err != nil {
 		status, title := extractStatus(err)
 		s.logExtractFailure(r.Context(), req.URL, err)
-		writeProblem(w, status, title, err.Error())
+		httpjson.Problem(w, status, title, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, page)
+	httpjson.Write(w, http.StatusOK, page)
 }
 
 func (s *service) handleExtractBulk(w http.ResponseWriter, r *http.Request) {
 	var req bulkRequest
-	if !decodeJSON(w, r, &req) {
+	if !requestBody.Decode(w, r, &req) {
 		return
 	}
 	switch {
 	case len(req.URLs) == 0:
-		writeProblem(w, http.StatusBadRequest, "Invalid Request", "urls must hold at least one URL")
+		httpjson.Problem(w, http.StatusBadRequest, "Invalid Request", "urls must hold at least one URL")
 		return
 	case len(req.URLs) > MaxBulkURLs:
-		writeProblem(w, http.StatusUnprocessableEntity, "Invalid Request", fmt.Sprintf("at most %d urls per request, got %d", MaxBulkURLs, len(req.URLs)))
+		httpjson.Problem(w, http.StatusUnprocessableEntity, "Invalid Request", fmt.Sprintf("at most %d urls per request, got %d", MaxBulkURLs, len(req.URLs)))
 		return
 	}
 	results := make([]BulkResult, len(req.URLs))
@@ -177,7 +176,7 @@ func (s *service) handleExtractBulk(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	wg.Wait()
-	writeJSON(w, http.StatusOK, map[string]any{"results": results})
+	httpjson.Write(w, http.StatusOK, map[string]any{"results": results})
 }
 
 // extractStatus is the one place an extraction error becomes a status.
@@ -262,7 +261,7 @@ func parseTemplates() (page, index *template.Template, err error) {
 func (s *service) handlePage(w http.ResponseWriter, r *http.Request) {
 	i, ok := s.bySlug[r.PathValue("slug")]
 	if !ok {
-		writeProblem(w, http.StatusNotFound, "Not Found", "no page with that slug")
+		httpjson.Problem(w, http.StatusNotFound, "Not Found", "no page with that slug")
 		return
 	}
 	d := s.cfg.Corpus[i]
@@ -280,48 +279,5 @@ func (s *service) handlePageIndex(w http.ResponseWriter, _ *http.Request) {
 
 // JSON in and out.
 
-// decodeJSON reads one JSON object of at most maxRequestBody bytes into v,
-// or writes the problem and returns false.
-func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			writeProblem(w, http.StatusUnsupportedMediaType, "Unsupported Media Type", "send the request body as application/json")
-			return false
-		}
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
-	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeProblem(w, http.StatusRequestEntityTooLarge, "Request Too Large", fmt.Sprintf("the body exceeds %d bytes", maxRequestBody))
-			return false
-		}
-		writeProblem(w, http.StatusBadRequest, "Malformed Request", "the body is not a valid JSON object for this endpoint: "+err.Error())
-		return false
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		writeProblem(w, http.StatusBadRequest, "Malformed Request", "the body holds more than one JSON value")
-		return false
-	}
-	return true
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// problem is an RFC 9457 problem details body.
-type problem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail"`
-}
-
-func writeProblem(w http.ResponseWriter, status int, title, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(problem{Type: "about:blank", Title: title, Status: status, Detail: detail})
-}
+// requestBody is every JSON request body of the search stand-in.
+var requestBody = httpjson.Body{Limit: maxRequestBody, Name: "the request body", Shape: "a valid JSON object for this endpoint"}

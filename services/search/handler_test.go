@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/mana/apigw/services/httpjson"
 )
 
 func newTestServer(t *testing.T, cfg Config) *httptest.Server {
@@ -38,7 +40,7 @@ func checkProblem(t *testing.T, status int, h http.Header, body []byte) {
 	if ct := h.Get("Content-Type"); ct != "application/problem+json" {
 		t.Fatalf("content type %q for %d: %s", ct, status, body)
 	}
-	var p problem
+	var p httpjson.Details
 	if err := json.Unmarshal(body, &p); err != nil || p.Status != status || p.Type == "" || p.Title == "" || p.Detail == "" {
 		t.Fatalf("problem %s (%v)", body, err)
 	}

@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/mana/apigw/services/httpjson"
 	"github.com/mana/apigw/services/stt/wav"
 )
 
@@ -120,16 +121,16 @@ func New(cfg Config, logger *slog.Logger) (http.Handler, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /transcribe", s.handleTranscribe)
 	mux.HandleFunc("GET /models", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"models": models()})
+		httpjson.Write(w, http.StatusOK, map[string]any{"models": models()})
 	})
 	mux.HandleFunc("GET /languages", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"languages": languages()})
+		httpjson.Write(w, http.StatusOK, map[string]any{"languages": languages()})
 	})
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, http.StatusNotFound, "Not Found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+		httpjson.Problem(w, http.StatusNotFound, "Not Found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
 	return mux, nil
 }

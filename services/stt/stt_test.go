@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/mana/apigw/services/stt/wav"
+
+	"github.com/mana/apigw/services/httpjson"
 )
 
 func newServer(t *testing.T, cfg Config) *httptest.Server {
@@ -111,7 +113,7 @@ func TestTranscribe(t *testing.T) {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.status, b)
 			}
 			if tt.status != 200 {
-				var p problem
+				var p httpjson.Details
 				if resp.Header.Get("Content-Type") != "application/problem+json" || json.Unmarshal(b, &p) != nil || p.Status != tt.status || p.Detail == "" {
 					t.Fatalf("problem %s %s", resp.Header.Get("Content-Type"), b)
 				}

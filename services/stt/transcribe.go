@@ -2,7 +2,6 @@ package stt
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/mana/apigw/services/httpjson"
 	"github.com/mana/apigw/services/stt/wav"
 )
 
@@ -46,17 +46,17 @@ func (s *service) handleTranscribe(w http.ResponseWriter, r *http.Request) {
 		var tooBig *http.MaxBytesError
 		switch {
 		case errors.As(err, &re):
-			writeProblem(w, re.status, re.title, re.detail)
+			httpjson.Problem(w, re.status, re.title, re.detail)
 		case errors.As(err, &tooBig):
-			writeProblem(w, http.StatusRequestEntityTooLarge, "Upload Too Large", fmt.Sprintf("the upload exceeds %d bytes", s.cfg.MaxUploadBytes))
+			httpjson.Problem(w, http.StatusRequestEntityTooLarge, "Upload Too Large", fmt.Sprintf("the upload exceeds %d bytes", s.cfg.MaxUploadBytes))
 		default:
 			// A broken multipart stream is the client's doing too.
-			writeProblem(w, http.StatusBadRequest, "Malformed Upload", "the multipart body could not be read: "+err.Error())
+			httpjson.Problem(w, http.StatusBadRequest, "Malformed Upload", "the multipart body could not be read: "+err.Error())
 		}
 		return
 	}
 	s.logger.InfoContext(r.Context(), "transcribed", "duration_seconds", t.DurationSeconds, "language", t.Language)
-	writeJSON(w, http.StatusOK, t)
+	httpjson.Write(w, http.StatusOK, t)
 }
 
 // transcribe streams the multipart body: small fields are read, the file's
@@ -169,24 +169,4 @@ func (s *service) readAudio(part io.Reader, t *Transcript) error {
 			d.Seconds(), h.SampleRate, h.Channels)
 	}
 	return nil
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// problem is an RFC 9457 problem details body.
-type problem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail"`
-}
-
-func writeProblem(w http.ResponseWriter, status int, title, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(problem{Type: "about:blank", Title: title, Status: status, Detail: detail})
 }

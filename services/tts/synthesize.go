@@ -4,12 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
-	"mime"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,8 +16,12 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/mana/apigw/services/httpjson"
 	"github.com/mana/apigw/services/stt/wav"
 )
+
+// synthesizeBody is a synthesize request body.
+var synthesizeBody = httpjson.Body{Limit: maxRequestBody, Name: "the request body", Shape: "a JSON object with text and voice"}
 
 type synthesizeRequest struct {
 	Text  string `json:"text"`
@@ -28,37 +29,20 @@ type synthesizeRequest struct {
 }
 
 func (s *service) handleSynthesize(w http.ResponseWriter, r *http.Request) {
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			writeProblem(w, http.StatusUnsupportedMediaType, "Unsupported Media Type", "send the request body as application/json")
-			return
-		}
-	}
 	var req synthesizeRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
-	if err := dec.Decode(&req); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeProblem(w, http.StatusRequestEntityTooLarge, "Request Too Large", fmt.Sprintf("the body exceeds %d bytes", maxRequestBody))
-			return
-		}
-		writeProblem(w, http.StatusBadRequest, "Malformed Request", "the body is not a JSON object with text and voice: "+err.Error())
-		return
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		writeProblem(w, http.StatusBadRequest, "Malformed Request", "the body holds more than one JSON value")
+	if !synthesizeBody.Decode(w, r, &req) {
 		return
 	}
 	if strings.TrimSpace(req.Text) == "" {
-		writeProblem(w, http.StatusBadRequest, "Invalid Request", "text is required")
+		httpjson.Problem(w, http.StatusBadRequest, "Invalid Request", "text is required")
 		return
 	}
 	if !utf8.ValidString(req.Text) {
-		writeProblem(w, http.StatusBadRequest, "Invalid Request", "text is not valid UTF-8")
+		httpjson.Problem(w, http.StatusBadRequest, "Invalid Request", "text is not valid UTF-8")
 		return
 	}
 	if n := utf8.RuneCountInString(req.Text); n > s.cfg.MaxChars {
-		writeProblem(w, http.StatusUnprocessableEntity, "Text Too Long", fmt.Sprintf("text has %d characters; the limit is %d", n, s.cfg.MaxChars))
+		httpjson.Problem(w, http.StatusUnprocessableEntity, "Text Too Long", fmt.Sprintf("text has %d characters; the limit is %d", n, s.cfg.MaxChars))
 		return
 	}
 	if req.Voice == "" {
@@ -66,7 +50,7 @@ func (s *service) handleSynthesize(w http.ResponseWriter, r *http.Request) {
 	}
 	voice, ok := s.voices[req.Voice]
 	if !ok {
-		writeProblem(w, http.StatusBadRequest, "Unknown Voice", fmt.Sprintf("voice %q does not exist; see GET /voices", req.Voice))
+		httpjson.Problem(w, http.StatusBadRequest, "Unknown Voice", fmt.Sprintf("voice %q does not exist; see GET /voices", req.Voice))
 		return
 	}
 	var err error
@@ -97,7 +81,7 @@ func writeAudioHeaders(w http.ResponseWriter, size int64, h wav.Header) {
 func (s *service) speakEspeak(ctx context.Context, w http.ResponseWriter, text string, v Voice) error {
 	dir, err := os.MkdirTemp("", "tts-")
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "no temporary space")
+		httpjson.Problem(w, http.StatusInternalServerError, "Synthesis Failed", "no temporary space")
 		return fmt.Errorf("temp dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
@@ -110,27 +94,27 @@ func (s *service) speakEspeak(ctx context.Context, w http.ResponseWriter, text s
 	var stderr strings.Builder
 	cmd.Stderr = &limitedWriter{w: &stderr, n: 4096}
 	if err := cmd.Run(); err != nil {
-		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine failed")
+		httpjson.Problem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine failed")
 		return fmt.Errorf("espeak-ng: %w: %s", err, stderr.String())
 	}
 	f, err := os.Open(out)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote no audio")
+		httpjson.Problem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote no audio")
 		return fmt.Errorf("open espeak output: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote no audio")
+		httpjson.Problem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote no audio")
 		return fmt.Errorf("stat espeak output: %w", err)
 	}
 	h, err := wav.ParseHeader(f)
 	if err != nil {
-		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote a broken WAV file")
+		httpjson.Problem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote a broken WAV file")
 		return fmt.Errorf("espeak output: %w", err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		writeProblem(w, http.StatusInternalServerError, "Synthesis Failed", "could not read the audio")
+		httpjson.Problem(w, http.StatusInternalServerError, "Synthesis Failed", "could not read the audio")
 		return fmt.Errorf("rewind espeak output: %w", err)
 	}
 	writeAudioHeaders(w, st.Size(), h)
@@ -179,7 +163,7 @@ func speakTone(w http.ResponseWriter, text string, v Voice) error {
 	dataSize := frames * 2
 	var hdr strings.Builder
 	if err := wav.Encode(&hdr, 1, toneRate, 16, uint32(dataSize)); err != nil {
-		writeProblem(w, http.StatusUnprocessableEntity, "Text Too Long", err.Error())
+		httpjson.Problem(w, http.StatusUnprocessableEntity, "Text Too Long", err.Error())
 		return err
 	}
 	h, _ := wav.ParseHeader(strings.NewReader(hdr.String()))
@@ -236,24 +220,4 @@ func writeToneSamples(w io.Writer, text string, pitch float64) error {
 		}
 	}
 	return silence(edgeFrames)
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// problem is an RFC 9457 problem details body.
-type problem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail"`
-}
-
-func writeProblem(w http.ResponseWriter, status int, title, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(problem{Type: "about:blank", Title: title, Status: status, Detail: detail})
 }

@@ -21,6 +21,8 @@ import (
 	"net/http"
 	"os/exec"
 	"time"
+
+	"github.com/mana/apigw/services/httpjson"
 )
 
 // Engines.
@@ -148,16 +150,16 @@ func New(cfg Config, logger *slog.Logger) (http.Handler, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /synthesize", s.handleSynthesize)
 	mux.HandleFunc("GET /voices", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"voices": voices()})
+		httpjson.Write(w, http.StatusOK, map[string]any{"voices": voices()})
 	})
 	mux.HandleFunc("GET /languages", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"languages": languages()})
+		httpjson.Write(w, http.StatusOK, map[string]any{"languages": languages()})
 	})
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "engine": engine})
+		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok", "engine": engine})
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, http.StatusNotFound, "Not Found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+		httpjson.Problem(w, http.StatusNotFound, "Not Found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
 	return mux, nil
 }

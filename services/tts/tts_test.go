@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/mana/apigw/services/stt/wav"
+
+	"github.com/mana/apigw/services/httpjson"
 )
 
 func newServer(t *testing.T, cfg Config) *httptest.Server {
@@ -114,7 +116,7 @@ func TestSynthesizeBadInput(t *testing.T) {
 			if resp.StatusCode != tt.want {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.want, b)
 			}
-			var p problem
+			var p httpjson.Details
 			if resp.Header.Get("Content-Type") != "application/problem+json" || json.Unmarshal(b, &p) != nil || p.Status != tt.want || p.Detail == "" {
 				t.Fatalf("problem %s %s", resp.Header.Get("Content-Type"), b)
 			}
