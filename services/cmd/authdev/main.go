@@ -8,56 +8,23 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"os"
-	"os/signal"
-	"strconv"
-	"syscall"
 
 	"github.com/mana/apigw/services/authdev"
 	"github.com/mana/apigw/services/cmd/internal/serve"
 )
 
-type config struct {
-	serve.Common
-	authdev.Config
+func main() {
+	os.Exit(serve.Main(serve.StandIn[authdev.Config]{Name: "authdev", DefaultPort: 3001, Config: loadConfig, Handler: authdev.New}))
 }
 
-func loadConfig(getenv func(string) string) (config, error) {
-	common, err := serve.LoadCommon(getenv, 3001)
-	cfg := config{Common: common, Config: authdev.Config{
-		Issuer:   authdev.DefaultIssuer,
-		Audience: authdev.DefaultAudience,
-		KeyFile:  getenv("AUTH_KEY_FILE"),
-	}}
+func loadConfig(getenv func(string) string, _ int) (authdev.Config, error) {
+	cfg := authdev.Config{Issuer: authdev.DefaultIssuer, Audience: authdev.DefaultAudience, KeyFile: getenv("AUTH_KEY_FILE")}
 	if v := getenv("JWT_ISSUER"); v != "" {
 		cfg.Issuer = v
 	}
 	if v := getenv("JWT_AUDIENCE"); v != "" {
 		cfg.Audience = v
 	}
-	return cfg, err
-}
-
-func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "authdev:", err)
-		os.Exit(1)
-	}
-}
-
-func run() error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	cfg, err := loadConfig(os.Getenv)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	logger := serve.NewLogger(os.Stdout, cfg.LogLevel).With("service", "authdev")
-	h, err := authdev.New(cfg.Config, logger)
-	if err != nil {
-		return err
-	}
-	return serve.Run(ctx, logger, ":"+strconv.Itoa(cfg.Port), h, serve.Options{})
+	return cfg, nil
 }

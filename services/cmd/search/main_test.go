@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/mana/apigw/services/cmd/internal/serve"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -25,7 +28,10 @@ func TestLoadConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := loadConfig(func(k string) string { return tt.env[k] })
+			getenv := func(k string) string { return tt.env[k] }
+			common, err := serve.LoadCommon(getenv, 3021)
+			cfg, cerr := loadConfig(getenv, common.Port)
+			err = errors.Join(err, cerr)
 			if tt.withError {
 				if err == nil {
 					t.Fatal("want an error")

@@ -5,50 +5,21 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/signal"
-	"strconv"
-	"syscall"
 
 	"github.com/mana/apigw/services/cmd/internal/serve"
 	"github.com/mana/apigw/services/tts"
 )
 
-type config struct {
-	serve.Common
-	tts.Config
-}
-
-func loadConfig(getenv func(string) string) (config, error) {
-	common, err := serve.LoadCommon(getenv, 3022)
-	cfg := config{Common: common, Config: tts.Config{Engine: getenv("TTS_ENGINE")}}
-	if verr := cfg.Validate(); verr != nil {
-		err = errors.Join(err, fmt.Errorf("TTS_ENGINE: %w", verr))
-	}
-	return cfg, err
-}
-
 func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "tts:", err)
-		os.Exit(1)
-	}
+	os.Exit(serve.Main(serve.StandIn[tts.Config]{Name: "tts", DefaultPort: 3022, Config: loadConfig, Handler: tts.New}))
 }
 
-func run() error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	cfg, err := loadConfig(os.Getenv)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
+func loadConfig(getenv func(string) string, _ int) (tts.Config, error) {
+	cfg := tts.Config{Engine: getenv("TTS_ENGINE")}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("TTS_ENGINE: %w", err)
 	}
-	logger := serve.NewLogger(os.Stdout, cfg.LogLevel).With("service", "tts")
-	h, err := tts.New(cfg.Config, logger)
-	if err != nil {
-		return err
-	}
-	return serve.Run(ctx, logger, ":"+strconv.Itoa(cfg.Port), h, serve.Options{})
+	return cfg, nil
 }

@@ -2,10 +2,13 @@ package serve
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -53,7 +56,9 @@ func TestServeShutsDownGracefully(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, slog.New(slog.DiscardHandler), ln, h, Options{ShutdownTimeout: 5 * time.Second}) }()
+	go func() {
+		done <- Serve(ctx, slog.New(slog.DiscardHandler), ln, h, Options{ShutdownTimeout: 5 * time.Second})
+	}()
 
 	body := make(chan string, 1)
 	go func() {
@@ -75,5 +80,62 @@ func TestServeShutsDownGracefully(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("Serve: %v", err)
+	}
+}
+
+func TestStandInRun(t *testing.T) {
+	type cfg struct{ Port int }
+	handler := func(cfg, *slog.Logger) (http.Handler, error) { return http.NotFoundHandler(), nil }
+	tests := []struct {
+		name      string
+		env       map[string]string
+		s         StandIn[cfg]
+		withError func(*testing.T, error)
+	}{
+		{name: "every setting problem at once", env: map[string]string{"PORT": "x"},
+			s: StandIn[cfg]{Name: "t", DefaultPort: 3000, Handler: handler, Config: func(_ func(string) string, port int) (cfg, error) {
+				if port != 3000 {
+					t.Errorf("port = %d, want the default after a bad PORT", port)
+				}
+				return cfg{}, errors.New("OWN_SETTING: bad")
+			}},
+			withError: func(t *testing.T, err error) {
+				for _, s := range []string{"config:", "PORT", "OWN_SETTING"} {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error %q does not name %s", err, s)
+					}
+				}
+			}},
+		{name: "handler failure", s: StandIn[cfg]{Name: "t", DefaultPort: 3000,
+			Handler: func(cfg, *slog.Logger) (http.Handler, error) { return nil, errors.New("no corpus") }},
+			withError: func(t *testing.T, err error) {
+				if err.Error() != "no corpus" {
+					t.Errorf("error %q", err)
+				}
+			}},
+		{name: "port in use", env: map[string]string{"PORT": "%PORT%"}, s: StandIn[cfg]{Name: "t", Handler: handler},
+			withError: func(t *testing.T, err error) {
+				if !strings.Contains(err.Error(), "listen on") {
+					t.Errorf("error %q", err)
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", ":0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+			getenv := func(k string) string { return strings.ReplaceAll(tt.env[k], "%PORT%", port) }
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err = tt.s.run(ctx, getenv, io.Discard)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			tt.withError(t, err)
+		})
 	}
 }
