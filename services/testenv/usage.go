@@ -50,6 +50,34 @@ func StartUsage(t testing.TB) *Usage {
 	return u
 }
 
+// UsageDB is what a test of a USAGE stream consumer needs: the stream
+// (StartUsage) and a fresh migrated database (PostgresURL).
+type UsageDB struct {
+	*Usage
+	DBURL string
+	DB    *sql.DB
+}
+
+// StartUsageDB starts both.
+func StartUsageDB(t testing.TB) *UsageDB {
+	t.Helper()
+	u := &UsageDB{Usage: StartUsage(t), DBURL: PostgresURL(t)}
+	u.DB = OpenDB(t, u.DBURL)
+	return u
+}
+
+// Count runs a query returning one number on the database (NULL counts as 0).
+func (u *UsageDB) Count(query string, args ...any) int64 {
+	u.t.Helper()
+	return Count(u.t, u.DB, query, args...)
+}
+
+// WaitRows waits until table holds at least n rows.
+func (u *UsageDB) WaitRows(table string, n int64, timeout time.Duration) {
+	u.t.Helper()
+	WaitRows(u.t, u.DB, table, n, timeout)
+}
+
 // UsageEvents builds n valid events over keys random key IDs, spread over
 // the last 40 days (so over two or three credit periods), with 0 to 10
 // credits, 1 to 100 units and a few error statuses.

@@ -24,7 +24,7 @@ import (
 )
 
 func (e *env) getenv(extra ...string) func(string) string {
-	m := map[string]string{"DATABASE_URL": e.dbURL, "NATS_URL": e.NATS.URL, "LOG_LEVEL": "error",
+	m := map[string]string{"DATABASE_URL": e.DBURL, "NATS_URL": e.NATS.URL, "LOG_LEVEL": "error",
 		"FETCH_WAIT": "200ms", "NAK_DELAY": "100ms", "METRICS_PORT": "0"}
 	for i := 0; i+1 < len(extra); i += 2 {
 		m[extra[i]] = extra[i+1]
@@ -78,7 +78,7 @@ func TestDaily(t *testing.T) {
 		t.Errorf("late event's day row = %+v", got)
 	}
 	part := fmt.Sprintf("api_gateway.api_usage_%s", at.Format("2006_01"))
-	if n := e.count(`SELECT count(*) FROM `+part+` WHERE event_id = $1`, late.EventId); n != 1 {
+	if n := e.Count(`SELECT count(*) FROM `+part+` WHERE event_id = $1`, late.EventId); n != 1 {
 		t.Errorf("late event not in partition %s", part)
 	}
 	if got := testenv.Scrape(t, cfg.MetricsPort, "aggregator_events_processed_total"); got != float64(len(all)) {
@@ -222,7 +222,7 @@ func TestReplayBinary(t *testing.T) {
 	e.waitDrained(10 * time.Second)
 	run := func(args ...string) (int, string) {
 		cmd := exec.Command(bin, args...)
-		cmd.Env = testenv.Env("DATABASE_URL", e.dbURL, "NATS_URL", e.NATS.URL, "LOG_LEVEL", "error")
+		cmd.Env = testenv.Env("DATABASE_URL", e.DBURL, "NATS_URL", e.NATS.URL, "LOG_LEVEL", "error")
 		out, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {

@@ -14,34 +14,21 @@ import (
 // env is one test's servers: a JetStream server with the USAGE stream and a
 // fresh migrated database.
 type env struct {
-	*testenv.Usage
-	t     testing.TB
-	dbURL string
-	db    *sqlx.DB
+	*testenv.UsageDB
+	t  testing.TB
+	db *sqlx.DB
 }
 
 func newEnv(t testing.TB) *env {
-	t.Helper()
-	dbURL := testenv.PostgresURL(t)
-	return &env{Usage: testenv.StartUsage(t), t: t, dbURL: dbURL, db: sqlx.NewDb(testenv.OpenDB(t, dbURL), "postgres")}
+	u := testenv.StartUsageDB(t)
+	return &env{UsageDB: u, t: t, db: sqlx.NewDb(u.DB, "postgres")}
 }
 
-func (e *env) count(query string, args ...any) int64 {
-	e.t.Helper()
-	return testenv.Count(e.t, e.db.DB, query, args...)
-}
-
-// waitUsage waits until api_usage holds n rows.
 func (e *env) waitUsage(n int64, timeout time.Duration) {
-	e.t.Helper()
-	testenv.WaitRows(e.t, e.db.DB, "api_gateway.api_usage", n, timeout)
+	e.WaitRows("api_gateway.api_usage", n, timeout)
 }
 
-// waitDrained waits until the aggregator consumer has nothing pending or unacknowledged.
-func (e *env) waitDrained(timeout time.Duration) {
-	e.t.Helper()
-	e.WaitDrained(usagev1.AggregatorConsumer, timeout)
-}
+func (e *env) waitDrained(timeout time.Duration) { e.WaitDrained(usagev1.AggregatorConsumer, timeout) }
 
 type daily struct {
 	Owner                            string
@@ -94,10 +81,10 @@ func (e *env) daily() map[string]daily {
 // checkUsage asserts api_usage holds each event once and the daily rows are exact.
 func (e *env) checkUsage(evs []*usagev1.UsageEvent) {
 	e.t.Helper()
-	if got := e.count(`SELECT count(*) FROM api_gateway.api_usage`); got != int64(len(evs)) {
+	if got := e.Count(`SELECT count(*) FROM api_gateway.api_usage`); got != int64(len(evs)) {
 		e.t.Errorf("api_usage rows = %d, want %d", got, len(evs))
 	}
-	if got := e.count(`SELECT count(*) FROM api_gateway.api_usage_default`); got != 0 {
+	if got := e.Count(`SELECT count(*) FROM api_gateway.api_usage_default`); got != 0 {
 		e.t.Errorf("%d rows in the default partition", got)
 	}
 	want, got := expectDaily(evs), e.daily()

@@ -14,34 +14,21 @@ import (
 // env is one test's servers: a JetStream server with the USAGE stream and a
 // fresh migrated database.
 type env struct {
-	*testenv.Usage
-	t     testing.TB
-	dbURL string
-	db    *sqlx.DB
+	*testenv.UsageDB
+	t  testing.TB
+	db *sqlx.DB
 }
 
 func newEnv(t testing.TB) *env {
-	t.Helper()
-	dbURL := testenv.PostgresURL(t)
-	return &env{Usage: testenv.StartUsage(t), t: t, dbURL: dbURL, db: sqlx.NewDb(testenv.OpenDB(t, dbURL), "postgres")}
+	u := testenv.StartUsageDB(t)
+	return &env{UsageDB: u, t: t, db: sqlx.NewDb(u.DB, "postgres")}
 }
 
-func (e *env) count(query string, args ...any) int64 {
-	e.t.Helper()
-	return testenv.Count(e.t, e.db.DB, query, args...)
-}
-
-// waitLedger waits until the ledger holds n rows.
 func (e *env) waitLedger(n int64, timeout time.Duration) {
-	e.t.Helper()
-	testenv.WaitRows(e.t, e.db.DB, "api_gateway.credit_ledger", n, timeout)
+	e.WaitRows("api_gateway.credit_ledger", n, timeout)
 }
 
-// waitDrained waits until the billing consumer has nothing pending or unacknowledged.
-func (e *env) waitDrained(timeout time.Duration) {
-	e.t.Helper()
-	e.WaitDrained(usagev1.BillingConsumer, timeout)
-}
+func (e *env) waitDrained(timeout time.Duration) { e.WaitDrained(usagev1.BillingConsumer, timeout) }
 
 type balance struct{ Granted, Used, Requests int64 }
 
@@ -89,10 +76,10 @@ func (e *env) checkLedger(evs []*usagev1.UsageEvent) {
 	for _, ev := range evs {
 		credits += ev.GetCredits()
 	}
-	if got := e.count(`SELECT count(*) FROM api_gateway.credit_ledger`); got != int64(len(evs)) {
+	if got := e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`); got != int64(len(evs)) {
 		e.t.Errorf("ledger rows = %d, want %d", got, len(evs))
 	}
-	if got := e.count(`SELECT sum(credits) FROM api_gateway.credit_ledger`); got != credits {
+	if got := e.Count(`SELECT sum(credits) FROM api_gateway.credit_ledger`); got != credits {
 		e.t.Errorf("ledger credits = %d, want %d", got, credits)
 	}
 	want, got := expectBalances(evs), e.balances()
@@ -105,7 +92,7 @@ func (e *env) checkLedger(evs []*usagev1.UsageEvent) {
 		}
 	}
 	// The balances are the ledger's sums, whatever the events were.
-	if n := e.count(`SELECT count(*) FROM api_gateway.credit_balances b FULL JOIN (
+	if n := e.Count(`SELECT count(*) FROM api_gateway.credit_balances b FULL JOIN (
 		SELECT key_id, period, sum(credits) AS used, count(*) AS requests FROM api_gateway.credit_ledger GROUP BY 1, 2) l
 		USING (key_id, period) WHERE b.used IS DISTINCT FROM l.used OR b.requests IS DISTINCT FROM l.requests`); n != 0 {
 		e.t.Errorf("%d balances disagree with the ledger", n)
