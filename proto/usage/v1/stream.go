@@ -50,8 +50,18 @@ func StreamConfig(maxAge time.Duration) jetstream.StreamConfig {
 }
 
 // EnsureStream creates the USAGE stream or updates it to StreamConfig. It is
-// idempotent and safe to call from every binary at start.
+// idempotent and safe to call from every binary at start. A positive maxAge
+// sets the retention (the gateway's USAGE_STREAM_MAX_AGE); maxAge <= 0 keeps
+// the retention of an existing stream, so binaries that do not own the
+// setting never undo it, and creates a new one with DefaultMaxAge.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, maxAge time.Duration) (jetstream.Stream, error) {
+	if maxAge <= 0 {
+		if existing, err := js.Stream(ctx, StreamName); err == nil {
+			maxAge = existing.CachedInfo().Config.MaxAge
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("ensure stream %s: %w", StreamName, err)
+		}
+	}
 	s, err := js.CreateOrUpdateStream(ctx, StreamConfig(maxAge))
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream %s: %w", StreamName, err)
