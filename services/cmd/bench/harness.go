@@ -172,6 +172,46 @@ func (h *harness) start(name, bin string, env []string, args ...string) (*proc, 
 
 func (h *harness) bin(name string) string { return filepath.Join(h.cfg.BinDir, name) }
 
+// restart stops *pp and starts it again the same way, waiting for readyURL.
+func (h *harness) restart(ctx context.Context, pp **proc, readyURL string) error {
+	old := *pp
+	old.stop(30 * time.Second)
+	p, err := startProc(old.name, old.dir, old.bin, old.env, old.args...)
+	if err != nil {
+		return err
+	}
+	for i := range h.procs {
+		if h.procs[i] == old {
+			h.procs[i] = p
+		}
+	}
+	*pp = p
+	return waitReady(ctx, p, readyURL, 60*time.Second)
+}
+
+// freshProxies restarts the Go proxies (bare proxy and gateways), so that
+// the fixed-rate phase measures their memory at that rate, not what the
+// closed-loop runs left in their heaps; then warms each up at the rate.
+func (h *harness) freshProxies(ctx context.Context, res *results, rate int) error {
+	if err := h.restart(ctx, &h.bare, h.bareURL+"/health"); err != nil {
+		return err
+	}
+	if err := h.restart(ctx, &h.gateway, h.gatewayURL+"/ready"); err != nil {
+		return err
+	}
+	if h.noFsync != nil {
+		if err := h.restart(ctx, &h.noFsync, h.noFsyncURL+"/ready"); err != nil {
+			return err
+		}
+	}
+	for _, t := range res.targets {
+		if s := attack(ctx, t, attackOpts{duration: h.cfg.Warmup, rate: rate, workers: h.cfg.OpenWorkers}); s.errors > 0 {
+			return fmt.Errorf("warm-up of %s after restart: %d errors (first: %s)", t.name, s.errors, s.firstErr)
+		}
+	}
+	return nil
+}
+
 // setup creates the database and starts the stand-in, the dev issuer (in
 // process), the gateway, the bare proxy and nginx, then creates the API key
 // through the management API.
@@ -365,7 +405,8 @@ func (h *harness) targets() []*target {
 	hdr := http.Header{"Content-Type": []string{"application/json"}}
 	gwHdr := hdr.Clone()
 	gwHdr.Set("X-API-Key", h.apiKey)
-	one := func(p *proc) func() []int { return func() []int { return []int{p.pid()} } }
+	// Through the harness's fields: a restarted process has a new pid.
+	one := func(p **proc) func() []int { return func() []int { return []int{(*p).pid()} } }
 	extra := map[string]int{}
 	if h.cfg.RedisPID > 0 {
 		extra["redis"] = h.cfg.RedisPID
@@ -375,11 +416,11 @@ func (h *harness) targets() []*target {
 	}
 	body := []byte(searchBody)
 	ts := []*target{
-		{name: "direct", label: "direct (search stand-in)", url: h.searchURL + "/search", header: hdr, body: body, pids: one(h.search)},
+		{name: "direct", label: "direct (search stand-in)", url: h.searchURL + "/search", header: hdr, body: body, pids: one(&h.search)},
 		{name: "nginx", label: "nginx keep-alive proxy", url: h.nginxURL + "/search", header: hdr, body: body,
 			pids: func() []int { return append([]int{h.nginx.pid()}, children(h.nginx.pid())...) }},
-		{name: "bare-go", label: "bare Go proxy (features off)", url: h.bareURL + "/search", header: hdr, body: body, pids: one(h.bare)},
-		{name: "gateway", label: "gateway, full path", url: h.gatewayURL + "/v1/search", header: gwHdr, body: body, pids: one(h.gateway), extra: extra},
+		{name: "bare-go", label: "bare Go proxy (features off)", url: h.bareURL + "/search", header: hdr, body: body, pids: one(&h.bare)},
+		{name: "gateway", label: "gateway, full path", url: h.gatewayURL + "/v1/search", header: gwHdr, body: body, pids: one(&h.gateway), extra: extra},
 	}
 	if h.noFsync != nil {
 		extra := map[string]int{}
@@ -390,7 +431,7 @@ func (h *harness) targets() []*target {
 			extra["nats"] = h.cfg.NATSNoFsyncPID
 		}
 		ts = append(ts, &target{name: "gateway-nofsync", label: "gateway, full path, JetStream without per-write fsync (diagnostic)",
-			url: h.noFsyncURL + "/v1/search", header: gwHdr, body: body, pids: one(h.noFsync), extra: extra})
+			url: h.noFsyncURL + "/v1/search", header: gwHdr, body: body, pids: one(&h.noFsync), extra: extra})
 	}
 	return ts
 }
@@ -443,9 +484,15 @@ func (h *harness) httpPhase(ctx context.Context, res *results) error {
 		rr := &rateList[i]
 		rr.samples = map[string][]sample{}
 		if rr.fixed {
-			// The peak RSS of the run so far, then of the fixed-rate phase only.
+			// The peak RSS of the run so far; then fresh Go proxies and
+			// reset peaks, so the fixed-rate peak is that phase's own.
 			for _, t := range res.targets {
 				res.peakAll[t.name] = groupHWM(t.pids())
+			}
+			if err := h.freshProxies(ctx, res, rr.rate); err != nil {
+				return err
+			}
+			for _, t := range res.targets {
 				if err := resetHWM(t.pids()); err != nil {
 					h.logger.Warn("peak RSS not reset; the fixed-rate peak is the run's", "target", t.name, "err", err)
 				}

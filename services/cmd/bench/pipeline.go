@@ -50,6 +50,9 @@ type pipelineResult struct {
 	replayExit    int
 	replayLine    string
 	publishRate   float64 // synthetic events published per second (async, acknowledged)
+	// One publish at a time, waiting for each acknowledgement: the floor
+	// the durable event adds to a request (sync always, and without fsync).
+	ackLatency, ackLatencyNoFsync latencies
 }
 
 // replay1M is the replay time extrapolated to one million events.
@@ -77,6 +80,14 @@ func (h *harness) pipelinePhase(ctx context.Context, res *results) error {
 		return err
 	}
 	p := &res.pipeline
+	if p.ackLatency, err = ackLatency(ctx, h.cfg.NATSURL); err != nil {
+		return err
+	}
+	if h.cfg.NATSNoFsyncURL != "" {
+		if p.ackLatencyNoFsync, err = ackLatency(ctx, h.cfg.NATSNoFsyncURL); err != nil {
+			return err
+		}
+	}
 	info, err := stream.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("stream info: %w", err)
@@ -175,6 +186,35 @@ func fillStream(ctx context.Context, js jetstream.JetStream, stream jetstream.St
 		return 0, fmt.Errorf("stream holds %d events after publishing, want %d", info.State.Msgs, want)
 	}
 	return rate, nil
+}
+
+// ackLatency publishes 1,000 event-sized messages one at a time to a
+// scratch file stream and returns the quantiles of the acknowledged publish.
+func ackLatency(ctx context.Context, natsURL string) (latencies, error) {
+	nc, err := nats.Connect(natsURL, nats.Name("bench-ack"), nats.Timeout(5*time.Second))
+	if err != nil {
+		return latencies{}, fmt.Errorf("nats: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return latencies{}, err
+	}
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_ACK", Subjects: []string{"benchack.>"}, Storage: jetstream.FileStorage})
+	if err != nil {
+		return latencies{}, fmt.Errorf("scratch stream: %w", err)
+	}
+	defer func() { _ = js.DeleteStream(context.WithoutCancel(ctx), st.CachedInfo().Config.Name) }()
+	data := make([]byte, 220) // about a marshalled usage event
+	lat := make([]time.Duration, 0, 1000)
+	for i := 0; i < 1000; i++ {
+		t0 := time.Now()
+		if _, err := js.Publish(ctx, "benchack.x", data); err != nil {
+			return latencies{}, fmt.Errorf("publish: %w", err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	return quantiles(lat), nil
 }
 
 // publishChunk is how many synthetic events are in flight at most.

@@ -183,7 +183,10 @@ func (r *results) checks() []check {
 	pg, pok := fp.metrics["pg-stmts/op"]
 	cs = append(cs,
 		check{what: "Redis commands per hot request", measured: fmt.Sprintf("%.2f", rc), want: "1", ok: rc == 1, missing: !ok || !rok},
-		check{what: "Postgres statements per hot request", measured: fmt.Sprintf("%.2f", pg), want: "0", ok: pg == 0, missing: !ok || !pok},
+		// The last-used time is flushed in one batched statement every few
+		// seconds: below one statement per 1,000 requests is background work.
+		check{what: "Postgres statements per hot request", measured: fmt.Sprintf("%.4f", pg), want: "0 (< 0.001: batched background writes)",
+			ok: pg < 0.001, missing: !ok || !pok},
 	)
 	p := r.pipeline
 	for _, d := range []drainResult{p.billing, p.aggregator} {
@@ -264,8 +267,9 @@ func writeReport(w io.Writer, r *results) {
 		"within a run, then the median over rounds. p99.9 of a %s run at 2,000 req/s rests on about %d samples above it: read it as a trend.\n",
 		cfg.RateDuration, int(cfg.RateDuration.Seconds()*float64(cfg.FixedRate)/1000))
 	p("- **CPU per request**: utime + stime of the process(es) from `/proc/<pid>/stat` over a run, divided by its successful " +
-		"requests (nginx: master and workers). **Peak RSS**: VmHWM; reset through `/proc/<pid>/clear_refs` before the fixed-rate phase, " +
-		"so the fixed-rate peak is that phase's own.\n\n")
+		"requests (nginx: master and workers). **Peak RSS**: VmHWM. Before the fixed-rate phase the Go proxies (bare proxy, gateways) " +
+		"are restarted and warmed up at that rate for the warm-up time, and every peak is reset through `/proc/<pid>/clear_refs`, " +
+		"so the fixed-rate peak is that phase's own; the whole-phase peak is read before.\n\n")
 
 	p("## Max throughput (closed loop)\n\n")
 	p("| target | req/s (median) | rounds | ÷ direct | ÷ nginx | CPU µs/req (target) | CPU µs/req (load generator) | errors |\n|---|---:|---|---:|---:|---:|---:|---:|\n")
@@ -361,7 +365,7 @@ func writeReport(w io.Writer, r *results) {
 				return "–"
 			}
 			p("| %s | %s | %s | %s | %s | %s |\n", l.name, cell("ns/op", "%.0f"), cell("B/op", "%.0f"), cell("allocs/op", "%.0f"),
-				cell("redis-cmds/op", "%.2f"), cell("pg-stmts/op", "%.2f"))
+				cell("redis-cmds/op", "%.3f"), cell("pg-stmts/op", "%.4f"))
 		}
 		p("\n")
 	}
@@ -369,9 +373,20 @@ func writeReport(w io.Writer, r *results) {
 	p("## Pipeline\n\n")
 	pl := r.pipeline
 	p("The USAGE stream held %d events for the rate measurements: %d published by the gateway during the HTTP runs, the rest "+
-		"synthetic (valid events of 100 keys of this month, published without Nats-Msg-Id at %.0f events/s). Each consumer "+
+		"synthetic (valid events of 100 keys of this month, published without Nats-Msg-Id, at most 2,000 in flight, at %.0f events/s). Each consumer "+
 		"reads all of them from the start, alone on the machine (the gateway idle), timed from the moment its durable "+
 		"consumer exists until nothing is pending or unacknowledged.\n\n", pl.streamEvents, pl.gatewayEvents, pl.publishRate)
+	p("**JetStream acknowledged publish** (the durable event of every full-path request): one at a time, event-sized, to a file stream: "+
+		"p50 %s, p99 %s with `sync_interval: always`", ms(pl.ackLatency.p50), ms(pl.ackLatency.p99))
+	if pl.ackLatencyNoFsync.p50 > 0 {
+		p(" (without per-write fsync: p50 %s, p99 %s)", ms(pl.ackLatencyNoFsync.p50), ms(pl.ackLatencyNoFsync.p99))
+	}
+	if pl.publishRate > 0 {
+		p(". With 2,000 publishes in flight, the synthetic events above were acknowledged at %.0f events/s: with one fsync per message "+
+			"that is the ceiling of the whole edge's full path on this machine, whatever the gateway does, as long as every request "+
+			"waits for its own JetStream acknowledgement", pl.publishRate)
+	}
+	p(".\n\n")
 	p("| consumer | events | seconds | events/s | ÷ bare consumer | ÷ full-path max req/s | CPU µs/event |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	gw := r.maxRate("gateway")
 	for _, d := range []drainResult{pl.billing, pl.aggregator, pl.bare, pl.catchUp} {
