@@ -168,7 +168,14 @@ TEST_DATABASE_URL=$PG_URL go test -run '^$' -bench 'BenchmarkEdgeFullPath$|Bench
 log "go test -bench BenchmarkEdgeFullPath/parallel -cpuprofile"
 TEST_DATABASE_URL=$PG_URL go test -run '^$' -bench 'BenchmarkEdgeFullPath$/parallel' -benchtime "$benchtime" -count 1 \
 	-o "$WORK/proxy.test" -cpuprofile "$WORK/cpu.pprof" ./gateway/internal/proxy/ >"$WORK/gobench-profile.txt"
-go tool pprof -top -nodecount=35 "$WORK/proxy.test" "$WORK/cpu.pprof" 2>/dev/null | head -n 42 >"$WORK/pprof-top.txt"
+{
+	echo "# flat, everything in the benchmark's process"
+	go tool pprof -top -nodecount=25 "$WORK/proxy.test" "$WORK/cpu.pprof" 2>/dev/null | sed -n '/flat%/,$p'
+	echo
+	echo "# cumulative, the gateway's code only (without the embedded NATS server and the counting relays)"
+	go tool pprof -top -cum -focus 'gateway/internal' -ignore 'nats-server/v2/server|startCountingRelay' -nodecount=40 \
+		"$WORK/proxy.test" "$WORK/cpu.pprof" 2>/dev/null | sed -n '/flat%/,$p' | grep -v 'testing\.\|proxy_test\.'
+} >"$WORK/pprof-top.txt"
 
 # ----------------------------------------------------------------- harness
 
