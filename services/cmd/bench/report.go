@@ -182,7 +182,10 @@ func (r *results) checks() []check {
 	rc, rok := fp.metrics["redis-cmds/op"]
 	pg, pok := fp.metrics["pg-stmts/op"]
 	cs = append(cs,
-		check{what: "Redis commands per hot request", measured: fmt.Sprintf("%.2f", rc), want: "1", ok: rc == 1, missing: !ok || !rok},
+		// go-redis keeps idle connections open in the background (HELLO and
+		// CLIENT SETINFO on each): up to one such command per 100 requests is not the hot path.
+		check{what: "Redis commands per hot request", measured: fmt.Sprintf("%.3f", rc), want: "1 (≤ 1.01: connection handshakes)",
+			ok: rc >= 1 && rc <= 1.01, missing: !ok || !rok},
 		// The last-used time is flushed in one batched statement every few
 		// seconds: below one statement per 1,000 requests is background work.
 		check{what: "Postgres statements per hot request", measured: fmt.Sprintf("%.4f", pg), want: "0 (< 0.001: batched background writes)",
