@@ -267,6 +267,12 @@ func (e *Edge) prepareBody(c echo.Context, rt *Route, cl *call) error {
 		}
 		cl.body, cl.units = mb, seconds
 		req.Body = mb
+	default:
+		// Routes without a body forward none, whatever the client sent.
+		if req.ContentLength > 0 || len(req.TransferEncoding) > 0 {
+			return problem.New(http.StatusRequestEntityTooLarge, "this endpoint takes no request body")
+		}
+		req.Body, req.ContentLength = http.NoBody, 0
 	}
 	return nil
 }

@@ -411,6 +411,7 @@ func TestBadInputIsAClear4xxAndCostsNothing(t *testing.T) {
 		{"free tier on tts", "POST", "/v1/tts/synthesize", secret, "application/json", `{"text":"hi","voice":"en-US-1"}`, 403},
 		{"free tier on stt models", "GET", "/v1/stt/models", secret, "", ``, 403},
 		{"h2c upgrade", "POST", "/v1/search", secret, "application/json", `{"query":"a"}`, 400},
+		{"body on a GET route", "GET", "/v1/search/engines", secret, "", strings.Repeat("x", 1<<20), 413},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var extra []string
