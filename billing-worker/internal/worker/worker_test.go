@@ -231,12 +231,12 @@ func eventCount(t *testing.T, name string, def int) int {
 }
 
 // TestKill9 kills the worker process at random points while events flow in;
-// the ledger ends exact. BILLING_KILL_EVENTS (default 20,000) sets the volume.
+// the ledger ends exact. BILLING_KILL_EVENTS (default 100,000, as issue 6 asks) sets the volume.
 func TestKill9(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	bin := testenv.BuildBinary(t, "./billing-worker/cmd/billing-worker")
-	n := eventCount(t, "BILLING_KILL_EVENTS", 20000)
+	n := eventCount(t, "BILLING_KILL_EVENTS", 100000)
 	kills := eventCount(t, "BILLING_KILLS", 20)
 	evs := testenv.UsageEvents(n, 10)
 
