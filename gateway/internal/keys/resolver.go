@@ -62,7 +62,11 @@ func (r *Resolver) Resolve(ctx context.Context, secret string) (*Key, []byte, er
 	}
 	v, err, _ := r.group.Do(h, func() (any, error) {
 		r.lookups.Add(1)
-		k, err := r.store.ByHash(ctx, hash)
+		// Shared by every caller waiting on this hash: one client going
+		// away must not fail the others.
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		k, err := r.store.ByHash(lctx, hash)
 		if errors.Is(err, ErrNotFound) {
 			r.unknown.Add(h, struct{}{})
 			return nil, err

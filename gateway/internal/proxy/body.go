@@ -140,6 +140,15 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 	if err != nil {
 		return nil, 0, problem.New(http.StatusUnsupportedMediaType, "the file must be a WAV (RIFF/WAVE) audio file")
 	}
-	seconds := int64(math.Ceil(hdr.Duration().Seconds()))
-	return &meteredBody{r: br, closer: req.Body, max: int64(hdr.DataSize) + uploadSlack}, seconds, nil
+	declared := int64(hdr.DataSize)
+	if declared == 0 || declared >= 0xFFFFFF00 {
+		// A WAV written to a pipe leaves its data size open (0 or ~4 GiB).
+		// The request's length then bounds the audio instead.
+		if req.ContentLength <= 0 {
+			return nil, 0, problem.New(http.StatusLengthRequired, "a WAV without a data size needs a Content-Length")
+		}
+		declared = req.ContentLength
+	}
+	seconds := int64(math.Ceil(wav.BytesDuration(declared, hdr.ByteRate).Seconds()))
+	return &meteredBody{r: br, closer: req.Body, max: declared + uploadSlack}, seconds, nil
 }

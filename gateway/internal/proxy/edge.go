@@ -175,7 +175,9 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 		case errors.Is(err, keys.ErrNotFound):
 			return unauthorized("unknown API key")
 		case err != nil:
-			return fmt.Errorf("resolve key: %w", err)
+			e.logger.ErrorContext(req.Context(), "resolve api key", "request_id", cl.requestID, "err", err)
+			c.Response().Header().Set("Retry-After", "5")
+			return problem.New(http.StatusServiceUnavailable, "API keys cannot be checked right now; try again shortly")
 		}
 		cl.key = k
 		tier, ok := e.pricing.Tiers[k.Tier]

@@ -2,12 +2,14 @@ package proxy_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -34,6 +36,7 @@ import (
 	"github.com/mana/apigw/gateway/internal/usage"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 	"github.com/mana/apigw/services/search"
+	"github.com/mana/apigw/services/stt/wav"
 	"github.com/mana/apigw/services/testenv"
 )
 
@@ -676,11 +679,88 @@ func TestFullSpoolRefusesBillableCalls(t *testing.T) {
 	if statuses[200] == 0 || statuses[503] == 0 {
 		t.Fatalf("statuses %v: want some spooled (200) and then 503", statuses)
 	}
-	calls := ev.capture.calls.Load()
+	// A free call is still served: there is nothing to bill.
+	if resp, b := ev.do("GET", "/v1/search/engines", secret, "", ""); resp.StatusCode != 200 {
+		t.Fatalf("free call with a full spool: %d %s", resp.StatusCode, b)
+	}
+	calls := ev.capture.calls.Load() - 1
 	if int(calls) != 1+statuses[200] {
 		t.Fatalf("backend saw %d calls for %d served", calls, 1+statuses[200])
 	}
 	if got := ev.balance(k); got != int64(5000-1-statuses[200]) {
 		t.Fatalf("balance %d: refused calls must not be charged", got)
+	}
+}
+
+func wavUpload(t *testing.T, declaredBytes uint32, actualBytes int) (string, []byte) {
+	t.Helper()
+	var b bytes.Buffer
+	mw := multipart.NewWriter(&b)
+	fw, err := mw.CreateFormFile("file", "a.wav")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr bytes.Buffer
+	if err := wav.Encode(&hdr, 1, 8000, 8, min(declaredBytes, 1<<30)); err != nil {
+		t.Fatal(err)
+	}
+	h := hdr.Bytes()
+	if declaredBytes == 0xFFFFFFFF {
+		// What a streaming encoder writes: sizes left at their maximum.
+		copy(h[4:8], []byte{0xFF, 0xFF, 0xFF, 0xFF})
+		copy(h[len(h)-4:], []byte{0xFF, 0xFF, 0xFF, 0xFF})
+	}
+	_, _ = fw.Write(h)
+	_, _ = fw.Write(bytes.Repeat([]byte{128}, actualBytes))
+	_ = mw.Close()
+	return mw.FormDataContentType(), b.Bytes()
+}
+
+// TestUploadWithExpectContinue: curl sends "Expect: 100-continue" with any
+// upload over 1 MB; the final answer must still carry its own status and
+// the contract's headers.
+func TestUploadWithExpectContinue(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, _ := ev.key("pro")
+	// 61 s at 8 kHz 8-bit mono = 488,000 bytes; the backend reports 61.2 s.
+	ct, body := wavUpload(t, 61*8000, 61*8000)
+	resp, b := ev.do("POST", "/v1/stt/transcribe", secret, ct, string(body), "Expect", "100-continue")
+	if resp.StatusCode != 200 || resp.Header.Get("X-Request-Id") == "" || resp.Header.Get("X-RateLimit-Limit") != "100" || resp.Header.Get("X-Credits-Remaining") != "4989" {
+		t.Fatalf("status %d, headers %v: %s", resp.StatusCode, resp.Header, b)
+	}
+	ev.capture.mu.Lock()
+	expect := ev.capture.headers[len(ev.capture.headers)-1].Get("Expect")
+	ev.capture.mu.Unlock()
+	if expect != "" {
+		t.Fatalf("backend received Expect: %q", expect)
+	}
+	// More audio than the header declares: refused with its own status.
+	ct, body = wavUpload(t, 8000, 2<<20)
+	resp, b = ev.do("POST", "/v1/stt/transcribe", secret, ct, string(body), "Expect", "100-continue")
+	isProblem(t, resp, b, 400)
+	if resp.Header.Get("X-RateLimit-Limit") == "" || resp.Header.Get("X-Credits-Remaining") != "4989" {
+		t.Fatalf("headers of the refused upload: %v", resp.Header)
+	}
+}
+
+// TestStreamedWAVIsPricedByItsLength: a WAV written to a pipe has no data
+// size; the request's Content-Length bounds (and prices) it instead.
+func TestStreamedWAVIsPricedByItsLength(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, _ := ev.key("pro")
+	for _, declared := range []uint32{0, 0xFFFFFFFF} {
+		ct, body := wavUpload(t, declared, 16000) // 2 s of audio
+		resp, b := ev.do("POST", "/v1/stt/transcribe", secret, ct, string(body))
+		if resp.StatusCode != 200 {
+			t.Fatalf("declared %#x: %d %s", declared, resp.StatusCode, b)
+		}
+	}
+	evs := ev.events()
+	for _, e := range evs {
+		// Held for the length (≈2 s + framing ⇒ 3 s ⇒ 1 credit); the backend
+		// reports 61.2 s, but a charge never exceeds its hold.
+		if e.Credits != 1 || e.Units > 3 {
+			t.Fatalf("event %+v", e)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mana/apigw/gateway/internal/problem"
+	"github.com/mana/apigw/gateway/internal/usage"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
@@ -53,6 +54,9 @@ func (e *Edge) newReverseProxy(rt Route, target *url.URL, tr http.RoundTripper) 
 			for _, h := range credentialHeaders {
 				pr.Out.Header.Del(h)
 			}
+			// The gateway already answered the client's 100-continue; an
+			// interim answer from the backend would commit the response early.
+			pr.Out.Header.Del("Expect")
 			if cl := callFrom(pr.In.Context()); cl != nil {
 				pr.Out.Header.Set("X-Request-Id", cl.requestID)
 			}
@@ -99,10 +103,21 @@ func (e *Edge) modifyResponse(resp *http.Response) error {
 	}
 	ev := e.event(cl, resp.StatusCode, units, credits)
 	if err := e.publish(resp.Request.Context(), ev); err != nil {
-		// The call cannot be billed: give the credits back and refuse it.
-		_ = e.settle(resp.Request.Context(), cl, 0)
 		e.releaseHold(cl)
-		return errUnbillable{err}
+		switch {
+		case credits == 0:
+			// Nothing to bill: the answer is served, the event (for the
+			// error counts) is lost, which the log says.
+			e.logger.WarnContext(resp.Request.Context(), "usage event of a free call not recorded", "event_id", cl.eventID, "err", err)
+		case errors.Is(err, usage.ErrUncertain):
+			// JetStream may hold the event, and then the ledger charges it:
+			// keep the charge in Redis too, so both agree, and refuse.
+			return errUnbillable{err: err, uncertain: true}
+		default:
+			// Never recorded: give the credits back and refuse the call.
+			_ = e.settle(resp.Request.Context(), cl, 0)
+			return errUnbillable{err: err}
+		}
 	}
 	e.releaseHold(cl)
 	if cl.decision.Credits >= 0 {
@@ -145,7 +160,10 @@ type errBadBackendAnswer struct{ err error }
 
 func (e errBadBackendAnswer) Error() string { return "backend answer unusable: " + e.err.Error() }
 
-type errUnbillable struct{ err error }
+type errUnbillable struct {
+	err       error
+	uncertain bool // the event may still be stored, and charged
+}
 
 func (e errUnbillable) Error() string { return "usage event not durable: " + e.err.Error() }
 
@@ -157,11 +175,13 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		http.Error(w, "bad gateway", http.StatusBadGateway)
 		return
 	}
-	_ = e.settle(r.Context(), cl, 0)
+	var unbillable errUnbillable
+	if !errors.As(err, &unbillable) || !unbillable.uncertain {
+		_ = e.settle(r.Context(), cl, 0)
+	}
 	e.releaseHold(cl)
 	status, detail := http.StatusBadGateway, "the backend could not be reached"
 	var mbe *http.MaxBytesError
-	var unbillable errUnbillable
 	var badAnswer errBadBackendAnswer
 	switch {
 	case errors.As(err, &mbe):
@@ -170,6 +190,9 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		status, detail = http.StatusBadRequest, errUploadOverDeclared.Error()
 	case errors.As(err, &unbillable):
 		status, detail = http.StatusServiceUnavailable, "usage cannot be recorded right now; nothing was charged"
+		if unbillable.uncertain {
+			detail = "usage could not be confirmed in time; the call may still be charged if its record arrives"
+		}
 		w.Header().Set("Retry-After", "5")
 	case errors.As(err, &badAnswer):
 		status, detail = http.StatusBadGateway, "the backend's answer could not be metered"

@@ -215,8 +215,12 @@ func ttsUnits(body []byte) (int64, error) {
 // sttSettle reads the backend's transcription answer and returns the audio
 // seconds it reports, rounded up.
 func sttSettle(resp *http.Response) (int64, error) {
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	const maxAnswer = 16 << 20
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
 	_ = resp.Body.Close()
+	if err == nil && len(body) > maxAnswer {
+		err = errors.New("transcription answer larger than 16 MiB")
+	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))
 	resp.Header.Set("Content-Length", fmt.Sprint(len(body)))

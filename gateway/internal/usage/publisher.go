@@ -81,15 +81,26 @@ func (p *Publisher) CanAccept() bool {
 	return p.nc.IsConnected() || !p.spool.Full(512)
 }
 
-// Publish returns once the event is acknowledged by JetStream or fsynced to
-// the spool. It fails only when neither is possible.
+// ErrNotDurable: the event is in neither JetStream nor the spool; nothing
+// will ever charge it.
+var ErrNotDurable = errors.New("usage event not recorded")
+
+// ErrUncertain: the event was sent to JetStream without an answer and could
+// not be spooled either; it may still be stored (and then charged).
+var ErrUncertain = errors.New("usage event recording unconfirmed")
+
+// Publish returns nil once the event is acknowledged by JetStream or fsynced
+// to the spool. Otherwise it returns an error wrapping ErrNotDurable (it was
+// never stored) or ErrUncertain (JetStream may have it).
 func (p *Publisher) Publish(ctx context.Context, ev *usagev1.UsageEvent) error {
 	data, err := proto.Marshal(ev)
 	if err != nil {
-		return fmt.Errorf("publish usage: marshal: %w", err)
+		return fmt.Errorf("%w: marshal: %w", ErrNotDurable, err)
 	}
+	sent := false
 	if p.nc.IsConnected() {
-		err := p.publishAsync(ctx, ev.GetKeyId(), ev.GetEventId(), data)
+		var err error
+		sent, err = p.publishAsync(ctx, ev.GetKeyId(), ev.GetEventId(), data)
 		if err == nil {
 			p.published.WithLabelValues("jetstream").Inc()
 			return nil
@@ -97,29 +108,35 @@ func (p *Publisher) Publish(ctx context.Context, ev *usagev1.UsageEvent) error {
 		p.logger.WarnContext(ctx, "usage event not acknowledged, spooling", "event_id", ev.GetEventId(), "err", err)
 	}
 	if err := p.spool.Append(ctx, data); err != nil {
-		return fmt.Errorf("publish usage %s: %w", ev.GetEventId(), err)
+		if sent {
+			return fmt.Errorf("%w: %s: %w", ErrUncertain, ev.GetEventId(), err)
+		}
+		return fmt.Errorf("%w: %s: %w", ErrNotDurable, ev.GetEventId(), err)
 	}
 	p.published.WithLabelValues("spool").Inc()
 	return nil
 }
 
-func (p *Publisher) publishAsync(ctx context.Context, keyID, eventID string, data []byte) error {
+// publishAsync publishes and waits for the acknowledgement; sent reports
+// whether the message left for the server (so that it may be stored even
+// though no acknowledgement came).
+func (p *Publisher) publishAsync(ctx context.Context, keyID, eventID string, data []byte) (sent bool, err error) {
 	msg := &nats.Msg{Subject: usagev1.Subject(keyID), Data: data, Header: nats.Header{}}
 	fut, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(eventID))
 	if err != nil {
-		return err
+		return false, err
 	}
 	t := time.NewTimer(p.cfg.AckTimeout)
 	defer t.Stop()
 	select {
 	case <-fut.Ok():
-		return nil
+		return true, nil
 	case err := <-fut.Err():
-		return err
+		return true, err
 	case <-t.C:
-		return errors.New("acknowledgement timed out")
+		return true, errors.New("acknowledgement timed out")
 	case <-ctx.Done():
-		return ctx.Err()
+		return true, ctx.Err()
 	}
 }
 

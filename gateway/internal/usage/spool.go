@@ -97,25 +97,21 @@ func (s *Spool) Append(ctx context.Context, rec []byte) error {
 	select {
 	case s.reqs <- r:
 	case <-s.done:
+		s.unreserve(len(rec))
 		return ErrSpoolClosed
 	case <-ctx.Done():
+		s.unreserve(len(rec))
 		return fmt.Errorf("spool append: %w", ctx.Err())
 	}
-	select {
-	case err := <-r.errc:
-		return err
-	case <-s.done:
-		select {
-		case err := <-r.errc:
-			return err
-		default:
-			return ErrSpoolClosed
-		}
-	case <-ctx.Done():
-		// The record may still land; a later drain publishes it with its
-		// own ID, and consumers deduplicate by event ID.
-		return fmt.Errorf("spool append: %w", ctx.Err())
-	}
+	// Once queued, the writer answers for the record (fsync or error) —
+	// also while closing — so the caller learns for sure whether it landed.
+	return <-r.errc
+}
+
+func (s *Spool) unreserve(n int) {
+	s.mu.Lock()
+	s.size -= int64(n + headerLen)
+	s.mu.Unlock()
 }
 
 // Full reports whether another record of n bytes would not fit.
