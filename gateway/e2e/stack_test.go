@@ -10,8 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,11 +20,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mana/apigw/gateway/internal/pricing"
 	"github.com/mana/apigw/services/authdev"
 	"github.com/mana/apigw/services/search"
 	"github.com/mana/apigw/services/stt"
-	"github.com/mana/apigw/services/tts"
 	"github.com/mana/apigw/services/testenv"
+	"github.com/mana/apigw/services/tts"
 )
 
 // stack is the whole system for one test.
@@ -88,7 +89,7 @@ type stackOpts struct {
 	gateways int
 	extraEnv []string
 	// pricing, when set, is written to a file the gateways load (PRICING_FILE).
-	pricing string
+	pricing   string
 	noWorkers bool
 }
 
@@ -292,28 +293,12 @@ func eventuallyWithin(t *testing.T, d time.Duration, what string, cond func() (b
 	}
 }
 
-// testPricing is the seed's table plus tiers sized for tests.
-const testPricing = `
-tiers:
-  free: {rateLimitPerMinute: 10, monthlyCredits: 100, endpoints: [search, extract, extract-bulk, search-engines, key]}
-  pro: {rateLimitPerMinute: 100, monthlyCredits: 5000, endpoints: ["*"]}
-  enterprise: {rateLimitPerMinute: 1000, monthlyCredits: 50000, endpoints: ["*"]}
-  load: {rateLimitPerMinute: 1000000, monthlyCredits: 1000, endpoints: ["*"]}
-  burst: {rateLimitPerMinute: 20, monthlyCredits: 100000, endpoints: ["*"]}
-  soak: {rateLimitPerMinute: 1000000, monthlyCredits: 1000000, endpoints: ["*"]}
-operations:
-  search:          {unit: request,      credits: 1,  per: 1}
-  extract:         {unit: request,      credits: 1,  per: 1}
-  extract-bulk:    {unit: url,          credits: 1,  per: 1}
-  search-engines:  {unit: request,      credits: 0,  per: 1}
-  stt-transcribe:  {unit: audio_second, credits: 10, per: 60}
-  stt-models:      {unit: request,      credits: 0,  per: 1}
-  stt-languages:   {unit: request,      credits: 0,  per: 1}
-  tts-synthesize:  {unit: character,    credits: 1,  per: 1000}
-  tts-voices:      {unit: request,      credits: 0,  per: 1}
-  tts-languages:   {unit: request,      credits: 0,  per: 1}
-  key:             {unit: request,      credits: 0,  per: 1}
-`
+// testPricing is the shipped price list plus tiers sized for tests.
+var testPricing = string(pricing.WithTiers(
+	`load: {rateLimitPerMinute: 1000000, monthlyCredits: 1000, endpoints: ["*"]}`,
+	`burst: {rateLimitPerMinute: 20, monthlyCredits: 100000, endpoints: ["*"]}`,
+	`soak: {rateLimitPerMinute: 1000000, monthlyCredits: 1000000, endpoints: ["*"]}`,
+))
 
 // ledger returns the key's ledger rows and their credit sum.
 func (s *stack) ledger(keyID string) (rows, credits int64) {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -166,4 +167,16 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// WithTiers returns the default pricing file with more tiers added, one
+// YAML mapping line each (`name: {rateLimitPerMinute: …, monthlyCredits: …,
+// endpoints: [...]}`). Tests and benchmarks use it for tiers sized to them,
+// so the prices themselves have one source.
+func WithTiers(lines ...string) []byte {
+	var extra strings.Builder
+	for _, l := range lines {
+		extra.WriteString("  " + strings.TrimSpace(l) + "\n")
+	}
+	return []byte(strings.Replace(string(defaultFile), "\ntiers:\n", "\ntiers:\n"+extra.String(), 1))
 }

@@ -88,3 +88,13 @@ operations:
 		t.Errorf("load copy of default: %v", err)
 	}
 }
+
+func TestWithTiersAddsToTheDefault(t *testing.T) {
+	p, err := Parse(WithTiers(`load: {rateLimitPerMinute: 1000000, monthlyCredits: 1000, endpoints: ["*"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Tiers["load"].MonthlyCredits != 1000 || p.Tiers["free"].MonthlyCredits != 100 || p.Operations["search"].Credits != 1 {
+		t.Fatalf("pricing %+v", p)
+	}
+}

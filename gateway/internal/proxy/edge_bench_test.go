@@ -32,6 +32,7 @@ import (
 
 	"github.com/mana/apigw/gateway/internal/config"
 	"github.com/mana/apigw/gateway/internal/keys"
+	"github.com/mana/apigw/gateway/internal/pricing"
 	"github.com/mana/apigw/gateway/internal/proxy"
 	"github.com/mana/apigw/gateway/internal/server"
 	"github.com/mana/apigw/services/testenv"
@@ -40,25 +41,6 @@ import (
 const (
 	benchBody   = `{"query":"quantum computing","limit":1}`
 	benchPepper = "bench-pepper-0123456789abcdef"
-	// benchPricing adds a tier no benchmark can exhaust, so every request
-	// takes the full path and none is refused.
-	benchPricing = `
-tiers:
-  free: {rateLimitPerMinute: 10, monthlyCredits: 100, endpoints: [search, extract, extract-bulk, search-engines, key]}
-  bench: {rateLimitPerMinute: 1000000000, monthlyCredits: 1000000000000, endpoints: ["*"]}
-operations:
-  search:          {unit: request,      credits: 1,  per: 1}
-  extract:         {unit: request,      credits: 1,  per: 1}
-  extract-bulk:    {unit: url,          credits: 1,  per: 1}
-  search-engines:  {unit: request,      credits: 0,  per: 1}
-  stt-transcribe:  {unit: audio_second, credits: 10, per: 60}
-  stt-models:      {unit: request,      credits: 0,  per: 1}
-  stt-languages:   {unit: request,      credits: 0,  per: 1}
-  tts-synthesize:  {unit: character,    credits: 1,  per: 1000}
-  tts-voices:      {unit: request,      credits: 0,  per: 1}
-  tts-languages:   {unit: request,      credits: 0,  per: 1}
-  key:             {unit: request,      credits: 0,  per: 1}
-`
 )
 
 // benchStandIn starts the search stand-in binary and returns its URL.
@@ -96,14 +78,14 @@ func newBenchGateway(b *testing.B, backend string) *benchGateway {
 	rhost, rport, _ := net.SplitHostPort(redisRelay)
 
 	dir := b.TempDir()
-	pricing := filepath.Join(dir, "pricing.yaml")
-	if err := os.WriteFile(pricing, []byte(benchPricing), 0o600); err != nil {
+	pricingFile := filepath.Join(dir, "pricing.yaml")
+	if err := os.WriteFile(pricingFile, pricing.WithTiers(`bench: {rateLimitPerMinute: 1000000000, monthlyCredits: 1000000000000, endpoints: ["*"]}`), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	env := map[string]string{
 		"PORT": strconv.Itoa(testenv.FreePort(b)), "DATABASE_URL": pgURL.String(), "REDIS_HOST": rhost, "REDIS_PORT": rport,
 		"NATS_URL": ns.URL, "SEARCH_SERVICE_URL": backend, "STT_SERVICE_URL": "http://127.0.0.1:9", "TTS_SERVICE_URL": "http://127.0.0.1:9",
-		"API_KEY_PEPPER": benchPepper, "PRICING_FILE": pricing, "SPOOL_DIR": filepath.Join(dir, "spool"), "GATEWAY_ID": "bench",
+		"API_KEY_PEPPER": benchPepper, "PRICING_FILE": pricingFile, "SPOOL_DIR": filepath.Join(dir, "spool"), "GATEWAY_ID": "bench",
 		"LOG_LEVEL": "warn",
 	}
 	cfg, err := config.FromEnv(func(k string) string { return env[k] })

@@ -60,13 +60,13 @@ const maxTrackedHeader = 64 << 10
 type framingState int
 
 const (
-	stHeaders framingState = iota
-	stBody                 // fixed-length body
-	stChunkSize            // reading a chunk-size line
-	stChunkData            // inside a chunk
-	stChunkCRLF            // the CRLF after a chunk
-	stTrailers             // trailer block after the last chunk
-	stOff                  // tracking given up (framing the server rejects anyway)
+	stHeaders   framingState = iota
+	stBody                   // fixed-length body
+	stChunkSize              // reading a chunk-size line
+	stChunkData              // inside a chunk
+	stChunkCRLF              // the CRLF after a chunk
+	stTrailers               // trailer block after the last chunk
+	stOff                    // tracking given up (framing the server rejects anyway)
 )
 
 type framingConn struct {

@@ -220,3 +220,18 @@ func TestWriteReport(t *testing.T) {
 		}
 	}
 }
+
+// The bench tier is added to the shipped price list, which stays valid.
+func TestWithBenchTier(t *testing.T) {
+	base, err := os.ReadFile("../../../gateway/internal/pricing/pricing.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := withBenchTier(base)
+	if err != nil || !strings.Contains(string(out), "\ntiers:\n  bench: ") || !strings.Contains(string(out), "free:") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if _, err := withBenchTier([]byte("operations: {}\n")); err == nil {
+		t.Fatal("no tiers block accepted")
+	}
+}

@@ -27,6 +27,7 @@ type config struct {
 	WorkDir        string // logs, nginx prefix, spool; emptied by the caller
 	Out            string // the report
 	Nginx          string // the nginx binary
+	PricingFile    string // the gateway's shipped price list, which the bench tier is added to
 	NATSServer     string // the nats-server binary (for its version)
 	GoBench        string // output of the handler-chain go test -bench run (optional)
 	Profile0       string // `go tool pprof -top` of that run (optional)
@@ -107,6 +108,7 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		WorkDir:        getenv("BENCH_WORK_DIR"),
 		Out:            getenv("BENCH_OUT"),
 		Nginx:          get("BENCH_NGINX", "nginx"),
+		PricingFile:    get("BENCH_PRICING_FILE", "gateway/internal/pricing/pricing.yaml"),
 		NATSServer:     get("BENCH_NATS_SERVER", "nats-server"),
 		GoBench:        getenv("BENCH_GO_BENCH"),
 		Profile0:       getenv("BENCH_PPROF_TOP"),

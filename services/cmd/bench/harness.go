@@ -24,29 +24,20 @@ import (
 	"github.com/mana/apigw/services/authdev"
 )
 
-// benchPricing is the seed's table plus the tier the benchmark's key uses:
-// a rate and a grant no run can exhaust, so every request takes the full
-// path (key, rate limit and credit hold in Redis, durable event) and none
-// is refused.
-const benchPricing = `
-tiers:
-  free: {rateLimitPerMinute: 10, monthlyCredits: 100, endpoints: [search, extract, extract-bulk, search-engines, key]}
-  pro: {rateLimitPerMinute: 100, monthlyCredits: 5000, endpoints: ["*"]}
-  enterprise: {rateLimitPerMinute: 1000, monthlyCredits: 50000, endpoints: ["*"]}
-  bench: {rateLimitPerMinute: 1000000000, monthlyCredits: 1000000000000, endpoints: ["*"]}
-operations:
-  search:          {unit: request,      credits: 1,  per: 1}
-  extract:         {unit: request,      credits: 1,  per: 1}
-  extract-bulk:    {unit: url,          credits: 1,  per: 1}
-  search-engines:  {unit: request,      credits: 0,  per: 1}
-  stt-transcribe:  {unit: audio_second, credits: 10, per: 60}
-  stt-models:      {unit: request,      credits: 0,  per: 1}
-  stt-languages:   {unit: request,      credits: 0,  per: 1}
-  tts-synthesize:  {unit: character,    credits: 1,  per: 1000}
-  tts-voices:      {unit: request,      credits: 0,  per: 1}
-  tts-languages:   {unit: request,      credits: 0,  per: 1}
-  key:             {unit: request,      credits: 0,  per: 1}
-`
+// benchTier is the tier the benchmark's key uses, added to the shipped
+// price list: a rate and a grant no run can exhaust, so every request takes
+// the full path (key, rate limit and credit hold in Redis, durable event)
+// and none is refused.
+const benchTier = `  bench: {rateLimitPerMinute: 1000000000, monthlyCredits: 1000000000000, endpoints: ["*"]}` + "\n"
+
+// withBenchTier adds benchTier to a pricing file's tiers.
+func withBenchTier(base []byte) ([]byte, error) {
+	out := strings.Replace(string(base), "\ntiers:\n", "\ntiers:\n"+benchTier, 1)
+	if out == string(base) {
+		return nil, fmt.Errorf("pricing file has no top-level tiers: block")
+	}
+	return []byte(out), nil
+}
 
 // searchBody is the request every target gets: a one-result search, so the
 // stand-in answers a small JSON document quickly.
@@ -243,7 +234,15 @@ func (h *harness) setup(ctx context.Context) error {
 	}
 
 	pricing := filepath.Join(h.cfg.WorkDir, "pricing.yaml")
-	if err := os.WriteFile(pricing, []byte(benchPricing), 0o600); err != nil {
+	base, err := os.ReadFile(h.cfg.PricingFile)
+	if err != nil {
+		return fmt.Errorf("read the gateway's price list: %w", err)
+	}
+	priced, err := withBenchTier(base)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(pricing, priced, 0o600); err != nil {
 		return err
 	}
 	rhost, rport, err := net.SplitHostPort(h.cfg.RedisAddr)

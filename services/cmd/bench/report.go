@@ -422,7 +422,7 @@ func writeReport(w io.Writer, r *results) {
 	p("\n")
 	if strings.TrimSpace(r.pprofTop) != "" {
 		p("## CPU profile of the handler chain\n\n`go test -bench BenchmarkEdgeFullPath/parallel -cpuprofile` over the in-process full path, "+
-			"then `go tool pprof -top`: the flat view of the whole process (the embedded NATS server and the counting relays run in it), " +
+			"then `go tool pprof -top`: the flat view of the whole process (the embedded NATS server and the counting relays run in it), "+
 			"and the cumulative view of the gateway's own code:\n\n```\n%s\n```\n\n", strings.TrimSpace(r.pprofTop))
 	}
 	p("%s", notes)
