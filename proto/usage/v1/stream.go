@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,10 +16,16 @@ import (
 const (
 	// StreamName is the JetStream stream holding every usage event.
 	StreamName = "USAGE"
-	// SubjectPrefix is the subject space of the stream; events go to SubjectPrefix + "." + key ID.
+	// SubjectPrefix is the subject space of the older one-event-per-message
+	// form: one UsageEvent to SubjectPrefix + "." + key ID. Still read, no
+	// longer written by the gateway.
 	SubjectPrefix = "usage.v1"
-	// SubjectWildcard is the stream's subject filter.
-	SubjectWildcard = SubjectPrefix + ".>"
+	// BatchSubjectPrefix is the subject space of the group commit: one
+	// UsageBatch to BatchSubjectPrefix + "." + gateway ID.
+	BatchSubjectPrefix = "usage.v2.batch"
+	// SubjectWildcard matches every usage subject of both forms; consumers
+	// filter on it.
+	SubjectWildcard = "usage.>"
 	// BillingConsumer and AggregatorConsumer are the durable pull consumers.
 	BillingConsumer    = "billing"
 	AggregatorConsumer = "aggregator"
@@ -28,9 +35,30 @@ const (
 	DefaultMaxAge = 400 * 24 * time.Hour
 )
 
-// Subject is the subject an event of the given key is published to. Per-key
-// subjects let a gateway read one key's recent events back with a filtered consumer.
+// Subject is the subject of one event of the given key in the older
+// one-event-per-message form.
 func Subject(keyID string) string { return SubjectPrefix + "." + keyID }
+
+// BatchSubject is the subject the gateway instance gatewayID publishes its
+// batches to. Characters that a subject token cannot hold (dots, spaces,
+// wildcards) become '_'.
+func BatchSubject(gatewayID string) string {
+	tok := []byte(gatewayID)
+	for i, c := range tok {
+		if c <= ' ' || c == '.' || c == '*' || c == '>' || c >= 0x7f {
+			tok[i] = '_'
+		}
+	}
+	if len(tok) == 0 {
+		tok = []byte("_")
+	}
+	return BatchSubjectPrefix + "." + string(tok)
+}
+
+// IsBatchSubject reports whether a message of this subject holds a UsageBatch.
+func IsBatchSubject(subject string) bool {
+	return strings.HasPrefix(subject, BatchSubjectPrefix+".")
+}
 
 // StreamConfig is the configuration of the USAGE stream. maxAge <= 0 means DefaultMaxAge.
 func StreamConfig(maxAge time.Duration) jetstream.StreamConfig {
@@ -39,7 +67,7 @@ func StreamConfig(maxAge time.Duration) jetstream.StreamConfig {
 	}
 	return jetstream.StreamConfig{
 		Name:        StreamName,
-		Description: "Mana API gateway usage events (one per metered call)",
+		Description: "Mana API gateway usage events (group-committed batches; older one-event messages)",
 		Subjects:    []string{SubjectWildcard},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
@@ -88,6 +116,59 @@ func Decode(data []byte) (*UsageEvent, error) {
 		return nil, err
 	}
 	return &ev, nil
+}
+
+// Message is what one message of the stream holds, decoded.
+type Message struct {
+	// BatchID is the batch's ID; empty for the older one-event form.
+	BatchID string
+	// Events are the events that validate, in order.
+	Events []*UsageEvent
+	// Invalid are the events of a batch that decode but fail Validate; each
+	// belongs in the dead-letter table on its own, the rest of its batch is
+	// applied.
+	Invalid []InvalidEvent
+}
+
+// InvalidEvent is one event of a batch that can never be processed.
+type InvalidEvent struct {
+	Index int         // position in the batch
+	Event *UsageEvent // as decoded
+	Err   error       // wraps ErrInvalid
+}
+
+// DecodeMessage decodes one stream message of either form, chosen by its
+// subject. An error means the message as a whole can never be processed
+// (undecodable bytes, a batch without an ID or without events) and belongs in
+// the dead-letter table; events of a batch that break the rules are returned
+// in Invalid instead, so one bad event never holds back the others.
+func DecodeMessage(subject string, data []byte) (Message, error) {
+	if !IsBatchSubject(subject) {
+		ev, err := Decode(data)
+		if err != nil {
+			return Message{}, err
+		}
+		return Message{Events: []*UsageEvent{ev}}, nil
+	}
+	var b UsageBatch
+	if err := proto.Unmarshal(data, &b); err != nil {
+		return Message{}, fmt.Errorf("decode usage batch: %w", err)
+	}
+	if !ulidRE.MatchString(b.GetBatchId()) {
+		return Message{}, fmt.Errorf("%w: batch_id is not a ULID", ErrInvalid)
+	}
+	if len(b.GetEvents()) == 0 {
+		return Message{}, fmt.Errorf("%w: batch %s holds no events", ErrInvalid, b.GetBatchId())
+	}
+	m := Message{BatchID: b.GetBatchId(), Events: make([]*UsageEvent, 0, len(b.GetEvents()))}
+	for i, ev := range b.GetEvents() {
+		if err := ev.Validate(); err != nil {
+			m.Invalid = append(m.Invalid, InvalidEvent{Index: i, Event: ev, Err: err})
+			continue
+		}
+		m.Events = append(m.Events, ev)
+	}
+	return m, nil
 }
 
 // Validate checks the fields every consumer relies on.

@@ -53,7 +53,7 @@ func TestEnsureStreamKeepsAnOwnersRetention(t *testing.T) {
 	}
 	s, _ := js.Stream(ctx, usagev1.StreamName)
 	cfg := s.CachedInfo().Config
-	if cfg.Storage != jetstream.FileStorage || cfg.Duplicates < 2*time.Minute || cfg.Subjects[0] != "usage.v1.>" {
+	if cfg.Storage != jetstream.FileStorage || cfg.Duplicates < 2*time.Minute || cfg.Subjects[0] != "usage.>" {
 		t.Fatalf("stream config %+v", cfg)
 	}
 }

@@ -29,7 +29,8 @@ const (
 // as immutable: everything billing and reporting need is in it.
 type UsageEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// ULID; also the Nats-Msg-Id and the ledger's primary key.
+	// ULID; the ledger's and api_usage's primary key (and the Nats-Msg-Id of
+	// the older one-event-per-message form).
 	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// X-Request-Id of the call (client-provided or generated).
 	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -195,6 +196,84 @@ func (x *UsageEvent) GetGatewayId() string {
 	return ""
 }
 
+// UsageBatch is one JetStream message of the group commit: the events that
+// one gateway instance made durable together (one when it is idle, dozens
+// under load), so the stream's fsync is paid once per batch. Its batch_id is
+// the message's Nats-Msg-Id; a retry or a republish from the gateway's spool
+// resends the same bytes under the same ID. Consumers apply the events
+// idempotently by event_id, so a batch delivered twice changes nothing.
+type UsageBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ULID, unique per batch; the Nats-Msg-Id.
+	BatchId string `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	// The gateway instance that sealed it (also in the subject).
+	GatewayId string `protobuf:"bytes,2,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	// When the batch was sealed (gateway clock).
+	SealedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=sealed_at,json=sealedAt,proto3" json:"sealed_at,omitempty"`
+	// The events, in the order they joined the batch.
+	Events        []*UsageEvent `protobuf:"bytes,4,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageBatch) Reset() {
+	*x = UsageBatch{}
+	mi := &file_usage_v1_usage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageBatch) ProtoMessage() {}
+
+func (x *UsageBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_usage_v1_usage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageBatch.ProtoReflect.Descriptor instead.
+func (*UsageBatch) Descriptor() ([]byte, []int) {
+	return file_usage_v1_usage_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UsageBatch) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
+}
+
+func (x *UsageBatch) GetGatewayId() string {
+	if x != nil {
+		return x.GatewayId
+	}
+	return ""
+}
+
+func (x *UsageBatch) GetSealedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SealedAt
+	}
+	return nil
+}
+
+func (x *UsageBatch) GetEvents() []*UsageEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 var File_usage_v1_usage_proto protoreflect.FileDescriptor
 
 const file_usage_v1_usage_proto_rawDesc = "" +
@@ -221,7 +300,14 @@ const file_usage_v1_usage_proto_rawDesc = "" +
 	"\x06period\x18\r \x01(\tR\x06period\x12'\n" +
 	"\x0fmonthly_credits\x18\x0e \x01(\x03R\x0emonthlyCredits\x12\x1d\n" +
 	"\n" +
-	"gateway_id\x18\x0f \x01(\tR\tgatewayIdB.Z,github.com/mana/apigw/proto/usage/v1;usagev1b\x06proto3"
+	"gateway_id\x18\x0f \x01(\tR\tgatewayId\"\xb2\x01\n" +
+	"\n" +
+	"UsageBatch\x12\x19\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x1d\n" +
+	"\n" +
+	"gateway_id\x18\x02 \x01(\tR\tgatewayId\x127\n" +
+	"\tsealed_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bsealedAt\x121\n" +
+	"\x06events\x18\x04 \x03(\v2\x19.mana.usage.v1.UsageEventR\x06eventsB.Z,github.com/mana/apigw/proto/usage/v1;usagev1b\x06proto3"
 
 var (
 	file_usage_v1_usage_proto_rawDescOnce sync.Once
@@ -235,18 +321,21 @@ func file_usage_v1_usage_proto_rawDescGZIP() []byte {
 	return file_usage_v1_usage_proto_rawDescData
 }
 
-var file_usage_v1_usage_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_usage_v1_usage_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_usage_v1_usage_proto_goTypes = []any{
 	(*UsageEvent)(nil),            // 0: mana.usage.v1.UsageEvent
-	(*timestamppb.Timestamp)(nil), // 1: google.protobuf.Timestamp
+	(*UsageBatch)(nil),            // 1: mana.usage.v1.UsageBatch
+	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
 }
 var file_usage_v1_usage_proto_depIdxs = []int32{
-	1, // 0: mana.usage.v1.UsageEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	2, // 0: mana.usage.v1.UsageEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	2, // 1: mana.usage.v1.UsageBatch.sealed_at:type_name -> google.protobuf.Timestamp
+	0, // 2: mana.usage.v1.UsageBatch.events:type_name -> mana.usage.v1.UsageEvent
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_usage_v1_usage_proto_init() }
@@ -260,7 +349,7 @@ func file_usage_v1_usage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_usage_v1_usage_proto_rawDesc), len(file_usage_v1_usage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
