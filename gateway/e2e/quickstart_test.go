@@ -53,22 +53,27 @@ func TestQuickstart(t *testing.T) {
 		t.Fatal("no X-Request-Id")
 	}
 
-	// The event is on the USAGE stream, with Nats-Msg-Id = event ID.
+	// The event is on the USAGE stream, in a batch published under the
+	// batch's ID by this gateway.
 	ctx := context.Background()
 	stream, err := s.js.Stream(ctx, usagev1.StreamName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := stream.GetLastMsgForSubject(ctx, usagev1.Subject(k.ID))
+	msg, err := stream.GetLastMsgForSubject(ctx, usagev1.BatchSubjectPrefix+".>")
 	if err != nil {
-		t.Fatalf("no event for the key on the stream: %v", err)
+		t.Fatalf("no batch on the stream: %v", err)
 	}
-	ev, err := usagev1.Decode(msg.Data)
+	dm, err := usagev1.DecodeMessage(msg.Subject, msg.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg.Header.Get(jetstream.MsgIDHeader) != ev.EventId || ev.KeyId != k.ID || ev.Credits != 1 || ev.RequestId != reqID || ev.Endpoint != "/v1/search" {
-		t.Fatalf("event %+v, msg id %q", ev, msg.Header.Get(jetstream.MsgIDHeader))
+	if len(dm.Events) != 1 || msg.Header.Get(jetstream.MsgIDHeader) != dm.BatchID {
+		t.Fatalf("batch %s of %d events, msg id %q", dm.BatchID, len(dm.Events), msg.Header.Get(jetstream.MsgIDHeader))
+	}
+	ev := dm.Events[0]
+	if ev.KeyId != k.ID || ev.Credits != 1 || ev.RequestId != reqID || ev.Endpoint != "/v1/search" {
+		t.Fatalf("event %+v", ev)
 	}
 
 	// The billing worker wrote the ledger and the balance.

@@ -202,7 +202,7 @@ func tail(ctx context.Context, natsURL string, st rollup.Start, key string, limi
 	}
 	oc := st.OrderedConfig()
 	if key != "" {
-		oc.FilterSubjects = []string{usagev1.Subject(key)}
+		oc.FilterSubjects = []string{usagev1.Subject(key), usagev1.BatchSubjectPrefix + ".>"}
 	}
 	cons, err := js.OrderedConsumer(ctx, usagev1.StreamName, oc)
 	if err != nil {
@@ -221,24 +221,34 @@ func tail(ctx context.Context, natsURL string, st rollup.Start, key string, limi
 			}
 			return fmt.Errorf("read stream: %w", err)
 		}
-		ev, err := usagev1.Decode(msg.Data())
-		if err != nil {
+		dm, err := usagev1.DecodeMessage(msg.Subject(), msg.Data())
+		if err != nil || len(dm.Invalid) > 0 {
 			meta, _ := msg.Metadata()
 			var seq uint64
 			if meta != nil {
 				seq = meta.Sequence.Stream
 			}
-			logger.WarnContext(ctx, "tail: invalid message", "stream_seq", seq, "subject", msg.Subject(), "reason", err.Error())
-			continue
+			reason := ""
+			if err != nil {
+				reason = err.Error()
+			} else {
+				reason = fmt.Sprintf("%d invalid events in batch %s, first: %v", len(dm.Invalid), dm.BatchID, dm.Invalid[0].Err)
+			}
+			logger.WarnContext(ctx, "tail: invalid message", "stream_seq", seq, "subject", msg.Subject(), "reason", reason)
 		}
-		line, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
-		if err != nil {
-			return fmt.Errorf("encode event: %w", err)
+		for _, ev := range dm.Events {
+			if (key != "" && ev.GetKeyId() != key) || (limit > 0 && n >= limit) {
+				continue
+			}
+			n++
+			line, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
+			if err != nil {
+				return fmt.Errorf("encode event: %w", err)
+			}
+			if _, err := fmt.Fprintf(out, "%s\n", line); err != nil {
+				return fmt.Errorf("write: %w", err)
+			}
 		}
-		if _, err := fmt.Fprintf(out, "%s\n", line); err != nil {
-			return fmt.Errorf("write: %w", err)
-		}
-		n++
 	}
 	return nil
 }

@@ -231,10 +231,16 @@ func readStream(ctx context.Context, cfg ReplayConfig, store *Store, rep *Report
 			break // published after the replay started
 		}
 		read++
-		if ev, err := usagev1.Decode(msg.Data()); err != nil {
+		dm, err := usagev1.DecodeMessage(msg.Subject(), msg.Data())
+		if err != nil {
 			rep.Invalid++
 			cfg.Logger.WarnContext(ctx, "replay: skipping invalid message", "stream_seq", meta.Sequence.Stream, "reason", err.Error())
-		} else {
+		}
+		for _, inv := range dm.Invalid {
+			rep.Invalid++
+			cfg.Logger.WarnContext(ctx, "replay: skipping invalid event of a batch", "stream_seq", meta.Sequence.Stream, "index", inv.Index, "reason", inv.Err.Error())
+		}
+		for _, ev := range dm.Events {
 			rep.Events++
 			r := RowOf(ev)
 			dayset[r.Day()] = true

@@ -266,14 +266,14 @@ func (ev *env) events() []*usagev1.UsageEvent {
 	}
 	var out []*usagev1.UsageEvent
 	for m := range batch.Messages() {
-		e, err := usagev1.Decode(m.Data())
-		if err != nil {
-			ev.t.Fatal(err)
+		dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
+		if err != nil || len(dm.Invalid) > 0 {
+			ev.t.Fatalf("stream message %s: %v %v", m.Subject(), err, dm.Invalid)
 		}
-		if m.Headers().Get(jetstream.MsgIDHeader) != e.EventId {
-			ev.t.Fatalf("Nats-Msg-Id %q != event id %q", m.Headers().Get(jetstream.MsgIDHeader), e.EventId)
+		if !usagev1.IsBatchSubject(m.Subject()) || m.Headers().Get(jetstream.MsgIDHeader) != dm.BatchID {
+			ev.t.Fatalf("message on %s with Nats-Msg-Id %q, batch ID %q", m.Subject(), m.Headers().Get(jetstream.MsgIDHeader), dm.BatchID)
 		}
-		out = append(out, e)
+		out = append(out, dm.Events...)
 	}
 	return out
 }

@@ -127,7 +127,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	if err != nil {
 		return nil, err
 	}
-	a.pub, err = usage.NewPublisher(usage.PublisherConfig{AckTimeout: 2 * time.Second, DrainInterval: time.Second}, a.nc, a.js, a.spool, logger, reg)
+	a.pub, err = usage.NewPublisher(usage.PublisherConfig{AckTimeout: 2 * time.Second, DrainInterval: time.Second, GatewayID: cfg.GatewayID}, a.nc, a.js, a.spool, logger, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -212,6 +212,7 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	stopBG()
 	wg.Wait()
+	a.pub.Wait()
 	if a.nc.IsConnected() && a.spool.Size() > 0 {
 		if err := a.pub.Drain(sctx); err != nil {
 			a.logger.Warn("spool drain at shutdown", "err", err)

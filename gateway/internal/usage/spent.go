@@ -38,7 +38,7 @@ func (s *StreamSpend) Spent(ctx context.Context, keyID, period string) (int64, m
 	// Events are published after they occur, so none of this month's is
 	// stored before the month began.
 	cons, err := s.js.OrderedConsumer(ctx, usagev1.StreamName, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{usagev1.Subject(keyID)},
+		FilterSubjects: []string{usagev1.Subject(keyID), usagev1.BatchSubjectPrefix + ".>"},
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
 		OptStartTime:   &start,
 	})
@@ -60,12 +60,17 @@ func (s *StreamSpend) Spent(ctx context.Context, keyID, period string) (int64, m
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			ev, err := usagev1.Decode(m.Data())
-			if err != nil || ev.GetPeriod() != period || seen[ev.GetEventId()] {
-				continue // dead-lettered by the consumers, another month, or a duplicate
+			dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
+			if err != nil {
+				continue // dead-lettered by the consumers
 			}
-			seen[ev.GetEventId()] = true
-			sum += ev.GetCredits()
+			for _, ev := range dm.Events {
+				if ev.GetKeyId() != keyID || ev.GetPeriod() != period || seen[ev.GetEventId()] {
+					continue // another key's, another month, or a duplicate
+				}
+				seen[ev.GetEventId()] = true
+				sum += ev.GetCredits()
+			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			return 0, nil, fmt.Errorf("stream spend: %w", err)

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -89,105 +87,5 @@ func TestSpoolIsBounded(t *testing.T) {
 	}
 	if !s.Full(80) {
 		t.Fatal("Full(80) = false")
-	}
-}
-
-func TestPublishSpoolsWhileNATSIsDownAndDrainsAfter(t *testing.T) {
-	srv := testenv.StartNATS(t)
-	nc, err := nats.Connect(srv.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	stream, err := usagev1.EnsureStream(ctx, js, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spool, err := OpenSpool(t.TempDir(), 1<<20, testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spool.Close()
-	p, err := NewPublisher(PublisherConfig{AckTimeout: 500 * time.Millisecond, DrainInterval: 50 * time.Millisecond}, nc, js, spool, testenv.Logger(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids := map[string]bool{}
-	publish := func(n int) {
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for i := 0; i < n; i++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ev := event()
-				if err := p.Publish(ctx, ev); err != nil {
-					t.Error(err)
-				}
-				mu.Lock()
-				ids[ev.EventId] = true
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-	}
-	publish(50)
-	if spool.Size() != 0 {
-		t.Fatal("events spooled while NATS was up")
-	}
-	srv.Stop()
-	publish(50)
-	if spool.Size() == 0 {
-		t.Fatal("nothing spooled while NATS was down")
-	}
-	srv.Start()
-	rctx, cancel := context.WithCancel(ctx)
-	go p.Run(rctx)
-	defer cancel()
-	deadline := time.Now().Add(15 * time.Second)
-	for spool.Size() > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if spool.Size() != 0 {
-		t.Fatalf("spool not drained: %d bytes", spool.Size())
-	}
-	// Drain again: nothing left, nothing republished twice.
-	if err := p.Drain(ctx); err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State.Msgs != 100 {
-		t.Fatalf("stream holds %d messages, want 100", info.State.Msgs)
-	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch, err := cons.Fetch(100, jetstream.FetchMaxWait(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := 0
-	for m := range batch.Messages() {
-		ev, err := usagev1.Decode(m.Data())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !ids[ev.EventId] || m.Headers().Get(jetstream.MsgIDHeader) != ev.EventId {
-			t.Fatalf("unexpected event %s (msg id %q)", ev.EventId, m.Headers().Get(jetstream.MsgIDHeader))
-		}
-		delete(ids, ev.EventId)
-		got++
-	}
-	if got != 100 || len(ids) != 0 {
-		t.Fatalf("read %d events, %d missing", got, len(ids))
 	}
 }

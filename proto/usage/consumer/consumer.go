@@ -188,8 +188,8 @@ func (c *Consumer) refreshPending(ctx context.Context) {
 type item struct {
 	msg    jetstream.Msg
 	meta   *jetstream.MsgMetadata
-	event  *usagev1.UsageEvent
-	reason string // non-empty: dead letter
+	events []*usagev1.UsageEvent // the message's events (one, or a batch's)
+	reason string                // non-empty: dead letter
 }
 
 func (c *Consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
@@ -207,14 +207,19 @@ func (c *Consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 		if meta.NumDelivered > 1 {
 			c.m.redelivered.Inc()
 		}
-		ev, err := usagev1.Decode(m.Data())
-		if err == nil && c.cfg.Check != nil {
-			err = c.cfg.Check(ev)
+		dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
+		if err == nil && len(dm.Invalid) > 0 {
+			err = fmt.Errorf("batch %s: event %d: %w", dm.BatchID, dm.Invalid[0].Index, dm.Invalid[0].Err)
+		}
+		for _, ev := range dm.Events {
+			if err == nil && c.cfg.Check != nil {
+				err = c.cfg.Check(ev)
+			}
 		}
 		if err != nil {
 			it.reason = err.Error()
 		} else {
-			it.event = ev
+			it.events = dm.Events
 		}
 		items = append(items, it)
 	}
@@ -244,7 +249,7 @@ func (c *Consumer) handle(ctx context.Context, msgs []jetstream.Msg) {
 func (c *Consumer) settleOne(ctx context.Context, it item) {
 	err := c.commit(ctx, []item{it})
 	if err != nil && isPermanent(err) {
-		it.event, it.reason = nil, "rejected by the database: "+err.Error()
+		it.events, it.reason = nil, "rejected by the database: "+err.Error()
 		err = c.commit(ctx, []item{it})
 	}
 	c.settle(ctx, []item{it}, err)
@@ -263,8 +268,10 @@ func (c *Consumer) commit(ctx context.Context, items []item) (err error) {
 	}()
 	var events []Event
 	for _, it := range items {
-		if it.event != nil {
-			events = append(events, Event{UsageEvent: it.event, StreamSeq: it.meta.Sequence.Stream, NumDelivered: it.meta.NumDelivered})
+		if it.reason == "" {
+			for _, ev := range it.events {
+				events = append(events, Event{UsageEvent: ev, StreamSeq: it.meta.Sequence.Stream, NumDelivered: it.meta.NumDelivered})
+			}
 			continue
 		}
 		if err := tx.DeadLetter(ctx, c.deadLetter(it)); err != nil {
@@ -316,7 +323,7 @@ func (c *Consumer) settle(ctx context.Context, items []item, err error) {
 	}
 	for _, it := range items {
 		var aerr error
-		if it.event == nil {
+		if it.reason != "" {
 			c.m.deadLetters.Inc()
 			c.log.WarnContext(ctx, "message dead-lettered", "stream_seq", it.meta.Sequence.Stream,
 				"subject", it.msg.Subject(), "reason", it.reason)

@@ -316,7 +316,7 @@ func bareDrain(ctx context.Context, stream jetstream.Stream) (drainResult, error
 			return res, fmt.Errorf("bare consumer fetch: %w", err)
 		}
 		for m := range batch.Messages() {
-			if _, err := usagev1.Decode(m.Data()); err != nil {
+			if _, err := usagev1.DecodeMessage(m.Subject(), m.Data()); err != nil {
 				return res, fmt.Errorf("bare consumer: %w", err)
 			}
 			if err := m.Ack(); err != nil {

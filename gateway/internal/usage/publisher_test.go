@@ -1,0 +1,277 @@
+package usage
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+	"github.com/mana/apigw/services/testenv"
+)
+
+type pubEnv struct {
+	srv    *testenv.NATS
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	spool  *Spool
+	pub    *Publisher
+}
+
+func newPubEnv(t *testing.T, spoolMax int64, cfg PublisherConfig) *pubEnv {
+	t.Helper()
+	srv := testenv.StartNATS(t)
+	nc, err := nats.Connect(srv.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := usagev1.EnsureStream(t.Context(), js, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spool, err := OpenSpool(t.TempDir(), spoolMax, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = spool.Close() })
+	if cfg.AckTimeout == 0 {
+		cfg.AckTimeout = 2 * time.Second
+	}
+	if cfg.DrainInterval == 0 {
+		cfg.DrainInterval = 50 * time.Millisecond
+	}
+	cfg.GatewayID = "gw-test"
+	p, err := NewPublisher(cfg, nc, js, spool, testenv.Logger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pubEnv{srv: srv, nc: nc, js: js, stream: stream, spool: spool, pub: p}
+}
+
+// publishAll publishes n events concurrently and returns their IDs; every
+// Publish must succeed.
+func (e *pubEnv) publishAll(t *testing.T, n int) map[string]bool {
+	t.Helper()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	ids := map[string]bool{}
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ev := event()
+			if err := e.pub.Publish(t.Context(), ev); err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			ids[ev.EventId] = true
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return ids
+}
+
+// readStream reads every message of the stream and checks that each is a
+// batch published under its own ID; it returns the event IDs (each must
+// appear once) and the number of messages.
+func (e *pubEnv) readStream(t *testing.T) (map[string]bool, int) {
+	t.Helper()
+	ctx := t.Context()
+	info, err := e.stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := e.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	msgs := 0
+	for msgs < int(info.State.Msgs) {
+		batch, err := cons.Fetch(int(info.State.Msgs)-msgs, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			if m.Subject() != usagev1.BatchSubject("gw-test") {
+				t.Fatalf("message on %s", m.Subject())
+			}
+			dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id := m.Headers().Get(jetstream.MsgIDHeader); id != dm.BatchID {
+				t.Fatalf("Nats-Msg-Id %q, batch ID %q", id, dm.BatchID)
+			}
+			for _, ev := range dm.Events {
+				if got[ev.EventId] {
+					t.Fatalf("event %s twice on the stream", ev.EventId)
+				}
+				got[ev.EventId] = true
+			}
+		}
+		if n == 0 {
+			t.Fatalf("stream stopped delivering after %d of %d messages", msgs, info.State.Msgs)
+		}
+		msgs += n
+	}
+	return got, msgs
+}
+
+func sameIDs(t *testing.T, want, got map[string]bool) {
+	t.Helper()
+	if len(want) != len(got) {
+		t.Fatalf("%d events published, %d on the stream", len(want), len(got))
+	}
+	for id := range want {
+		if !got[id] {
+			t.Fatalf("event %s missing from the stream", id)
+		}
+	}
+}
+
+func TestGroupCommitPutsConcurrentEventsInFewMessages(t *testing.T) {
+	e := newPubEnv(t, 1<<20, PublisherConfig{})
+	const n = 400
+	ids := e.publishAll(t, n)
+	got, msgs := e.readStream(t)
+	sameIDs(t, ids, got)
+	// 400 callers arriving together while the first batch is written: the
+	// rest share a handful of batches. One message per event would be 400.
+	if msgs > n/4 {
+		t.Fatalf("%d events took %d messages; group commit should need far fewer", n, msgs)
+	}
+	t.Logf("%d events in %d JetStream messages (%.1f events per message)", n, msgs, float64(n)/float64(msgs))
+}
+
+func TestIdlePublishIsOneMessagePerEvent(t *testing.T) {
+	e := newPubEnv(t, 1<<20, PublisherConfig{})
+	ids := map[string]bool{}
+	for range 3 {
+		ev := event()
+		if err := e.pub.Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+		ids[ev.EventId] = true
+	}
+	got, msgs := e.readStream(t)
+	sameIDs(t, ids, got)
+	if msgs != 3 {
+		t.Fatalf("3 sequential events took %d messages; an idle gateway seals at once", msgs)
+	}
+}
+
+func TestBatchLimitsSealEarly(t *testing.T) {
+	e := newPubEnv(t, 1<<20, PublisherConfig{MaxBatchEvents: 8})
+	ids := e.publishAll(t, 200)
+	got, _ := e.readStream(t)
+	sameIDs(t, ids, got)
+	cons, err := e.stream.OrderedConsumer(t.Context(), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dm.Events) > 8 {
+			t.Fatalf("a batch of %d events with MaxBatchEvents 8", len(dm.Events))
+		}
+	}
+}
+
+func TestPublishSpoolsWhileNATSIsDownAndDrainsAfter(t *testing.T) {
+	e := newPubEnv(t, 1<<20, PublisherConfig{AckTimeout: 500 * time.Millisecond})
+	ids := e.publishAll(t, 50)
+	if e.spool.Size() != 0 {
+		t.Fatal("events spooled while NATS was up")
+	}
+	e.srv.Stop()
+	for id := range e.publishAll(t, 50) {
+		ids[id] = true
+	}
+	if e.spool.Size() == 0 {
+		t.Fatal("nothing spooled while NATS was down")
+	}
+	e.srv.Start()
+	rctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go e.pub.Run(rctx)
+	waitFor(t, 15*time.Second, func() bool { return e.spool.Size() == 0 }, "the spool to drain")
+	// Drain again: nothing left, nothing republished twice.
+	if err := e.pub.Drain(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := e.readStream(t)
+	sameIDs(t, ids, got)
+}
+
+func TestNotDurableWhenNATSIsDownAndTheSpoolIsFull(t *testing.T) {
+	e := newPubEnv(t, 64, PublisherConfig{AckTimeout: 200 * time.Millisecond})
+	e.srv.Stop()
+	waitFor(t, 10*time.Second, func() bool { return !e.nc.IsConnected() }, "the client to notice NATS is down")
+	if e.pub.CanAccept() {
+		t.Fatal("CanAccept with NATS down and no spool room")
+	}
+	err := e.pub.Publish(t.Context(), event())
+	if !errors.Is(err, ErrNotDurable) {
+		t.Fatalf("Publish = %v, want ErrNotDurable", err)
+	}
+}
+
+func TestDrainRepublishesOlderSingleEvents(t *testing.T) {
+	e := newPubEnv(t, 1<<20, PublisherConfig{})
+	ev := event()
+	rec, err := proto.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.spool.Append(t.Context(), rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.pub.Drain(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.stream.GetLastMsgForSubject(t.Context(), usagev1.Subject(ev.KeyId))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get(jetstream.MsgIDHeader) != ev.EventId {
+		t.Fatalf("republished single event has Nats-Msg-Id %q", m.Header.Get(jetstream.MsgIDHeader))
+	}
+	dm, err := usagev1.DecodeMessage(m.Subject, m.Data)
+	if err != nil || len(dm.Events) != 1 || dm.Events[0].EventId != ev.EventId {
+		t.Fatalf("republished %v, %v", dm, err)
+	}
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
