@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks of issue 7: the gateway against a direct call, nginx and a
+# The benchmarks: the gateway against a direct call, nginx and a
 # bare Go reverse proxy, plus the usage pipeline. Installs what is missing
 # (nginx, PostgreSQL, Redis from apt; nats-server into .data/bin), builds the
 # binaries into .data/bench/bin, starts its OWN PostgreSQL, Redis and NATS
@@ -103,7 +103,7 @@ as_pg "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale
 # those of a production-like database.
 printf '%s\n' "listen_addresses = '127.0.0.1'" "max_connections = 300" "shared_buffers = 256MB" |
 	as_pg tee -a "$PGDATA_DIR/postgresql.conf" >/dev/null
-PG_PORT=$(free_port 55470) || die "no free port for PostgreSQL"
+PG_PORT=$(free_port 25470) || die "no free port for PostgreSQL"
 log "starting PostgreSQL on 127.0.0.1:$PG_PORT ($PGDATA_DIR)"
 as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGROOT/postgres.log" -w -t 60 \
 	-o "-p $PG_PORT -k $PGSOCK" start >/dev/null || {
@@ -112,7 +112,7 @@ as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGROOT/postgres.log" -w -t 60 \
 }
 PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
 
-REDIS_PORT=$(free_port 56470) || die "no free port for Redis"
+REDIS_PORT=$(free_port 26470) || die "no free port for Redis"
 log "starting Redis on 127.0.0.1:$REDIS_PORT"
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$BENCH/redis" --daemonize yes \
 	--pidfile "$BENCH/redis/redis.pid" --logfile "$BENCH/redis/redis.log" \
@@ -124,7 +124,7 @@ done
 [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] || die "Redis did not start"
 REDIS_PID=$(<"$BENCH/redis/redis.pid")
 
-NATS_PORT=$(free_port 54470) || die "no free port for NATS"
+NATS_PORT=$(free_port 24470) || die "no free port for NATS"
 cat >"$BENCH/nats/nats.conf" <<EOF
 # written by .ci/bench.sh; JetStream fsyncs every write before acknowledging
 # it, as in .ci/servers.sh
@@ -146,7 +146,7 @@ port_open "$NATS_PORT" || die "NATS did not start: $(tail -n 5 "$BENCH/nats/nats
 # A second NATS with JetStream's default sync (fsync every 2 minutes), for a
 # diagnostic gateway that shows what the per-write fsync costs. Not a
 # setting to run in production: an acknowledgement would not mean "on disk".
-NATS2_PORT=$(free_port 54471) || die "no free port for the second NATS"
+NATS2_PORT=$(free_port 24471) || die "no free port for the second NATS"
 mkdir -p "$BENCH/nats2"
 printf '%s\n' "# written by .ci/bench.sh: diagnostic only, JetStream's default sync interval" \
 	"listen: 127.0.0.1:$NATS2_PORT" "jetstream {" "  store_dir: \"$BENCH/nats2/store\"" "}" >"$BENCH/nats2/nats.conf"
@@ -186,6 +186,6 @@ BENCH_PROFILE=$PROFILE BENCH_DATABASE_URL=$PG_URL BENCH_REDIS_ADDR=127.0.0.1:$RE
 	BENCH_NATS_URL=nats://127.0.0.1:$NATS_PORT BENCH_REDIS_PID=$REDIS_PID BENCH_NATS_PID=$NATS_PID \
 	BENCH_NATS_NOFSYNC_URL=nats://127.0.0.1:$NATS2_PORT BENCH_NATS_NOFSYNC_PID=$NATS2_PID \
 	BENCH_BIN_DIR=$BIN BENCH_WORK_DIR=$WORK BENCH_OUT=$OUT BENCH_NGINX=$NGINX_BIN BENCH_NATS_SERVER=$NATS_BIN \
-	BENCH_GO_BENCH=$WORK/gobench.txt BENCH_PPROF_TOP=$WORK/pprof-top.txt \
+	BENCH_NATS_DIR=$BENCH/nats BENCH_GO_BENCH=$WORK/gobench.txt BENCH_PPROF_TOP=$WORK/pprof-top.txt \
 	"$BIN/bench" run
 log "report: ${OUT#"$ROOT"/}"

@@ -42,6 +42,15 @@ type config struct {
 	RateFractions  []float64     // open-loop rates as fractions of direct's max
 	PipelineEvents int           // events on the stream for the pipeline rates
 	ReplayEvents   int           // events on the stream for the replay timing
+	// Keys is how many enterprise keys the full path spreads its load over
+	// (round robin), as a real deployment's many clients do.
+	Keys int
+	// FewKeys and ManyKeys are the key counts of the per-key cost
+	// comparison (closed loop, the bench tier so no rate limit interferes).
+	FewKeys, ManyKeys int
+	// NATSDir is the NATS server's data folder: the disk's own fsync
+	// latency is measured there (optional).
+	NATSDir string
 }
 
 type profile struct {
@@ -49,13 +58,16 @@ type profile struct {
 	maxDur, rateDur, warmup        time.Duration
 	pipelineEvents, replayEvents   int
 	connections, openWorkers, rate int
+	keys, fewKeys, manyKeys        int
 }
 
 var profiles = map[string]profile{
 	"full": {rounds: 3, maxDur: 3 * time.Second, rateDur: 3 * time.Second, warmup: time.Second,
-		pipelineEvents: 300_000, replayEvents: 1_000_000, connections: 64, openWorkers: 512, rate: 2000},
+		pipelineEvents: 300_000, replayEvents: 1_000_000, connections: 64, openWorkers: 512, rate: 2000,
+		keys: 1000, fewKeys: 100, manyKeys: 10_000},
 	"smoke": {rounds: 1, maxDur: 300 * time.Millisecond, rateDur: 300 * time.Millisecond, warmup: 100 * time.Millisecond,
-		pipelineEvents: 2000, replayEvents: 3000, connections: 16, openWorkers: 64, rate: 200},
+		pipelineEvents: 2000, replayEvents: 3000, connections: 16, openWorkers: 64, rate: 200,
+		keys: 20, fewKeys: 5, manyKeys: 50},
 }
 
 // configFromEnv reads the settings, reporting every problem at once.
@@ -122,6 +134,10 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		RateFractions:  []float64{0.25, 0.50, 0.75},
 		PipelineEvents: intv("BENCH_PIPELINE_EVENTS", p.pipelineEvents),
 		ReplayEvents:   intv("BENCH_REPLAY_EVENTS", p.replayEvents),
+		Keys:           intv("BENCH_KEYS", p.keys),
+		FewKeys:        intv("BENCH_FEW_KEYS", p.fewKeys),
+		ManyKeys:       intv("BENCH_MANY_KEYS", p.manyKeys),
+		NATSDir:        getenv("BENCH_NATS_DIR"),
 	}
 	for k, v := range map[string]string{"BENCH_DATABASE_URL": c.DatabaseURL, "BENCH_REDIS_ADDR": c.RedisAddr,
 		"BENCH_NATS_URL": c.NATSURL, "BENCH_BIN_DIR": c.BinDir, "BENCH_WORK_DIR": c.WorkDir, "BENCH_OUT": c.Out} {
@@ -141,6 +157,9 @@ func configFromEnv(getenv func(string) string) (config, error) {
 	}
 	if c.Rounds < 1 || c.Connections < 1 || c.OpenWorkers < 1 || c.FixedRate < 1 {
 		errs = append(errs, errors.New("BENCH_ROUNDS, BENCH_CONNECTIONS, BENCH_OPEN_WORKERS and BENCH_FIXED_RATE must be at least 1"))
+	}
+	if c.Keys < 1 || c.FewKeys < 1 || c.ManyKeys < c.FewKeys {
+		errs = append(errs, errors.New("BENCH_KEYS and BENCH_FEW_KEYS must be at least 1 and BENCH_MANY_KEYS at least BENCH_FEW_KEYS"))
 	}
 	if c.PipelineEvents < 1 || c.ReplayEvents < c.PipelineEvents {
 		errs = append(errs, errors.New("BENCH_PIPELINE_EVENTS must be at least 1 and BENCH_REPLAY_EVENTS at least as many"))

@@ -17,10 +17,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/lib/pq" // Postgres driver
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
 	"github.com/mana/apigw/services/authdev"
 )
 
@@ -39,9 +43,8 @@ func withBenchTier(base []byte) ([]byte, error) {
 	return []byte(out), nil
 }
 
-// searchBody is the request every target gets: a one-result search, so the
-// stand-in answers a small JSON document quickly.
-const searchBody = `{"query":"quantum computing","limit":1}`
+// searchBody is the request every target gets: the seed's own search.
+const searchBody = `{"query":"quantum computing"}`
 
 // nginxConf is nginx as a keep-alive reverse proxy in front of the stand-in.
 const nginxConf = `# written by the bench harness
@@ -81,7 +84,9 @@ type harness struct {
 
 	searchURL, gatewayURL, bareURL, nginxURL string
 	search, gateway, bare, nginx             *proc
-	apiKey                                   string
+	keys                                     []string // enterprise keys of the full path
+	fewKeys, manyKeys                        []string // bench-tier keys of the per-key cost comparison
+	js                                       jetstream.JetStream
 	noFsyncURL                               string // the diagnostic gateway, if any
 	noFsync                                  *proc
 }
@@ -100,6 +105,15 @@ func runHarness(ctx context.Context, cfg config, logger *slog.Logger) error {
 	res.targets = h.targets()
 	if err := h.httpPhase(ctx, res); err != nil {
 		return err
+	}
+	if err := h.keysPhase(ctx, res); err != nil {
+		return err
+	}
+	if cfg.NATSDir != "" {
+		var err error
+		if res.fsync, err = fsyncLatency(cfg.NATSDir, 500); err != nil {
+			return err
+		}
 	}
 	if err := h.pipelinePhase(ctx, res); err != nil {
 		return err
@@ -308,8 +322,43 @@ func (h *harness) setup(ctx context.Context) error {
 	if err := waitReady(ctx, h.nginx, h.nginxURL+"/health", 30*time.Second); err != nil {
 		return err
 	}
-	h.apiKey, err = h.createKey(ctx, authURL)
-	return err
+	nc, err := nats.Connect(h.cfg.NATSURL, nats.Name("bench-stream-count"), nats.Timeout(5*time.Second))
+	if err != nil {
+		return fmt.Errorf("nats: %w", err)
+	}
+	h.closers = append(h.closers, nc.Close)
+	if h.js, err = jetstream.New(nc); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	token, err := login(ctx, authURL)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if h.keys, err = h.createKeys(ctx, token, "enterprise", h.cfg.Keys); err != nil {
+		return err
+	}
+	if h.fewKeys, err = h.createKeys(ctx, token, "bench", h.cfg.FewKeys); err != nil {
+		return err
+	}
+	if h.manyKeys, err = h.createKeys(ctx, token, "bench", h.cfg.ManyKeys); err != nil {
+		return err
+	}
+	h.logger.Info("keys created through the management API", "enterprise", len(h.keys), "few", len(h.fewKeys),
+		"many", len(h.manyKeys), "seconds", time.Since(t0).Seconds())
+	return nil
+}
+
+// streamMsgs is the number of messages on the USAGE stream (0 if unknown).
+func (h *harness) streamMsgs() uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := h.js.Stream(ctx, usagev1.StreamName)
+	if err != nil {
+		h.logger.Warn("usage stream info", "err", err)
+		return 0
+	}
+	return s.CachedInfo().State.Msgs
 }
 
 // freshDatabase (re)creates database name on the cluster of adminURL and
@@ -353,24 +402,54 @@ func (h *harness) startAuth() (string, error) {
 	return "http://" + l.Addr().String(), nil
 }
 
-// createKey logs in as the dev user and creates a key of the bench tier.
-func (h *harness) createKey(ctx context.Context, authURL string) (string, error) {
+// login signs in as the dev user at the dev issuer.
+func login(ctx context.Context, authURL string) (string, error) {
 	var login struct {
 		AccessToken string `json:"accessToken"`
 	}
 	if err := postJSON(ctx, authURL+"/api/v1/auth/login", "", `{"email":"user@example.com","password":"password"}`, http.StatusOK, &login); err != nil {
 		return "", fmt.Errorf("login: %w", err)
 	}
-	var key struct {
-		Key string `json:"key"`
+	return login.AccessToken, nil
+}
+
+// createKeys creates n keys of a tier through the management API, 16 at a time.
+func (h *harness) createKeys(ctx context.Context, token, tier string, n int) ([]string, error) {
+	out := make([]string, n)
+	errs := make(chan error, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(16, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				var key struct {
+					Key string `json:"key"`
+				}
+				body := fmt.Sprintf(`{"name":"bench %s %d","tier":%q}`, tier, i, tier)
+				if err := postJSON(ctx, h.gatewayURL+"/api-keys", token, body, http.StatusCreated, &key); err != nil {
+					errs <- fmt.Errorf("create key: %w", err)
+					continue
+				}
+				if key.Key == "" {
+					errs <- errors.New("create key: no key in the answer")
+					continue
+				}
+				out[i] = key.Key
+			}
+		}()
 	}
-	if err := postJSON(ctx, h.gatewayURL+"/api-keys", login.AccessToken, `{"name":"bench","tier":"bench"}`, http.StatusCreated, &key); err != nil {
-		return "", fmt.Errorf("create key: %w", err)
+	for i := range n {
+		next <- i
 	}
-	if key.Key == "" {
-		return "", errors.New("create key: no key in the answer")
+	close(next)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, err
 	}
-	return key.Key, nil
+	return out, nil
 }
 
 func postJSON(ctx context.Context, u, bearer, body string, want int, out any) error {
@@ -403,7 +482,6 @@ func postJSON(ctx context.Context, u, bearer, body string, want int, out any) er
 func (h *harness) targets() []*target {
 	hdr := http.Header{"Content-Type": []string{"application/json"}}
 	gwHdr := hdr.Clone()
-	gwHdr.Set("X-API-Key", h.apiKey)
 	// Through the harness's fields: a restarted process has a new pid.
 	one := func(p **proc) func() []int { return func() []int { return []int{(*p).pid()} } }
 	extra := map[string]int{}
@@ -419,7 +497,8 @@ func (h *harness) targets() []*target {
 		{name: "nginx", label: "nginx keep-alive proxy", url: h.nginxURL + "/search", header: hdr, body: body,
 			pids: func() []int { return append([]int{h.nginx.pid()}, children(h.nginx.pid())...) }},
 		{name: "bare-go", label: "bare Go proxy (features off)", url: h.bareURL + "/search", header: hdr, body: body, pids: one(&h.bare)},
-		{name: "gateway", label: "gateway, full path", url: h.gatewayURL + "/v1/search", header: gwHdr, body: body, pids: one(&h.gateway), extra: extra},
+		{name: "gateway", label: fmt.Sprintf("gateway, full path (%d enterprise keys)", len(h.keys)), url: h.gatewayURL + "/v1/search",
+			header: gwHdr, body: body, keys: h.keys, pids: one(&h.gateway), extra: extra, streamMsgs: h.streamMsgs},
 	}
 	if h.noFsync != nil {
 		extra := map[string]int{}
@@ -430,9 +509,45 @@ func (h *harness) targets() []*target {
 			extra["nats"] = h.cfg.NATSNoFsyncPID
 		}
 		ts = append(ts, &target{name: "gateway-nofsync", label: "gateway, full path, JetStream without per-write fsync (diagnostic)",
-			url: h.noFsyncURL + "/v1/search", header: gwHdr, body: body, pids: one(&h.noFsync), extra: extra})
+			url: h.noFsyncURL + "/v1/search", header: gwHdr, body: body, keys: h.keys, pids: one(&h.noFsync), extra: extra})
 	}
 	return ts
+}
+
+// keyTargets are the gateway's full path with few and with many keys in use,
+// for the per-key cost comparison.
+func (h *harness) keyTargets() []*target {
+	hdr := http.Header{"Content-Type": []string{"application/json"}}
+	mk := func(name string, keys []string) *target {
+		return &target{name: name, label: fmt.Sprintf("gateway, %d keys in use", len(keys)), url: h.gatewayURL + "/v1/search",
+			header: hdr, body: []byte(searchBody), keys: keys, pids: func() []int { return []int{h.gateway.pid()} }, streamMsgs: h.streamMsgs}
+	}
+	return []*target{mk("keys-few", h.fewKeys), mk("keys-many", h.manyKeys)}
+}
+
+// keysPhase measures closed-loop throughput with few and with many keys in
+// use, alternating them over the rounds after a warm-up of each (which also
+// loads every key's state into the gateway and Redis).
+func (h *harness) keysPhase(ctx context.Context, res *results) error {
+	res.keyTargets = h.keyTargets()
+	res.keys = map[string][]sample{}
+	for _, t := range res.keyTargets {
+		s := attack(ctx, t, attackOpts{duration: 2 * h.cfg.Warmup, workers: h.cfg.Connections})
+		if s.requests == 0 || s.errors > 0 {
+			return fmt.Errorf("warm-up of %s: %d requests, %d errors (first: %s)", t.name, s.requests, s.errors, s.firstErr)
+		}
+	}
+	for r := 0; r < h.cfg.Rounds; r++ {
+		for _, t := range rotate(res.keyTargets, r) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			s := attack(ctx, t, attackOpts{duration: h.cfg.MaxDuration, workers: h.cfg.Connections})
+			h.logger.Info("keys in use", "round", r+1, "target", t.name, "rps", math.Round(s.rate), "errors", s.errors)
+			res.keys[t.name] = append(res.keys[t.name], s)
+		}
+	}
+	return nil
 }
 
 // rotate returns ts starting at index r (mod len), so that every target

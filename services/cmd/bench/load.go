@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
@@ -18,6 +19,12 @@ type target struct {
 	url    string
 	header http.Header
 	body   []byte
+	// keys, when set, are the X-API-Key values the requests take in turn
+	// (one header set per key, built once).
+	keys []string
+	// streamMsgs, when set, counts the messages on the USAGE stream, so a
+	// run can report JetStream messages per served call.
+	streamMsgs func() uint64
 	// pids are the processes whose CPU and memory are the target's cost
 	// (the proxy; for direct, the stand-in itself).
 	pids func() []int
@@ -39,6 +46,7 @@ type sample struct {
 	cpu       float64            // CPU seconds of the target's pids during the run
 	extraCPU  map[string]float64 // CPU seconds of the extra processes
 	genCPU    float64            // CPU seconds of the load generator (this process)
+	jsMsgs    uint64             // messages the USAGE stream gained during the run
 }
 
 // latencies are quantiles of the successful requests' latencies.
@@ -55,7 +63,7 @@ type attackOpts struct {
 
 // attack runs one load test against t and measures it.
 func attack(ctx context.Context, t *target, o attackOpts) sample {
-	tr := vegeta.NewStaticTargeter(vegeta.Target{Method: http.MethodPost, URL: t.url, Body: t.body, Header: t.header})
+	tr := targeter(t)
 	opts := []func(*vegeta.Attacker){
 		vegeta.KeepAlive(true), vegeta.HTTP2(false), vegeta.Proxy(nil), vegeta.MaxBody(0),
 		vegeta.Timeout(10 * time.Second), vegeta.Connections(o.workers), vegeta.MaxConnections(o.workers),
@@ -70,6 +78,10 @@ func attack(ctx context.Context, t *target, o attackOpts) sample {
 	}
 	a := vegeta.NewAttacker(opts...)
 	pids := t.pids()
+	var msgs0 uint64
+	if t.streamMsgs != nil {
+		msgs0 = t.streamMsgs()
+	}
 	cpu0, gen0 := groupCPU(pids), selfCPU()
 	extra0 := map[string]float64{}
 	for n, p := range t.extra {
@@ -103,6 +115,9 @@ func attack(ctx context.Context, t *target, o attackOpts) sample {
 	}
 	s.cpu = groupCPU(pids) - cpu0
 	s.genCPU = selfCPU() - gen0
+	if t.streamMsgs != nil {
+		s.jsMsgs = t.streamMsgs() - msgs0
+	}
 	for n, p := range t.extra {
 		s.extraCPU[n] = groupCPU([]int{p}) - extra0[n]
 	}
@@ -114,6 +129,24 @@ func attack(ctx context.Context, t *target, o attackOpts) sample {
 	}
 	s.lat = quantiles(lat)
 	return s
+}
+
+// targeter sends t's request, taking t's keys in turn when it has some.
+func targeter(t *target) vegeta.Targeter {
+	if len(t.keys) == 0 {
+		return vegeta.NewStaticTargeter(vegeta.Target{Method: http.MethodPost, URL: t.url, Body: t.body, Header: t.header})
+	}
+	headers := make([]http.Header, len(t.keys))
+	for i, k := range t.keys {
+		headers[i] = t.header.Clone()
+		headers[i].Set("X-API-Key", k)
+	}
+	var n atomic.Uint64
+	return func(tgt *vegeta.Target) error {
+		i := n.Add(1)
+		*tgt = vegeta.Target{Method: http.MethodPost, URL: t.url, Body: t.body, Header: headers[i%uint64(len(headers))]}
+		return nil
+	}
 }
 
 func selfCPU() float64 {

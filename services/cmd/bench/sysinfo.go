@@ -96,3 +96,28 @@ func procField(path, name string) string {
 	}
 	return ""
 }
+
+// fsyncLatency measures the disk's own fsync in dir: n writes of 512 bytes
+// to one file, each followed by fsync, as a JetStream file store with
+// sync_interval: always does per acknowledged write.
+func fsyncLatency(dir string, n int) (latencies, error) {
+	f, err := os.CreateTemp(dir, "fsync-probe-*")
+	if err != nil {
+		return latencies{}, fmt.Errorf("fsync probe: %w", err)
+	}
+	defer func() { _ = os.Remove(f.Name()) }()
+	defer f.Close()
+	buf := make([]byte, 512)
+	ds := make([]time.Duration, 0, n)
+	for range n {
+		t0 := time.Now()
+		if _, err := f.Write(buf); err != nil {
+			return latencies{}, fmt.Errorf("fsync probe: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return latencies{}, fmt.Errorf("fsync probe: %w", err)
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	return quantiles(ds), nil
+}
