@@ -104,6 +104,7 @@ type Store struct {
 	init    *redis.Script
 	sync    *redis.Script
 	adjust  *redis.Script
+	pipe    *pipeline // Acquire and Adjust, the calls of every request
 }
 
 // NewStore wires a store; call Preload once at start.
@@ -116,6 +117,7 @@ func NewStore(rdb redis.UniversalClient, loader Loader) *Store {
 		init:    redis.NewScript(initSrc),
 		sync:    redis.NewScript(syncSrc),
 		adjust:  redis.NewScript(adjustSrc),
+		pipe:    newPipeline(rdb),
 	}
 }
 
@@ -160,7 +162,7 @@ func (s *Store) Acquire(ctx context.Context, r Request) (Decision, error) {
 	keys := []string{stateKey(r.KeyID), rateKey(r.KeyID)}
 	hash := hex.EncodeToString(r.Hash)
 	for attempt := 0; attempt < 3; attempt++ {
-		res, err := run(ctx, s.rdb, s.acquire, keys, hash, r.Cost, allowed, r.Member, s.window.Microseconds()).Slice()
+		res, err := s.pipe.eval(ctx, s.acquire, keys, hash, r.Cost, allowed, r.Member, s.window.Microseconds()).Slice()
 		if err != nil {
 			return Decision{}, fmt.Errorf("quota: acquire: %w", err)
 		}
@@ -212,7 +214,7 @@ func (s *Store) Adjust(ctx context.Context, keyID, period string, delta int64) e
 	if delta == 0 {
 		return nil
 	}
-	err := run(ctx, s.rdb, s.adjust, []string{stateKey(keyID)}, period, delta).Err()
+	err := s.pipe.eval(ctx, s.adjust, []string{stateKey(keyID)}, period, delta).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("quota: adjust balance: %w", err)
 	}
