@@ -20,6 +20,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -65,6 +66,8 @@ type Config struct {
 	Transport http.RoundTripper
 	// TimeoutCap, if positive, caps every route's backend timeout.
 	TimeoutCap time.Duration
+	// Metrics, if not nil, registers the backend and Redis histograms.
+	Metrics prometheus.Registerer
 }
 
 // Validate reports every problem.
@@ -104,7 +107,11 @@ func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publish
 	if err := errors.Join(cfg.Validate(), p.RequireOperations(Ops())); err != nil {
 		return nil, err
 	}
-	e := &Edge{cfg: cfg, pricing: p, resolver: resolver, quota: q, pub: pub, lastUsed: lastUsed, holds: holds, logger: logger,
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	e := &Edge{cfg: cfg, pricing: p, resolver: resolver, quota: m.timedQuota(q), pub: pub, lastUsed: lastUsed, holds: holds, logger: logger,
 		proxies: map[string]*httputil.ReverseProxy{}, fallback: map[string]*rate.Limiter{}}
 	transports := map[string]http.RoundTripper{}
 	e.routes = Routes()
@@ -124,7 +131,7 @@ func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publish
 			}
 			tr = transports[rt.Backend]
 		}
-		e.proxies[rt.Op] = e.newReverseProxy(rt, cfg.Backends[rt.Backend], tr)
+		e.proxies[rt.Op] = e.newReverseProxy(rt, cfg.Backends[rt.Backend], m.timedTransport(rt.Path, tr))
 	}
 	return e, nil
 }

@@ -62,9 +62,14 @@ type env struct {
 
 type envOpt func(*envOpts)
 
-type envOpts struct{ spoolBytes int64 }
+type envOpts struct {
+	spoolBytes int64
+	metrics    prometheus.Registerer
+}
 
 func withSpoolBytes(n int64) envOpt { return func(o *envOpts) { o.spoolBytes = n } }
+
+func withMetrics(reg prometheus.Registerer) envOpt { return func(o *envOpts) { o.metrics = reg } }
 
 // capture is a backend that records what it received and answers as told.
 type capture struct {
@@ -173,6 +178,7 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...
 		GatewayID:      "test",
 		PublishTimeout: 5 * time.Second,
 		TimeoutCap:     time.Second,
+		Metrics:        o.metrics,
 	}, p, ev.resolver, ev.q, pub, proxy.NewLastUsed(ev.store, time.Hour, logger), hl, logger)
 	if err != nil {
 		t.Fatal(err)

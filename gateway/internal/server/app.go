@@ -142,6 +142,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		Backends:       map[string]*url.URL{proxy.BackendSearch: cfg.SearchURL, proxy.BackendSTT: cfg.STTURL, proxy.BackendTTS: cfg.TTSURL},
 		GatewayID:      cfg.GatewayID,
 		PublishTimeout: cfg.PublishTimeout,
+		Metrics:        reg,
 	}, p, resolver, q, a.pub, a.last, a.holds, logger)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,132 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mana/apigw/gateway/internal/quota"
+)
+
+// Outcomes of a backend call, the backend histogram's outcome label.
+const (
+	outcome2xx = iota
+	outcome3xx
+	outcome4xx
+	outcome5xx
+	outcomeTimeout  // the route's deadline passed before the answer's headers
+	outcomeCanceled // the client went away
+	outcomeError    // no answer: refused, reset, unreachable
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"2xx", "3xx", "4xx", "5xx", "timeout", "canceled", "error"}
+
+// metrics are the edge's histograms of the hot path's two waits besides the
+// durability of the usage event (which the publisher measures): the backend
+// and the Redis decision.
+type metrics struct {
+	backend *prometheus.HistogramVec
+	quota   *prometheus.HistogramVec
+}
+
+// newMetrics builds the histograms and registers them with reg (none when
+// reg is nil).
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		backend: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gateway_backend_request_duration_seconds",
+			Help:    "Time from sending a call to the backend until its response headers arrive (or the call fails), by public route and outcome.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
+		}, []string{"route", "outcome"}),
+		quota: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gateway_quota_decision_duration_seconds",
+			Help:    "Time of a quota decision in Redis as a request waits for it (acquire: validity, rate limit and credit hold, including a rebuild of missing key state; adjust: settlement), by operation and result.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"op", "result"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.backend, m.quota} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("proxy: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// timedTransport measures every backend call of one route. Its observers are
+// resolved once, so a call costs no label lookup.
+type timedTransport struct {
+	next http.RoundTripper
+	obs  [numOutcomes]prometheus.Observer
+}
+
+func (m *metrics) timedTransport(route string, next http.RoundTripper) *timedTransport {
+	t := &timedTransport{next: next}
+	for i, name := range outcomeNames {
+		t.obs[i] = m.backend.WithLabelValues(route, name)
+	}
+	return t
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.next.RoundTrip(r)
+	t.obs[outcomeOf(r, resp, err)].Observe(time.Since(start).Seconds())
+	return resp, err
+}
+
+func outcomeOf(r *http.Request, resp *http.Response, err error) int {
+	switch {
+	case err == nil:
+		return min(max(resp.StatusCode/100-2, outcome2xx), outcome5xx)
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		return outcomeTimeout
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return outcomeCanceled
+	}
+	return outcomeError
+}
+
+// timedQuota measures the Redis decisions the edge waits for.
+type timedQuota struct {
+	q                                    Quota
+	acquireOK, acquireErr, adjOK, adjErr prometheus.Observer
+}
+
+func (m *metrics) timedQuota(q Quota) *timedQuota {
+	return &timedQuota{q: q,
+		acquireOK: m.quota.WithLabelValues("acquire", "ok"), acquireErr: m.quota.WithLabelValues("acquire", "error"),
+		adjOK: m.quota.WithLabelValues("adjust", "ok"), adjErr: m.quota.WithLabelValues("adjust", "error"),
+	}
+}
+
+// Acquire implements Quota.
+func (t *timedQuota) Acquire(ctx context.Context, r quota.Request) (quota.Decision, error) {
+	start := time.Now()
+	d, err := t.q.Acquire(ctx, r)
+	observe(t.acquireOK, t.acquireErr, err, start)
+	return d, err
+}
+
+// Adjust implements Quota.
+func (t *timedQuota) Adjust(ctx context.Context, keyID, period string, delta int64) error {
+	start := time.Now()
+	err := t.q.Adjust(ctx, keyID, period, delta)
+	observe(t.adjOK, t.adjErr, err, start)
+	return err
+}
+
+func observe(ok, failed prometheus.Observer, err error, start time.Time) {
+	if err != nil {
+		failed.Observe(time.Since(start).Seconds())
+		return
+	}
+	ok.Observe(time.Since(start).Seconds())
+}
