@@ -18,6 +18,7 @@ trap 'exit 143' TERM
 
 "${servers[@]}" start test pg
 ensure_cmd redis-server redis-server
+ensure_cmd promtool prometheus # the metrics lint test runs promtool check metrics
 set -a
 # shellcheck source=/dev/null
 source "$DATA/test/stack.env"

@@ -43,7 +43,9 @@ type stack struct {
 	spools   []string
 	billing  *testenv.Process
 	agg      *testenv.Process
-	http     testenv.HTTP
+	// The workers' metrics addresses (/metrics, /health).
+	billingURL, aggURL string
+	http               testenv.HTTP
 }
 
 var (
@@ -188,11 +190,13 @@ func (s *stack) startWorkers() {
 	host, port, _ := net.SplitHostPort(s.redis.Addr)
 	common := []string{"DATABASE_URL=" + s.dsn, "REDIS_HOST=" + host, "REDIS_PORT=" + port, "NATS_URL=" + s.nats.URL, "LOG_LEVEL=info"}
 	bp := testenv.FreePort(t)
+	s.billingURL = fmt.Sprintf("http://127.0.0.1:%d", bp)
 	s.billing = testenv.StartProcess(t, "billing-worker", bin(t, "./billing-worker/cmd/billing-worker"),
-		append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(bp)), fmt.Sprintf("http://127.0.0.1:%d/health", bp))
+		append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(bp)), s.billingURL+"/health")
 	ap := testenv.FreePort(t)
+	s.aggURL = fmt.Sprintf("http://127.0.0.1:%d", ap)
 	s.agg = testenv.StartProcess(t, "aggregator", bin(t, "./aggregator/cmd/aggregator"),
-		append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(ap)), fmt.Sprintf("http://127.0.0.1:%d/health", ap))
+		append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(ap)), s.aggURL+"/health")
 }
 
 func (s *stack) do(method, url string, body any, hdr map[string]string) (*http.Response, []byte) {
