@@ -74,6 +74,17 @@ func (p *Process) Start() {
 	}
 }
 
+// StartWaitingFor (re)starts the process and waits until url answers 200
+// instead of the readiness URL: for a restart while a dependency is down,
+// when the process is alive but cannot be ready.
+func (p *Process) StartWaitingFor(url string) {
+	p.t.Helper()
+	ready := p.ready
+	p.ready = url
+	defer func() { p.ready = ready }()
+	p.Start()
+}
+
 // WaitReady polls the readiness URL.
 func (p *Process) WaitReady(timeout time.Duration) {
 	p.t.Helper()
