@@ -64,6 +64,7 @@ func TestMetricsPassPromtool(t *testing.T) {
 			"gateway_http_request_duration_seconds_bucket",
 			`gateway_backend_request_duration_seconds_bucket{outcome="2xx",route="/v1/search"`,
 			`gateway_quota_decision_duration_seconds_bucket{op="acquire",result="ok"`,
+			"gateway_usage_spool_damaged_bytes_total 0",
 		}},
 		{"billing-worker", s.billingURL + "/metrics", nil},
 		{"aggregator", s.aggURL + "/metrics", nil},

@@ -58,6 +58,9 @@ func TestSpoolTornTailAcrossRestart(t *testing.T) {
 	if !bytes.Contains(s.gateways[0].Log(), []byte("torn or damaged tail truncated")) {
 		t.Fatal("the restarted gateway did not cut off the torn tail")
 	}
+	if _, m := s.do("GET", gw+"/metrics", nil, nil); !bytes.Contains(m, []byte(fmt.Sprintf("gateway_usage_spool_damaged_bytes_total %d\n", len(torn)))) {
+		t.Fatalf("the cut is not counted in /metrics:\n%s", m)
+	}
 	call(20)
 	s.nats.Start()
 	eventuallyWithin(t, 90*time.Second, "ledger holds every served call", func() (bool, string) {

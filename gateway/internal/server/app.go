@@ -131,6 +131,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	if err != nil {
 		return nil, err
 	}
+	reg.MustRegister(a.spool.Collectors()...)
 	a.pub, err = usage.NewPublisher(usage.PublisherConfig{AckTimeout: 2 * time.Second, DrainInterval: time.Second, GatewayID: cfg.GatewayID}, a.nc, a.js, a.spool, logger, reg)
 	if err != nil {
 		return nil, err

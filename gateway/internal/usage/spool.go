@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ErrSpoolFull is returned when the spool holds its maximum size.
@@ -209,6 +211,21 @@ func (s *Spool) Skipped() SpoolSkipped {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.skipped
+}
+
+// Collectors are the spool's counters of the damage it skipped, for a
+// Prometheus registry (register them once).
+func (s *Spool) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gateway_usage_spool_damaged_regions_total",
+			Help: "Damaged stretches of spool files skipped: torn tails cut off at open, corrupt records passed over by a drain.",
+		}, func() float64 { return float64(s.Skipped().Regions) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gateway_usage_spool_damaged_bytes_total",
+			Help: "Bytes of the damaged stretches of spool files skipped.",
+		}, func() float64 { return float64(s.Skipped().Bytes) }),
+	}
 }
 
 // writer is the group commit loop: it takes every waiting append, writes them
