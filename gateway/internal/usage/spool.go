@@ -353,7 +353,10 @@ func (s *Spool) Rotate() ([]string, error) {
 		active := filepath.Join(s.dir, activeName)
 		name := filepath.Join(s.dir, fmt.Sprintf("%020d%s", time.Now().UnixNano(), drainExt))
 		if err := s.f.Close(); err != nil {
+			// The next write reopens (and counts) the file as it finds it.
 			s.f = nil
+			s.account(0, -s.end)
+			s.good, s.end = 0, 0
 			return nil, fmt.Errorf("spool rotate: %w", err)
 		}
 		s.f = nil
