@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq" // Postgres driver
 
@@ -86,7 +85,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		}
 	}
 	go ensureAhead(ctx, store, c.db, logger)
-	return consumer.Serve(ctx, cfg, c.Stream, consumer.Worker{
+	return consumer.Serve(ctx, cfg, c.Conn, consumer.Worker{
 		Name: "aggregator", Durable: usagev1.AggregatorConsumer, Namespace: "aggregator",
 		Store: batches{db: c.db, store: store}, Check: Check,
 	}, logger)
@@ -113,27 +112,24 @@ type batch struct {
 }
 
 // Apply records the events, creating the monthly partitions they need first
-// (each in its own transaction, see rollup.Store.EnsurePartition).
+// (each in its own transaction, see rollup.Store.EnsurePartition). A failed
+// partition DDL is transient, whatever its SQLSTATE: it says nothing about
+// the events, so it is retried and never dead-lettered.
 func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.Applied, error) {
 	rows := make([]rollup.Row, len(events))
 	for i, ev := range events {
 		rows[i] = rollup.RowOf(ev.UsageEvent)
 	}
 	if err := b.store.EnsurePartitions(ctx, b.db, rows); err != nil {
-		return consumer.Applied{}, err
+		return consumer.Applied{}, fmt.Errorf("%w: %w", consumer.ErrTransient, err)
 	}
 	res, err := b.store.Record(ctx, b.Tx, rows)
 	return consumer.Applied{Inserted: res.Inserted, Duplicates: res.Duplicates}, err
 }
 
-const insertDeadLetter = `
-INSERT INTO api_gateway.dead_letters (consumer, stream_seq, subject, msg_id, payload, reason)
-VALUES ($1, $2, $3, NULLIF($4, ''), $5, $6)
-ON CONFLICT (consumer, stream_seq) DO NOTHING`
-
 // DeadLetter keeps d in api_gateway.dead_letters.
 func (b batch) DeadLetter(ctx context.Context, d consumer.DeadLetter) error {
-	_, err := b.ExecContext(ctx, insertDeadLetter, d.Consumer, int64(d.StreamSeq), d.Subject, d.MsgID, d.Payload, d.Reason)
+	_, err := b.ExecContext(ctx, consumer.InsertDeadLetterSQL, d.Args()...)
 	return err
 }
 
@@ -155,10 +151,6 @@ func ensureAhead(ctx context.Context, store *rollup.Store, db *sqlx.DB, logger *
 	}
 }
 
-// Check rejects events the usage tables can never hold: the key ID must be a UUID.
-func Check(ev *usagev1.UsageEvent) error {
-	if _, err := uuid.Parse(ev.GetKeyId()); err != nil {
-		return fmt.Errorf("%w: key_id is not a UUID", usagev1.ErrInvalid)
-	}
-	return nil
-}
+// Check rejects events the usage tables can never hold (rollup.Check); the
+// replay applies the same rule.
+func Check(ev *usagev1.UsageEvent) error { return rollup.Check(ev) }

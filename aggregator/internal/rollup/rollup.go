@@ -13,9 +13,11 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
@@ -57,6 +59,15 @@ func RowOf(ev *usagev1.UsageEvent) Row {
 		Unit:       ev.GetUnit(),
 		LatencyUS:  ev.GetLatencyUs(),
 	}
+}
+
+// Check rejects events the usage tables can never hold: the key ID must be
+// a UUID. The live consumer dead-letters them and the replay skips them.
+func Check(ev *usagev1.UsageEvent) error {
+	if _, err := uuid.Parse(ev.GetKeyId()); err != nil {
+		return fmt.Errorf("%w: key_id is not a UUID", usagev1.ErrInvalid)
+	}
+	return nil
 }
 
 // Day is the UTC date a row counts for in api_usage_daily.
@@ -110,7 +121,12 @@ func (s *Store) EnsurePartitions(ctx context.Context, db *sqlx.DB, rows []Row) e
 // month (UTC) if it does not exist. The default partition may already hold
 // rows of that month (written before the partition existed); they are moved
 // into the new partition in the same transaction, so attaching it never fails.
-// A transaction-scoped advisory lock serialises concurrent creators.
+// A transaction-scoped advisory lock serialises concurrent creators of this
+// code; a creator it does not serialise (another version, an operator, a
+// replay of an older binary) can still make the DDL fail with a duplicate
+// (42P07, or 23505 on the catalog). That failure says nothing about the data:
+// when the partition is then attached, EnsurePartition succeeds, and
+// otherwise its error is to be retried, never taken for bad data.
 func (s *Store) EnsurePartition(ctx context.Context, db *sqlx.DB, month time.Time) error {
 	y, m, _ := month.UTC().Date()
 	from := time.Date(y, m, 1, 0, 0, 0, 0, time.UTC)
@@ -126,23 +142,22 @@ func (s *Store) EnsurePartition(ctx context.Context, db *sqlx.DB, month time.Tim
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, s.schema+".api_usage partitions"); err != nil {
 			return err
 		}
-		var exists bool
-		if err := tx.GetContext(ctx, &exists, `SELECT to_regclass($1) IS NOT NULL`, s.table(name)); err != nil {
+		exists, attached, err := s.partition(ctx, tx, name)
+		if err != nil || attached {
 			return err
 		}
-		if exists {
-			return nil
-		}
 		bounds := fmt.Sprintf("FOR VALUES FROM ('%s') TO ('%s')", from.Format(time.RFC3339), to.Format(time.RFC3339))
-		stmts := []string{
-			fmt.Sprintf(`CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`, s.table(name), s.table("api_usage")),
+		var stmts []string
+		if !exists {
+			stmts = append(stmts, fmt.Sprintf(`CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`, s.table(name), s.table("api_usage")))
+		}
+		stmts = append(stmts,
 			fmt.Sprintf(`WITH moved AS (DELETE FROM %s WHERE occurred_at >= $1 AND occurred_at < $2 RETURNING *) INSERT INTO %s SELECT * FROM moved`,
 				s.table("api_usage_default"), s.table(name)),
-			fmt.Sprintf(`ALTER TABLE %s ATTACH PARTITION %s %s`, s.table("api_usage"), s.table(name), bounds),
-		}
-		for i, q := range stmts {
-			args := []any{}
-			if i == 1 {
+			fmt.Sprintf(`ALTER TABLE %s ATTACH PARTITION %s %s`, s.table("api_usage"), s.table(name), bounds))
+		for _, q := range stmts {
+			var args []any
+			if strings.Contains(q, "$1") {
 				args = []any{from, to}
 			}
 			if _, err := tx.ExecContext(ctx, q, args...); err != nil {
@@ -152,12 +167,28 @@ func (s *Store) EnsurePartition(ctx context.Context, db *sqlx.DB, month time.Tim
 		return nil
 	})
 	if err != nil {
+		// Lost a race with a creator the lock does not serialise: what
+		// counts is that the partition is there now.
+		if _, attached, cerr := s.partition(ctx, db, name); cerr == nil && attached {
+			err = nil
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("ensure partition %s.%s: %w", s.schema, name, err)
 	}
 	s.mu.Lock()
 	s.parts[name] = true
 	s.mu.Unlock()
 	return nil
+}
+
+// partition tells whether the table name exists in the store's schema and
+// whether it is attached to api_usage.
+func (s *Store) partition(ctx context.Context, q sqlx.QueryerContext, name string) (exists, attached bool, err error) {
+	err = q.QueryRowxContext(ctx, `SELECT to_regclass($1) IS NOT NULL,
+	EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass($1) AND inhparent = to_regclass($2))`,
+		s.table(name), s.table("api_usage")).Scan(&exists, &attached)
+	return exists, attached, err
 }
 
 func inTx(ctx context.Context, db *sqlx.DB, f func(*sqlx.Tx) error) error {

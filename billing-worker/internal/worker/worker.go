@@ -49,7 +49,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 	defer conn.Close()
-	return consumer.Serve(ctx, cfg, conn.Stream, consumer.Worker{
+	return consumer.Serve(ctx, cfg, conn, consumer.Worker{
 		Name: "billing worker", Durable: usagev1.BillingConsumer, Namespace: "billing",
 		Store: store{db}, Check: Check,
 	}, logger)
@@ -86,14 +86,9 @@ func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.App
 	return consumer.Applied{Inserted: res.Inserted, Duplicates: res.Duplicates}, nil
 }
 
-const insertDeadLetter = `
-INSERT INTO api_gateway.dead_letters (consumer, stream_seq, subject, msg_id, payload, reason)
-VALUES ($1, $2, $3, NULLIF($4, ''), $5, $6)
-ON CONFLICT (consumer, stream_seq) DO NOTHING`
-
 // DeadLetter keeps d in api_gateway.dead_letters.
 func (b batch) DeadLetter(ctx context.Context, d consumer.DeadLetter) error {
-	_, err := b.ExecContext(ctx, insertDeadLetter, d.Consumer, int64(d.StreamSeq), d.Subject, d.MsgID, d.Payload, d.Reason)
+	_, err := b.ExecContext(ctx, consumer.InsertDeadLetterSQL, d.Args()...)
 	return err
 }
 

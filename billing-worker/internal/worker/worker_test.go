@@ -23,10 +23,11 @@ import (
 // start runs a worker in this process until the test ends.
 func (e *env) start(mod func(*worker.Config)) worker.Config {
 	e.t.Helper()
-	cfg := worker.Config{
-		DatabaseURL: e.DBURL, NATSURL: e.NATS.URL, MetricsPort: testenv.FreePort(e.t),
-		BatchSize: 500, AckWait: 30 * time.Second, MaxAckPending: 2000,
-		FetchWait: 200 * time.Millisecond, NakDelay: 100 * time.Millisecond,
+	env := map[string]string{"DATABASE_URL": e.DBURL, "NATS_URL": e.NATS.URL, "METRICS_PORT": strconv.Itoa(testenv.FreePort(e.t)),
+		"FETCH_WAIT": "200ms", "NAK_DELAY": "100ms"}
+	cfg, err := worker.ConfigFromEnv(func(k string) string { return env[k] })
+	if err != nil {
+		e.t.Fatal(err)
 	}
 	if mod != nil {
 		mod(&cfg)

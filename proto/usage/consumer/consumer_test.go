@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,13 @@ import (
 // as services/testenv does; proto cannot import services) and returns the
 // USAGE stream on it.
 func startStream(t *testing.T) (jetstream.JetStream, jetstream.Stream) {
+	t.Helper()
+	_, js, stream := startServer(t)
+	return js, stream
+}
+
+// startServer is startStream that also returns the server.
+func startServer(t *testing.T) (*server.Server, jetstream.JetStream, jetstream.Stream) {
 	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
 		StoreDir: filepath.Join(t.TempDir(), "js"), NoLog: true, NoSigs: true})
@@ -53,7 +61,7 @@ func startStream(t *testing.T) (jetstream.JetStream, jetstream.Stream) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return js, stream
+	return srv, js, stream
 }
 
 // sqlError is a database error as lib/pq and pgx report it.
@@ -67,14 +75,23 @@ func (e sqlError) SQLState() string { return e.state }
 type memStore struct {
 	mu         sync.Mutex
 	events     map[string]uint64 // event ID -> stream sequence
-	dead       map[uint64]consumer.DeadLetter
+	dead       map[deadKey]consumer.DeadLetter
 	commits    int
+	maxApply   int          // most events in one Apply
 	failBegins atomic.Int32 // the next n Begin calls fail
 	reject     string       // event ID Apply rejects with SQLSTATE 23514
+	// transient makes the next n Apply calls fail with a class-23 SQLSTATE
+	// wrapped in ErrTransient (a partition DDL race).
+	transient atomic.Int32
+}
+
+type deadKey struct {
+	seq uint64
+	idx int
 }
 
 func newMemStore() *memStore {
-	return &memStore{events: map[string]uint64{}, dead: map[uint64]consumer.DeadLetter{}}
+	return &memStore{events: map[string]uint64{}, dead: map[deadKey]consumer.DeadLetter{}}
 }
 
 func (s *memStore) Begin(context.Context) (consumer.Tx, error) {
@@ -102,6 +119,10 @@ type memTx struct {
 func (tx *memTx) Apply(_ context.Context, events []consumer.Event) (consumer.Applied, error) {
 	tx.s.mu.Lock()
 	defer tx.s.mu.Unlock()
+	if tx.s.transient.Add(-1) >= 0 {
+		return consumer.Applied{}, fmt.Errorf("ensure partition: %w: %w", consumer.ErrTransient, sqlError{"23505"})
+	}
+	tx.s.maxApply = max(tx.s.maxApply, len(events))
 	var a consumer.Applied
 	seen := map[string]bool{}
 	for _, ev := range events {
@@ -133,8 +154,9 @@ func (tx *memTx) Commit() error {
 		}
 	}
 	for _, d := range tx.dead {
-		if _, ok := tx.s.dead[d.StreamSeq]; !ok {
-			tx.s.dead[d.StreamSeq] = d
+		k := deadKey{d.StreamSeq, d.EventIndex}
+		if _, ok := tx.s.dead[k]; !ok {
+			tx.s.dead[k] = d
 		}
 	}
 	tx.s.commits++
@@ -177,8 +199,44 @@ func publishEvents(t *testing.T, js jetstream.JetStream, evs ...*usagev1.UsageEv
 	}
 }
 
+// batch is a UsageBatch of the events, marshalled.
+func batch(t *testing.T, id string, evs ...*usagev1.UsageEvent) []byte {
+	t.Helper()
+	data, err := proto.Marshal(&usagev1.UsageBatch{BatchId: id, GatewayId: "gw-test", SealedAt: timestamppb.Now(), Events: evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// batchID is a valid ULID for batch n.
+func batchID(n int) string { return fmt.Sprintf("01JBBBBBBBBBBBBBBBBB%06d", n) }
+
+// publishBatch publishes the events as one batch the way the gateway does:
+// on its batch subject, the batch ID as Nats-Msg-Id.
+func publishBatch(t *testing.T, js jetstream.JetStream, id string, evs ...*usagev1.UsageEvent) {
+	t.Helper()
+	publish(t, js, usagev1.BatchSubject("gw-test"), batch(t, id, evs...), id)
+}
+
+// events are event(from) … event(from+n-1).
+func events(from, n int) []*usagev1.UsageEvent {
+	evs := make([]*usagev1.UsageEvent, n)
+	for i := range evs {
+		evs[i] = event(from + i)
+	}
+	return evs
+}
+
 // run starts a consumer on stream until the test ends or stop is called.
 func run(t *testing.T, stream jetstream.Stream, cfg consumer.Config) (stop func()) {
+	t.Helper()
+	_, stop = runConsumer(t, stream, cfg)
+	return stop
+}
+
+// runConsumer is run that also returns the consumer.
+func runConsumer(t *testing.T, stream jetstream.Stream, cfg consumer.Config) (*consumer.Consumer, func()) {
 	t.Helper()
 	cfg.Durable, cfg.Stream = "test", stream
 	cfg.Logger = slog.New(slog.DiscardHandler)
@@ -198,7 +256,7 @@ func run(t *testing.T, stream jetstream.Stream, cfg consumer.Config) (stop func(
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
 	var once sync.Once
-	stop = func() {
+	stop := func() {
 		once.Do(func() {
 			cancel()
 			select {
@@ -212,7 +270,7 @@ func run(t *testing.T, stream jetstream.Stream, cfg consumer.Config) (stop func(
 		})
 	}
 	t.Cleanup(stop)
-	return stop
+	return c, stop
 }
 
 // waitSettled waits until the durable consumer has nothing pending or unacknowledged.
@@ -241,6 +299,12 @@ func TestConsumer(t *testing.T) {
 	invalidData, _ := proto.Marshal(invalid)
 	checked := event(901)
 	checkedData, _ := proto.Marshal(checked)
+	isChecked := func(ev *usagev1.UsageEvent) error {
+		if ev.GetEventId() == checked.GetEventId() {
+			return errors.New("key_id is not welcome")
+		}
+		return nil
+	}
 
 	tests := []struct {
 		name string
@@ -249,7 +313,9 @@ func TestConsumer(t *testing.T) {
 		store     func(*memStore)
 		cfg       consumer.Config
 		wantDead  []string // reasons (substrings), in stream order
+		wantIndex []int    // the dead letters' event indexes, ascending (when set)
 		atLeastTx int      // minimum number of commits
+		maxApply  int      // most events one transaction may hold (when set)
 	}{
 		{name: "batch applied once, acknowledged after commit",
 			publish: func(t *testing.T, js jetstream.JetStream) int {
@@ -268,12 +334,7 @@ func TestConsumer(t *testing.T) {
 				publishEvents(t, js, event(2))
 				return 2
 			},
-			cfg: consumer.Config{Check: func(ev *usagev1.UsageEvent) error {
-				if ev.GetEventId() == checked.GetEventId() {
-					return errors.New("key_id is not welcome")
-				}
-				return nil
-			}},
+			cfg:      consumer.Config{Check: isChecked},
 			wantDead: []string{"decode usage event", "event_id is not a ULID", "key_id is not welcome"}},
 		{name: "transient failures redeliver the batch with backoff",
 			publish: func(t *testing.T, js jetstream.JetStream) int {
@@ -293,6 +354,61 @@ func TestConsumer(t *testing.T) {
 			},
 			store:    func(s *memStore) { s.reject = event(4).GetEventId() },
 			wantDead: []string{"rejected by the database: insert: pq: SQLSTATE 23514"}},
+		{name: "batches: many events per message, sets bounded by BatchEvents",
+			publish: func(t *testing.T, js jetstream.JetStream) int {
+				for b := range 20 {
+					publishBatch(t, js, batchID(b), events(b*50, 50)...)
+				}
+				return 1000
+			},
+			cfg: consumer.Config{BatchEvents: 120}, maxApply: 170, atLeastTx: 7},
+		{name: "old and new forms mixed",
+			publish: func(t *testing.T, js jetstream.JetStream) int {
+				for b := range 5 {
+					publishEvents(t, js, events(b*100, 10)...)
+					publishBatch(t, js, batchID(b), events(b*100+10, 10)...)
+				}
+				return 100
+			}},
+		{name: "an invalid event of a batch is its own dead letter, the rest is applied",
+			publish: func(t *testing.T, js jetstream.JetStream) int {
+				evs := events(0, 10)
+				evs[3] = invalid
+				evs[7] = checked
+				publishBatch(t, js, batchID(1), evs...)
+				publish(t, js, usagev1.BatchSubject("gw-test"), []byte("ÿþ not a batch"), batchID(2))
+				publish(t, js, usagev1.BatchSubject("gw-test"), batch(t, "no-ulid", event(20)), "no-ulid")
+				publishBatch(t, js, batchID(3), events(30, 5)...)
+				return 13
+			},
+			cfg:       consumer.Config{Check: isChecked},
+			wantDead:  []string{"event_id is not a ULID", "key_id is not welcome", "decode usage batch", "batch_id is not a ULID"},
+			wantIndex: []int{-1, -1, 3, 7}},
+		{name: "an event of a batch the database rejects is dead-lettered alone",
+			publish: func(t *testing.T, js jetstream.JetStream) int {
+				for b := range 3 {
+					publishBatch(t, js, batchID(b), events(b*10, 10)...)
+				}
+				return 29
+			},
+			store:     func(s *memStore) { s.reject = event(14).GetEventId() },
+			wantDead:  []string{"rejected by the database: insert: pq: SQLSTATE 23514"},
+			wantIndex: []int{4}},
+		{name: "a batch delivered twice changes nothing",
+			publish: func(t *testing.T, js jetstream.JetStream) int {
+				publishBatch(t, js, batchID(1), events(0, 10)...)
+				publishBatch(t, js, batchID(1), events(0, 10)...) // dropped by the duplicate window
+				publish(t, js, usagev1.BatchSubject("gw-other"), batch(t, batchID(1), events(0, 10)...), "after-the-window")
+				publishEvents(t, js, event(3))
+				return 10
+			}},
+		{name: "a transient error with an integrity SQLSTATE is retried, never dead-lettered",
+			publish: func(t *testing.T, js jetstream.JetStream) int {
+				publishBatch(t, js, batchID(1), events(0, 10)...)
+				return 10
+			},
+			store: func(s *memStore) { s.transient.Store(3) },
+			cfg:   consumer.Config{NakDelay: 10 * time.Millisecond, MaxNakDelay: 50 * time.Millisecond}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -326,7 +442,7 @@ func TestConsumer(t *testing.T) {
 				for r, d := range byReason {
 					if strings.Contains(r, w) {
 						found = true
-						if d.Consumer != "test" || d.StreamSeq == 0 || d.Payload == nil || !strings.HasPrefix(d.Subject, usagev1.SubjectPrefix) {
+						if d.Consumer != "test" || d.StreamSeq == 0 || len(d.Payload) == 0 || !strings.HasPrefix(d.Subject, "usage.") {
 							t.Errorf("dead letter %+v", d)
 						}
 					}
@@ -340,7 +456,26 @@ func TestConsumer(t *testing.T) {
 					t.Errorf("dead letter msg id = %q, want garbage-1", d.MsgID)
 				}
 			}
-			if store.failBegins.Load() > 0 {
+			if tt.wantIndex != nil {
+				var idx []int
+				for _, d := range dead {
+					idx = append(idx, d.EventIndex)
+					if d.EventIndex >= 0 {
+						var ev usagev1.UsageEvent
+						if err := proto.Unmarshal(d.Payload, &ev); err != nil || ev.GetEventId() != d.EventID || d.MsgID == "" {
+							t.Errorf("dead event %+v: payload %v, want the event alone and the batch ID", d, err)
+						}
+					}
+				}
+				slices.Sort(idx)
+				if !slices.Equal(idx, tt.wantIndex) {
+					t.Errorf("dead letter indexes %v, want %v", idx, tt.wantIndex)
+				}
+			}
+			if tt.maxApply > 0 && store.maxApply > tt.maxApply {
+				t.Errorf("one transaction held %d events, want at most %d", store.maxApply, tt.maxApply)
+			}
+			if store.failBegins.Load() > 0 || store.transient.Load() > 0 {
 				t.Errorf("%d failing transactions never tried", store.failBegins.Load())
 			}
 		})
@@ -394,5 +529,78 @@ func TestConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), s) {
 			t.Errorf("error %v does not name %s", err, s)
 		}
+	}
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRecreate deletes the durable consumer, then the whole stream, under a
+// running consumer: it re-creates what is gone (the stream from its JetStream
+// handle) and keeps applying new events; nothing is applied twice.
+func TestRecreate(t *testing.T) {
+	t.Parallel()
+	js, stream := startStream(t)
+	store := newMemStore()
+	c, _ := runConsumer(t, stream, consumer.Config{Store: store, JS: js, StaleAfter: time.Minute})
+	applied := func(n int) func() bool {
+		return func() bool { got, _, _ := store.snapshot(); return got == n }
+	}
+	publishBatch(t, js, batchID(1), events(0, 10)...)
+	waitFor(t, 10*time.Second, "first batch applied", applied(10))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := js.DeleteConsumer(ctx, usagev1.StreamName, "test"); err != nil {
+		t.Fatal(err)
+	}
+	publishBatch(t, js, batchID(2), events(10, 10)...)
+	waitFor(t, 15*time.Second, "batch after the consumer was deleted applied", applied(20))
+
+	if err := js.DeleteStream(ctx, usagev1.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "stream re-created", func() bool {
+		_, err := js.Stream(ctx, usagev1.StreamName)
+		return err == nil
+	})
+	publishBatch(t, js, batchID(3), events(20, 10)...)
+	publishEvents(t, js, event(30))
+	waitFor(t, 15*time.Second, "events after the stream was deleted applied", applied(31))
+	if err := c.Health(); err != nil {
+		t.Errorf("health after recovery: %v", err)
+	}
+	if _, dead, _ := store.snapshot(); len(dead) != 0 {
+		t.Errorf("dead letters %+v", dead)
+	}
+}
+
+// TestHealthStale: Health is nil while fetches succeed (also when nothing
+// arrives) and reports the consumer once no fetch succeeded for StaleAfter.
+func TestHealthStale(t *testing.T) {
+	t.Parallel()
+	srv, _, stream := startServer(t)
+	c, _ := runConsumer(t, stream, consumer.Config{Store: newMemStore(), StaleAfter: 500 * time.Millisecond})
+	// Idle for three times StaleAfter: every fetch is answered by the
+	// server's timeout, and that is a success.
+	for start := time.Now(); time.Since(start) < 1500*time.Millisecond; time.Sleep(20 * time.Millisecond) {
+		if err := c.Health(); err != nil {
+			t.Fatalf("health of an idle consumer: %v", err)
+		}
+	}
+	srv.Shutdown()
+	var err error
+	waitFor(t, 10*time.Second, "health reports the stale consumer", func() bool { err = c.Health(); return err != nil })
+	if !strings.Contains(err.Error(), "no successful fetch") {
+		t.Errorf("health error %q", err)
 	}
 }

@@ -23,6 +23,7 @@ func TestIsPermanent(t *testing.T) {
 		{fmt.Errorf("record: %w", coded("22P02")), true},
 		{coded("40001"), false}, // serialization failure: retry
 		{coded("08006"), false},
+		{fmt.Errorf("ensure partition: %w: %w", ErrTransient, coded("23505")), false}, // a DDL race, not bad data
 	}
 	for _, tt := range tests {
 		if got := isPermanent(tt.err); got != tt.want {

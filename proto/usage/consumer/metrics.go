@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"encoding/json"
 	"net/http"
 	"time"
 
@@ -15,9 +16,13 @@ type Metrics struct {
 	deadLetters prometheus.Counter
 	redelivered prometheus.Counter
 	batchErrors prometheus.Counter
+	fetchErrors prometheus.Counter
+	recreated   *prometheus.CounterVec
 	batchSize   prometheus.Histogram
+	batchEvents prometheus.Histogram
 	batchTime   prometheus.Histogram
 	pending     prometheus.Gauge
+	lastFetch   prometheus.Gauge
 }
 
 // NewMetrics creates the series and registers them with reg.
@@ -28,20 +33,28 @@ func NewMetrics(namespace string, reg prometheus.Registerer) (*Metrics, error) {
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "events_duplicate_total",
 			Help: "Events already applied before (redelivered or republished); they changed nothing."}),
 		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "events_dead_lettered_total",
-			Help: "Messages that can never be processed, written to dead_letters and terminated."}),
+			Help: "Messages, or single events of a batch, that can never be processed, written to dead_letters."}),
 		redelivered: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "messages_redelivered_total",
 			Help: "Messages received with a delivery count above one."}),
 		batchErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "batch_errors_total",
-			Help: "Batches whose transaction failed; their messages were negatively acknowledged."}),
+			Help: "Messages whose transaction failed; they were negatively acknowledged."}),
+		fetchErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "fetch_errors_total",
+			Help: "Fetches from the durable consumer that failed."}),
+		recreated: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "recreated_total",
+			Help: "Durable consumers (what=consumer) or USAGE streams (what=stream) found deleted and re-created."}, []string{"what"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "batch_size",
-			Help: "Messages per batch.", Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000}}),
+			Help: "Messages per fetched set (one transaction).", Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000}}),
+		batchEvents: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "batch_events",
+			Help: "Events per fetched set (one transaction).", Buckets: []float64{1, 5, 25, 100, 250, 500, 1000, 2500, 5000, 10000}}),
 		batchTime: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "batch_duration_seconds",
-			Help: "Time to apply and commit one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+			Help: "Time to apply and commit one fetched set.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "consumer_pending_messages",
 			Help: "Messages in the stream not yet delivered to the consumer (consumer lag)."}),
+		lastFetch: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "consumer_last_success_timestamp_seconds",
+			Help: "When a fetch (answered by the server) or a commit last succeeded, Unix seconds."}),
 	}
 	for _, c := range []prometheus.Collector{m.processed, m.duplicates, m.deadLetters, m.redelivered,
-		m.batchErrors, m.batchSize, m.batchTime, m.pending} {
+		m.batchErrors, m.fetchErrors, m.recreated, m.batchSize, m.batchEvents, m.batchTime, m.pending, m.lastFetch} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -49,13 +62,22 @@ func NewMetrics(namespace string, reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-// MetricsServer serves /metrics from reg and /health (always 200 while the
-// process runs), with timeouts.
-func MetricsServer(addr string, reg *prometheus.Registry) *http.Server {
+// MetricsServer serves /metrics from reg and /health, with timeouts.
+// /health answers 200 {"status":"ok"} while health (optional) returns nil,
+// and 503 {"status":"unhealthy","reason":…} when it returns an error.
+func MetricsServer(addr string, reg *prometheus.Registry, health func() error) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		if health != nil {
+			if err := health(); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_ = json.NewEncoder(w).Encode(map[string]string{"status": "unhealthy", "reason": err.Error()})
+				return
+			}
+		}
 		_, _ = w.Write([]byte(`{"status":"ok"}`))
 	})
 	return &http.Server{

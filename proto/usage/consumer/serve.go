@@ -59,12 +59,12 @@ type Worker struct {
 	Check     CheckFunc // optional
 }
 
-// Serve runs w's consumer on stream with the settings' consumer knobs, and
-// the metrics server (Go and process collectors, the consumer's series,
-// /health) on METRICS_PORT unless it is 0, until ctx is done; then it
-// finishes the batch in progress, acknowledges it, stops the metrics server
-// and returns.
-func Serve(ctx context.Context, s Settings, stream jetstream.Stream, w Worker, logger *slog.Logger) error {
+// Serve runs w's consumer on conn's stream with the settings' consumer
+// knobs, and the metrics server (Go and process collectors, the consumer's
+// series, /health reporting the consumer's Health) on METRICS_PORT unless it
+// is 0, until ctx is done; then it finishes the batch in progress,
+// acknowledges it, stops the metrics server and returns.
+func Serve(ctx context.Context, s Settings, conn *Conn, w Worker, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := NewMetrics(w.Namespace, reg)
@@ -72,15 +72,15 @@ func Serve(ctx context.Context, s Settings, stream jetstream.Stream, w Worker, l
 		return fmt.Errorf("metrics: %w", err)
 	}
 	cons, err := New(ctx, Config{
-		Durable: w.Durable, Stream: stream, Store: w.Store, Logger: logger, Metrics: metrics, Check: w.Check,
-		BatchSize: s.BatchSize, AckWait: s.AckWait, MaxAckPending: s.MaxAckPending,
-		FetchWait: s.FetchWait, NakDelay: s.NakDelay, HandleDelay: s.HandleDelay,
+		Durable: w.Durable, Stream: conn.Stream, JS: conn.JS, Store: w.Store, Logger: logger, Metrics: metrics, Check: w.Check,
+		BatchSize: s.BatchSize, BatchEvents: s.BatchEvents, AckWait: s.AckWait, MaxAckPending: s.MaxAckPending,
+		FetchWait: s.FetchWait, NakDelay: s.NakDelay, StaleAfter: s.StaleAfter, HandleDelay: s.HandleDelay,
 	})
 	if err != nil {
 		return err
 	}
 	if s.MetricsPort > 0 {
-		srv := MetricsServer(fmt.Sprintf(":%d", s.MetricsPort), reg)
+		srv := MetricsServer(fmt.Sprintf(":%d", s.MetricsPort), reg, cons.Health)
 		go func() {
 			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				logger.ErrorContext(ctx, "metrics server failed", "error", err)
@@ -92,7 +92,7 @@ func Serve(ctx context.Context, s Settings, stream jetstream.Stream, w Worker, l
 			_ = srv.Shutdown(sctx)
 		}()
 	}
-	logger.InfoContext(ctx, w.Name+" started", "batch_size", s.BatchSize, "ack_wait", s.AckWait)
+	logger.InfoContext(ctx, w.Name+" started", "batch_size", s.BatchSize, "batch_events", s.BatchEvents, "ack_wait", s.AckWait)
 	err = cons.Run(ctx)
 	logger.InfoContext(ctx, w.Name+" stopped")
 	return err

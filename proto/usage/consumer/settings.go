@@ -18,11 +18,15 @@ type Settings struct {
 	NATSURL       string        // NATS_URL
 	MetricsPort   int           // METRICS_PORT; 0 disables the metrics server
 	LogLevel      slog.Level    // LOG_LEVEL
-	BatchSize     int           // BATCH_SIZE
+	BatchSize     int           // BATCH_SIZE: messages per transaction at most
+	BatchEvents   int           // BATCH_EVENTS: events per transaction, about (a message is never split)
 	AckWait       time.Duration // ACK_WAIT
-	MaxAckPending int           // MAX_ACK_PENDING
+	MaxAckPending int           // MAX_ACK_PENDING: messages delivered and not yet acknowledged
 	FetchWait     time.Duration // FETCH_WAIT
 	NakDelay      time.Duration // NAK_DELAY
+	// StaleAfter (HEALTH_STALE_AFTER): /health answers 503 when the
+	// consumer has not fetched successfully for this long.
+	StaleAfter time.Duration
 	// HandleDelay (HANDLE_DELAY) holds every batch this long before commit; tests only.
 	HandleDelay time.Duration
 }
@@ -65,10 +69,12 @@ func SettingsFromEnv(getenv func(string) string, metricsPort int) (Settings, err
 		NATSURL:       str("NATS_URL", nats.DefaultURL),
 		MetricsPort:   num("METRICS_PORT", metricsPort),
 		BatchSize:     num("BATCH_SIZE", 500),
+		BatchEvents:   num("BATCH_EVENTS", 5000),
 		AckWait:       dur("ACK_WAIT", 30*time.Second),
 		MaxAckPending: num("MAX_ACK_PENDING", 2000),
 		FetchWait:     dur("FETCH_WAIT", 2*time.Second),
 		NakDelay:      dur("NAK_DELAY", time.Second),
+		StaleAfter:    dur("HEALTH_STALE_AFTER", 2*time.Minute),
 		HandleDelay:   dur("HANDLE_DELAY", 0),
 	}
 	if err := s.LogLevel.UnmarshalText([]byte(str("LOG_LEVEL", "info"))); err != nil {
@@ -95,6 +101,9 @@ func (s Settings) Validate() error {
 	if s.BatchSize < 1 || s.BatchSize > 10000 {
 		errs = append(errs, fmt.Errorf("BATCH_SIZE %d is not in 1..10000", s.BatchSize))
 	}
+	if s.BatchEvents < 1 || s.BatchEvents > 100000 {
+		errs = append(errs, fmt.Errorf("BATCH_EVENTS %d is not in 1..100000", s.BatchEvents))
+	}
 	if s.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("ACK_WAIT %s is below 1s", s.AckWait))
 	}
@@ -103,6 +112,9 @@ func (s Settings) Validate() error {
 	}
 	if s.FetchWait < 10*time.Millisecond {
 		errs = append(errs, fmt.Errorf("FETCH_WAIT %s is below 10ms", s.FetchWait))
+	}
+	if s.StaleAfter < 2*s.FetchWait {
+		errs = append(errs, fmt.Errorf("HEALTH_STALE_AFTER %s is below twice FETCH_WAIT %s", s.StaleAfter, s.FetchWait))
 	}
 	return errors.Join(errs...)
 }

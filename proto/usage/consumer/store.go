@@ -2,25 +2,37 @@ package consumer
 
 import (
 	"context"
+	"errors"
 
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
-// Event is a decoded message and where it sits in the stream.
+// Event is a decoded event and where it sits in the stream.
 type Event struct {
 	*usagev1.UsageEvent
-	StreamSeq    uint64
-	NumDelivered uint64
+	StreamSeq    uint64 // of the message holding it
+	NumDelivered uint64 // of that message
+	// Index is the event's position in its UsageBatch; -1 for a message of
+	// the older one-event form.
+	Index int
 }
 
-// DeadLetter is a message that can never be processed, kept with its reason.
+// DeadLetter is a message, or one event of a batch, that can never be
+// processed, kept with its reason.
 type DeadLetter struct {
 	Consumer  string // the durable name
 	StreamSeq uint64
-	Subject   string
-	MsgID     string // the Nats-Msg-Id header; empty when the publisher set none
-	Payload   []byte // never nil
-	Reason    string
+	// EventIndex is the position of the dead event in its batch; -1 when
+	// the whole message is the dead letter (undecodable, or the older
+	// one-event form).
+	EventIndex int
+	EventID    string // the dead event's ID when known; may be empty
+	Subject    string
+	MsgID      string // the Nats-Msg-Id header (a batch's ID); empty when the publisher set none
+	// Payload is the whole message's bytes, or the dead event alone
+	// (a marshalled UsageEvent) for an event of a batch. Never nil.
+	Payload []byte
+	Reason  string
 }
 
 // Applied is what Tx.Apply changed.
@@ -36,26 +48,46 @@ type Store interface {
 	Begin(ctx context.Context) (Tx, error)
 }
 
-// Tx is one batch's transaction, used by one goroutine: nothing it writes may
-// be seen by others before Commit, nor remain after Rollback. The consumer
-// acknowledges a batch only after Commit returned nil.
+// Tx is one transaction over the events of a set of fetched messages, used
+// by one goroutine: nothing it writes may be seen by others before Commit,
+// nor remain after Rollback. The consumer calls Apply at most once per Tx
+// and acknowledges the messages only after Commit returned nil.
 //
 // An error the store returns for data it can never take (one carrying a
 // SQLSTATE of class 22, data exception, or 23, integrity violation, through a
 // SQLState() string method, as lib/pq's and pgx's errors do) makes the
-// consumer retry the batch message by message and dead-letter the message
-// that is rejected alone; any other error is taken as transient and the whole
-// batch is redelivered.
+// consumer narrow the set down — message by message, then event by event —
+// and dead-letter the event that is rejected alone; any other error, and any
+// error wrapping ErrTransient, is taken as transient and the whole set is
+// redelivered.
 type Tx interface {
 	// Apply applies the events. It must be idempotent per event ID: an event
 	// applied before changes nothing and counts as a duplicate.
 	Apply(ctx context.Context, events []Event) (Applied, error)
-	// DeadLetter keeps d; it must be idempotent per (consumer, stream sequence).
+	// DeadLetter keeps d; it must be idempotent per (consumer, stream
+	// sequence, event index).
 	DeadLetter(ctx context.Context, d DeadLetter) error
 	Commit() error
 	Rollback() error
 }
 
+// ErrTransient marks a store error that must be retried, never
+// dead-lettered, whatever SQLSTATE it carries: e.g. the catalog's unique
+// violation of two sessions creating the same partition at once.
+var ErrTransient = errors.New("transient")
+
 // CheckFunc rejects an event that decodes and validates but that this consumer
 // can still never process; its error becomes the dead letter's reason.
 type CheckFunc func(*usagev1.UsageEvent) error
+
+// InsertDeadLetterSQL is the statement a Postgres store keeps a dead letter
+// with in api_gateway.dead_letters; DeadLetter.Args are its arguments.
+const InsertDeadLetterSQL = `
+INSERT INTO api_gateway.dead_letters (consumer, stream_seq, event_index, event_id, subject, msg_id, payload, reason)
+VALUES ($1, $2, $3, NULLIF($4, ''), $5, NULLIF($6, ''), $7, $8)
+ON CONFLICT (consumer, stream_seq, event_index) DO NOTHING`
+
+// Args are the arguments of InsertDeadLetterSQL.
+func (d DeadLetter) Args() []any {
+	return []any{d.Consumer, int64(d.StreamSeq), d.EventIndex, d.EventID, d.Subject, d.MsgID, d.Payload, d.Reason}
+}
