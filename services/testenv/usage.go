@@ -150,6 +150,63 @@ func (u *Usage) Publish(evs []*usagev1.UsageEvent, msgID func(*usagev1.UsageEven
 	}
 }
 
+// BatchGateway is the gateway ID PublishBatch and PublishBatches publish as.
+const BatchGateway = "gw-test"
+
+// Batch marshals the events as one UsageBatch with the given ID (a new ULID
+// when id is empty), sealed now by BatchGateway.
+func Batch(t testing.TB, id string, evs []*usagev1.UsageEvent) (string, []byte) {
+	t.Helper()
+	if id == "" {
+		id = ulid.Make().String()
+	}
+	data, err := proto.Marshal(&usagev1.UsageBatch{BatchId: id, GatewayId: BatchGateway, SealedAt: timestamppb.Now(), Events: evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, data
+}
+
+// PublishBatch publishes the events as one UsageBatch the way the gateway's
+// group commit does: on usagev1.BatchSubject(BatchGateway), with the batch
+// ID as Nats-Msg-Id. An empty id draws a new ULID; the ID is returned.
+func (u *Usage) PublishBatch(id string, evs []*usagev1.UsageEvent) string {
+	u.t.Helper()
+	id, data := Batch(u.t, id, evs)
+	u.PublishRaw(usagev1.BatchSubject(BatchGateway), data, id)
+	return id
+}
+
+// PublishBatches publishes the events in batches of size events (the last
+// one may be smaller), asynchronously, and waits for every ack. It returns
+// the batch IDs.
+func (u *Usage) PublishBatches(evs []*usagev1.UsageEvent, size int) []string {
+	u.t.Helper()
+	var ids []string
+	var futures []jetstream.PubAckFuture
+	for i := 0; i < len(evs); i += size {
+		id, data := Batch(u.t, "", evs[i:min(i+size, len(evs))])
+		f, err := u.JS.PublishAsync(usagev1.BatchSubject(BatchGateway), data, jetstream.WithMsgID(id), jetstream.WithStallWait(10*time.Second))
+		if err != nil {
+			u.t.Fatalf("publish batch: %v", err)
+		}
+		ids, futures = append(ids, id), append(futures, f)
+	}
+	select {
+	case <-u.JS.PublishAsyncComplete():
+	case <-time.After(60 * time.Second):
+		u.t.Fatal("publish did not complete")
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			u.t.Fatalf("publish ack: %v", err)
+		}
+	}
+	return ids
+}
+
 // PublishRaw publishes data as it is (no msg ID when msgID is empty), e.g. a
 // message that must end as a dead letter.
 func (u *Usage) PublishRaw(subject string, data []byte, msgID string) {

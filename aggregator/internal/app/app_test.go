@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -351,5 +353,289 @@ func TestPartitionMovesDefaultRows(t *testing.T) {
 	_ = db.Get(&def, `SELECT count(*) FROM api_gateway.api_usage_default`)
 	if feb != 1 || def != 1 {
 		t.Errorf("february partition %d rows, default %d rows; want 1 and 1", feb, def)
+	}
+}
+
+// TestBatches reads both forms: events one per message and batches of 50,
+// with every batch held past AckWait by two consumers (redeliveries), and a
+// batch delivered again under a new message ID: api_usage and the daily
+// rows stay exact.
+func TestBatches(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := testenv.UsageEvents(1100, 5)
+	e.Publish(evs[:100], nil)
+	ids := e.PublishBatches(evs[100:], 50)
+	slow := func(c *app.Config) {
+		c.AckWait, c.HandleDelay, c.BatchSize, c.MaxAckPending = time.Second, 1500*time.Millisecond, 20, 40
+	}
+	a, b := e.start(slow), e.start(slow)
+	e.waitUsage(int64(len(evs)), 90*time.Second)
+	_, data := testenv.Batch(t, ids[3], evs[250:300])
+	e.PublishRaw(usagev1.BatchSubject("gw-other"), data, ids[3]+"-after-the-window")
+	e.waitDrained(60 * time.Second)
+	e.checkUsage(evs)
+	if r := testenv.Scrape(t, a.MetricsPort, "aggregator_messages_redelivered_total") + testenv.Scrape(t, b.MetricsPort, "aggregator_messages_redelivered_total"); r == 0 {
+		t.Error("no redelivery happened")
+	}
+	if d := testenv.Scrape(t, a.MetricsPort, "aggregator_events_duplicate_total") + testenv.Scrape(t, b.MetricsPort, "aggregator_events_duplicate_total"); d < 50 {
+		t.Errorf("duplicates = %v, want at least 50", d)
+	}
+}
+
+// badBatch is a batch of 10 of evs' events of which index 2 breaks the
+// rules, index 5 has a key ID that is not a UUID and index 8 an owner ID
+// Postgres refuses (a NUL byte); it returns the batch and the 7 good events.
+func badBatch(evs []*usagev1.UsageEvent) (batch, good []*usagev1.UsageEvent) {
+	for i := range 10 {
+		ev := proto.Clone(evs[i]).(*usagev1.UsageEvent)
+		switch i {
+		case 2:
+			ev.Period = "1999-01"
+		case 5:
+			ev.KeyId = "not-a-uuid"
+		case 8:
+			ev.OwnerId = "owner\x00with a NUL"
+		default:
+			good = append(good, evs[i])
+		}
+		batch = append(batch, ev)
+	}
+	return batch, good
+}
+
+// TestBatchDeadLetters: the events of a batch that the consumer can never
+// apply are dead letters of their own; the rest of the batch is applied.
+func TestBatchDeadLetters(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := testenv.UsageEvents(30, 2)
+	batch, good := badBatch(evs)
+	e.PublishRaw(usagev1.BatchSubject("gw-junk"), []byte("not a batch \xff"), "junk")
+	e.PublishBatch("", batch)
+	e.PublishBatches(evs[10:], 4)
+	good = append(good, evs[10:]...)
+	e.start(nil)
+	e.waitUsage(int64(len(good)), 30*time.Second)
+	e.waitDrained(20 * time.Second)
+	e.checkUsage(good)
+	var got []struct {
+		Index  int    `db:"event_index"`
+		Reason string `db:"reason"`
+	}
+	if err := e.db.Select(&got, `SELECT event_index, reason FROM api_gateway.dead_letters WHERE consumer = 'aggregator' ORDER BY stream_seq, event_index`); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"decode usage batch", "period does not match", "key_id is not a UUID", "rejected by the database"}
+	if len(got) != len(want) {
+		t.Fatalf("dead letters %+v, want %q", got, want)
+	}
+	for i, w := range want {
+		if !strings.Contains(got[i].Reason, w) || got[i].Index != []int{-1, 2, 5, 8}[i] {
+			t.Errorf("dead letter %d = %+v, want %q", i, got[i], w)
+		}
+	}
+}
+
+// TestReplaySkipsBadData: a stream holding an undecodable message, an
+// invalid one-event message, and a batch with an invalid event, an event of
+// a key that is not a UUID and an event Postgres refuses. The replay
+// completes, reports each of them, and the aggregates match the live ones
+// (the consumer dead-lettered the same).
+func TestReplaySkipsBadData(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := testenv.UsageEvents(300, 4)
+	batch, good := badBatch(evs)
+	invalid := proto.Clone(evs[10]).(*usagev1.UsageEvent)
+	invalid.Status = 42
+	invalidData, _ := proto.Marshal(invalid)
+	e.Publish(evs[10:100], nil)
+	e.PublishRaw(usagev1.Subject("x"), []byte("not protobuf \xff"), "junk")
+	e.PublishRaw(usagev1.Subject(invalid.GetKeyId()), invalidData, "bad-status")
+	e.PublishBatch("", batch)
+	e.PublishBatches(evs[100:], 32)
+	good = append(good, evs[10:]...)
+	e.start(nil)
+	e.waitUsage(int64(len(good)), 30*time.Second)
+	e.waitDrained(20 * time.Second)
+	e.checkUsage(good)
+
+	rep, err := rollup.Replay(context.Background(), rollup.ReplayConfig{DB: e.db, JS: e.JS, Logger: testenv.Logger(t),
+		Start: rollup.Start{Policy: jetstream.DeliverAllPolicy}, Out: &bytes.Buffer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Differs() || rep.Events != len(good) || rep.Invalid != 2 || rep.InvalidEvents != 2 || rep.Rejected != 1 || len(rep.Skipped) != 5 {
+		t.Errorf("replay report %+v, want no difference, %d events, 2 invalid messages, 2 invalid events, 1 rejected", rep, len(good))
+	}
+	code, out, errOut := e.main("replay")
+	if code != app.ExitOK || strings.Count(errOut, "replay: skipped stream_seq=") != 5 || !strings.Contains(errOut, "rejected by the database") {
+		t.Errorf("replay: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if code, out, errOut := e.main("tail", "--from-start", "--limit", strconv.Itoa(len(good))); code != 0 || strings.Count(out, "\n") != len(good) {
+		t.Errorf("tail: exit %d, %d lines\n%s", code, strings.Count(out, "\n"), errOut)
+	}
+}
+
+// TestStaysLive deletes the durable consumer, then the stream, under a
+// running aggregator: it re-creates both and keeps applying; /health turns
+// 503 with a reason while NATS is away, 200 when it is back.
+func TestStaysLive(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := testenv.UsageEvents(300, 3)
+	cfg := e.start(func(c *app.Config) { c.StaleAfter = 2 * time.Second })
+	e.PublishBatches(evs[:100], 20)
+	e.waitUsage(100, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := e.JS.DeleteConsumer(ctx, usagev1.StreamName, usagev1.AggregatorConsumer); err != nil {
+		t.Fatal(err)
+	}
+	e.PublishBatches(evs[100:200], 20)
+	e.waitUsage(200, 30*time.Second)
+	if err := e.JS.DeleteStream(ctx, usagev1.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := e.JS.Stream(ctx, usagev1.StreamName); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			t.Fatalf("stream not re-created: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.PublishBatches(evs[200:], 20)
+	e.waitUsage(300, 30*time.Second)
+	e.waitDrained(20 * time.Second)
+	e.checkUsage(evs)
+	e.NATS.Stop()
+	waitHealth(t, cfg.MetricsPort, http.StatusServiceUnavailable, "no successful fetch", 20*time.Second)
+	e.NATS.Start()
+	waitHealth(t, cfg.MetricsPort, http.StatusOK, `"ok"`, 30*time.Second)
+}
+
+// waitHealth waits until /health answers code with a body containing want.
+func waitHealth(t *testing.T, port, code int, want string, timeout time.Duration) {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/health", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode == code && strings.Contains(string(body), want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/health = %d %s after %s, want %d with %q", resp.StatusCode, body, timeout, code, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// monthEvents are n of evs moved to the given month (UTC).
+func monthEvents(evs []*usagev1.UsageEvent, month time.Time) []*usagev1.UsageEvent {
+	out := make([]*usagev1.UsageEvent, len(evs))
+	for i, ev := range evs {
+		ev = proto.Clone(ev).(*usagev1.UsageEvent)
+		at := month.Add(time.Duration(i) * time.Minute)
+		ev.OccurredAt, ev.Period = timestamppb.New(at), at.Format("2006-01")
+		out[i] = ev
+	}
+	return out
+}
+
+// TestPartitionRace: creating a new month's partition concurrently is not
+// bad data. Several appliers with their own stores create the same months
+// at once; and a creator the advisory lock does not serialise (a session
+// holding the new partition uncommitted) makes the consumer's DDL wait and
+// then fail with a duplicate: the events are applied into that partition,
+// nothing is dead-lettered.
+func TestPartitionRace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	for _, month := range []time.Time{time.Date(2021, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2021, 4, 1, 0, 0, 0, 0, time.UTC)} {
+		evs := monthEvents(testenv.UsageEvents(40, 2), month)
+		errs := make(chan error, 4)
+		for w := range 4 {
+			go func() {
+				store := rollup.NewStore(rollup.LiveSchema)
+				rows := make([]rollup.Row, 0, 10)
+				for _, ev := range evs[w*10 : w*10+10] {
+					rows = append(rows, rollup.RowOf(ev))
+				}
+				err := store.EnsurePartitions(ctx, e.db, rows)
+				if err == nil {
+					err = func() error {
+						tx, err := e.db.BeginTxx(ctx, nil)
+						if err != nil {
+							return err
+						}
+						if _, err := store.Record(ctx, tx, rows); err != nil {
+							_ = tx.Rollback()
+							return err
+						}
+						return tx.Commit()
+					}()
+				}
+				errs <- err
+			}()
+		}
+		for range 4 {
+			if err := <-errs; err != nil {
+				t.Errorf("concurrent applier on %s: %v", month.Format("2006-01"), err)
+			}
+		}
+		if n := e.Count(`SELECT count(*) FROM api_gateway.api_usage_` + month.Format("2006_01")); n != 40 {
+			t.Errorf("partition of %s holds %d rows, want 40", month.Format("2006-01"), n)
+		}
+	}
+
+	// A foreign creator holds the partition of May 2021 uncommitted while
+	// the running consumer meets events of that month.
+	e.start(nil)
+	current := testenv.UsageEvents(20, 2)
+	e.PublishBatches(current, 10)
+	e.waitUsage(80+20, 30*time.Second)
+	month := time.Date(2021, 5, 1, 0, 0, 0, 0, time.UTC)
+	foreign, err := e.db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = foreign.Rollback() }()
+	for _, q := range []string{
+		`CREATE TABLE api_gateway.api_usage_2021_05 (LIKE api_gateway.api_usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`,
+		`ALTER TABLE api_gateway.api_usage ATTACH PARTITION api_gateway.api_usage_2021_05 FOR VALUES FROM ('2021-05-01T00:00:00Z') TO ('2021-06-01T00:00:00Z')`,
+	} {
+		if _, err := foreign.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs := monthEvents(testenv.UsageEvents(50, 2), month)
+	e.PublishBatches(evs, 25)
+	deadline := time.Now().Add(30 * time.Second)
+	for e.Count(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+		AND query LIKE 'CREATE TABLE%api_usage_2021_05%'`) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the consumer's partition DDL never waited on the foreign creator")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := foreign.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	e.WaitRows("api_gateway.api_usage_2021_05", int64(len(evs)), 30*time.Second)
+	e.waitDrained(20 * time.Second)
+	if n := e.Count(`SELECT count(*) FROM api_gateway.dead_letters`); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+	if n := e.Count(`SELECT count(*) FROM api_gateway.api_usage_default`); n != 0 {
+		t.Errorf("%d rows in the default partition", n)
 	}
 }

@@ -147,8 +147,14 @@ func replayCmd(ctx context.Context, cfg Config, logger *slog.Logger, args []stri
 	if rep.Days != nil {
 		scope = fmt.Sprintf("%d day(s) touched by the window", len(rep.Days))
 	}
-	fmt.Fprintf(stderr, "replay: %d events (%d invalid skipped), compared %s: %d api_usage and %d api_usage_daily rows differ",
-		rep.Events, rep.Invalid, scope, rep.UsageDiffs, rep.DailyDiffs)
+	for _, sk := range rep.Skipped {
+		fmt.Fprintf(stderr, "replay: skipped stream_seq=%d event_index=%d event_id=%q: %s\n", sk.StreamSeq, sk.Index, sk.EventID, sk.Reason)
+	}
+	if n := rep.Invalid + rep.InvalidEvents + rep.Rejected; n > len(rep.Skipped) {
+		fmt.Fprintf(stderr, "replay: … and %d more skipped\n", n-len(rep.Skipped))
+	}
+	fmt.Fprintf(stderr, "replay: %d events in %d messages (skipped as the consumers dead-letter them: %d messages, %d invalid events, %d rejected by the database), compared %s: %d api_usage and %d api_usage_daily rows differ",
+		rep.Events, rep.Messages, rep.Invalid, rep.InvalidEvents, rep.Rejected, scope, rep.UsageDiffs, rep.DailyDiffs)
 	if *keep {
 		fmt.Fprintf(stderr, "; scratch schema %s kept", rep.Schema)
 	}
@@ -186,7 +192,10 @@ func tailCmd(ctx context.Context, cfg Config, logger *slog.Logger, args []string
 }
 
 // tail prints events from st as protojson, one per line, until ctx ends or
-// limit events were printed. Undecodable messages are logged, not printed.
+// limit events were printed. It reads both forms of the stream and prints
+// what the live consumers apply (rollup.DecodeChecked); what they
+// dead-letter is logged, not printed. With key set only that key's events
+// are printed (batches mix keys, so the filter is on the events).
 func tail(ctx context.Context, natsURL string, st rollup.Start, key string, limit int, out io.Writer, logger *slog.Logger) error {
 	nc, err := nats.Connect(natsURL, nats.Name("aggregator-tail"), nats.Timeout(5*time.Second))
 	if err != nil {
@@ -202,6 +211,7 @@ func tail(ctx context.Context, natsURL string, st rollup.Start, key string, limi
 	}
 	oc := st.OrderedConfig()
 	if key != "" {
+		// The older form has a subject per key; batches are per gateway.
 		oc.FilterSubjects = []string{usagev1.Subject(key), usagev1.BatchSubjectPrefix + ".>"}
 	}
 	cons, err := js.OrderedConsumer(ctx, usagev1.StreamName, oc)
@@ -213,6 +223,8 @@ func tail(ctx context.Context, natsURL string, st rollup.Start, key string, limi
 		return fmt.Errorf("messages: %w", err)
 	}
 	defer it.Stop()
+	enc := protojson.MarshalOptions{UseProtoNames: true}
+	var skipped rollup.Report
 	for n := 0; limit == 0 || n < limit; {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
@@ -221,34 +233,26 @@ func tail(ctx context.Context, natsURL string, st rollup.Start, key string, limi
 			}
 			return fmt.Errorf("read stream: %w", err)
 		}
-		dm, err := usagev1.DecodeMessage(msg.Subject(), msg.Data())
-		if err != nil || len(dm.Invalid) > 0 {
-			meta, _ := msg.Metadata()
-			var seq uint64
-			if meta != nil {
-				seq = meta.Sequence.Stream
-			}
-			reason := ""
-			if err != nil {
-				reason = err.Error()
-			} else {
-				reason = fmt.Sprintf("%d invalid events in batch %s, first: %v", len(dm.Invalid), dm.BatchID, dm.Invalid[0].Err)
-			}
-			logger.WarnContext(ctx, "tail: invalid message", "stream_seq", seq, "subject", msg.Subject(), "reason", reason)
+		var seq uint64
+		if meta, err := msg.Metadata(); err == nil {
+			seq = meta.Sequence.Stream
 		}
-		for _, ev := range dm.Events {
-			if (key != "" && ev.GetKeyId() != key) || (limit > 0 && n >= limit) {
+		for _, ev := range rollup.DecodeChecked(ctx, seq, msg.Subject(), msg.Data(), &skipped, logger) {
+			if key != "" && ev.Event.GetKeyId() != key {
 				continue
 			}
-			n++
-			line, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ev)
+			line, err := enc.Marshal(ev.Event)
 			if err != nil {
 				return fmt.Errorf("encode event: %w", err)
 			}
 			if _, err := fmt.Fprintf(out, "%s\n", line); err != nil {
 				return fmt.Errorf("write: %w", err)
 			}
+			if n++; limit > 0 && n >= limit {
+				break
+			}
 		}
+		skipped.Skipped = skipped.Skipped[:0]
 	}
 	return nil
 }

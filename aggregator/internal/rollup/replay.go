@@ -15,6 +15,7 @@ import (
 	"github.com/lib/pq"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mana/apigw/proto/usage/consumer"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
@@ -77,13 +78,39 @@ func (c *ReplayConfig) Validate() error {
 
 // Report is what a replay found.
 type Report struct {
-	Schema     string
-	Events     int         // events read from the stream
-	Invalid    int         // messages that failed to decode (skipped, as the consumer dead-letters them)
+	Schema   string
+	Messages int // messages read from the stream
+	Events   int // valid events read (both forms)
+	// What the live consumer dead-letters, the replay skips and counts:
+	// Invalid whole messages (undecodable, or an older one-event message
+	// whose event breaks the rules), InvalidEvents of batches that break the
+	// rules (the rest of their batch is replayed), and Rejected events the
+	// database refused alone.
+	Invalid, InvalidEvents, Rejected int
+	// Skipped lists the first MaxSkipped of them.
+	Skipped    []Skipped
 	Days       []time.Time // days compared (windowed replay only; nil = all)
 	UsageDiffs int         // differing api_usage rows (either side)
 	DailyDiffs int         // differing api_usage_daily rows (either side)
 	Applied    bool        // the live tables were replaced
+}
+
+// MaxSkipped bounds Report.Skipped.
+const MaxSkipped = 100
+
+// Skipped is a message, or one event of a batch (Index >= 0), that the
+// replay skipped as the live consumer dead-letters it.
+type Skipped struct {
+	StreamSeq uint64
+	Index     int // -1: the whole message
+	EventID   string
+	Reason    string
+}
+
+func (r *Report) skip(s Skipped) {
+	if len(r.Skipped) < MaxSkipped {
+		r.Skipped = append(r.Skipped, s)
+	}
 }
 
 // Differs tells whether the live tables differed from the replay.
@@ -199,23 +226,14 @@ func readStream(ctx context.Context, cfg ReplayConfig, store *Store, rep *Report
 	}
 	defer it.Stop()
 
-	var batch []Row
+	var batch []sourced
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		if err := store.EnsurePartitions(ctx, cfg.DB, batch); err != nil {
-			return err
-		}
-		err := inTx(ctx, cfg.DB, func(tx *sqlx.Tx) error {
-			_, err := store.Record(ctx, tx, batch)
-			return err
-		})
+		err := recordReplayed(ctx, cfg, store, batch, rep)
 		batch = batch[:0]
-		if err != nil {
-			return fmt.Errorf("replay: record: %w", err)
-		}
-		return nil
+		return err
 	}
 	start, lastPrint := time.Now(), time.Time{}
 	for read := uint64(0); ; {
@@ -227,24 +245,16 @@ func readStream(ctx context.Context, cfg ReplayConfig, store *Store, rep *Report
 		if err != nil {
 			return nil, fmt.Errorf("replay: metadata: %w", err)
 		}
-		if meta.Sequence.Stream > last {
+		seq := meta.Sequence.Stream
+		if seq > last {
 			break // published after the replay started
 		}
 		read++
-		dm, err := usagev1.DecodeMessage(msg.Subject(), msg.Data())
-		if err != nil {
-			rep.Invalid++
-			cfg.Logger.WarnContext(ctx, "replay: skipping invalid message", "stream_seq", meta.Sequence.Stream, "reason", err.Error())
-		}
-		for _, inv := range dm.Invalid {
-			rep.Invalid++
-			cfg.Logger.WarnContext(ctx, "replay: skipping invalid event of a batch", "stream_seq", meta.Sequence.Stream, "index", inv.Index, "reason", inv.Err.Error())
-		}
-		for _, ev := range dm.Events {
-			rep.Events++
-			r := RowOf(ev)
+		rep.Messages++
+		for _, ev := range DecodeChecked(ctx, seq, msg.Subject(), msg.Data(), rep, cfg.Logger) {
+			r := RowOf(ev.Event)
 			dayset[r.Day()] = true
-			batch = append(batch, r)
+			batch = append(batch, sourced{row: r, seq: seq, index: ev.Index})
 		}
 		if len(batch) >= cfg.BatchSize {
 			if err := flush(); err != nil {
@@ -254,9 +264,9 @@ func readStream(ctx context.Context, cfg ReplayConfig, store *Store, rep *Report
 		if cfg.Progress != nil && time.Since(lastPrint) > 200*time.Millisecond {
 			lastPrint = time.Now()
 			rate := float64(read) / max(time.Since(start).Seconds(), 1e-3)
-			fmt.Fprintf(cfg.Progress, "\rreplay: %d/%d messages, seq %d, %.0f msg/s ", read, total, meta.Sequence.Stream, rate)
+			fmt.Fprintf(cfg.Progress, "\rreplay: %d/%d messages, seq %d, %.0f msg/s ", read, total, seq, rate)
 		}
-		if meta.NumPending == 0 || meta.Sequence.Stream == last {
+		if meta.NumPending == 0 || seq == last {
 			break
 		}
 	}
@@ -264,13 +274,142 @@ func readStream(ctx context.Context, cfg ReplayConfig, store *Store, rep *Report
 		return nil, err
 	}
 	if cfg.Progress != nil {
-		fmt.Fprintf(cfg.Progress, "\rreplay: %d events read, %d invalid, in %s\n", rep.Events, rep.Invalid, time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(cfg.Progress, "\rreplay: %d events in %d messages read, %d skipped, in %s\n",
+			rep.Events, rep.Messages, rep.Invalid+rep.InvalidEvents+rep.Rejected, time.Since(start).Round(time.Millisecond))
 	}
 	days := make([]time.Time, 0, len(dayset))
 	for d := range dayset {
 		days = append(days, d)
 	}
 	return days, nil
+}
+
+// CheckedEvent is a valid event and its index in its batch (-1: the older
+// one-event form).
+type CheckedEvent struct {
+	Event *usagev1.UsageEvent
+	Index int
+}
+
+// DecodeChecked decodes one message of either form with the rules of the
+// live consumer (usagev1.DecodeMessage, then Check) and returns the events
+// the consumer applies; what it would dead-letter is counted in rep. The
+// tail prints what it returns.
+func DecodeChecked(ctx context.Context, seq uint64, subject string, data []byte, rep *Report, logger *slog.Logger) []CheckedEvent {
+	skip := func(index int, id, reason string) {
+		rep.skip(Skipped{StreamSeq: seq, Index: index, EventID: id, Reason: reason})
+		logger.WarnContext(ctx, "skipped: the consumers dead-letter it", "stream_seq", seq, "event_index", index, "event_id", id, "reason", reason)
+	}
+	m, err := usagev1.DecodeMessage(subject, data)
+	if err != nil {
+		rep.Invalid++
+		skip(-1, "", err.Error())
+		return nil
+	}
+	batch := usagev1.IsBatchSubject(subject)
+	for _, inv := range m.Invalid {
+		rep.InvalidEvents++
+		skip(inv.Index, inv.Event.GetEventId(), inv.Err.Error())
+	}
+	bad := map[int]bool{}
+	for _, inv := range m.Invalid {
+		bad[inv.Index] = true
+	}
+	out := make([]CheckedEvent, 0, len(m.Events))
+	pos := 0
+	for _, ev := range m.Events {
+		for bad[pos] {
+			pos++
+		}
+		index := -1
+		if batch {
+			index = pos
+		}
+		pos++
+		if err := Check(ev); err != nil {
+			if !batch {
+				rep.Invalid++
+				skip(-1, "", err.Error())
+				return nil
+			}
+			rep.InvalidEvents++
+			skip(index, ev.GetEventId(), err.Error())
+			continue
+		}
+		rep.Events++
+		out = append(out, CheckedEvent{Event: ev, Index: index})
+	}
+	return out
+}
+
+// sourced is a replayed row and where its event sits in the stream.
+type sourced struct {
+	row   Row
+	seq   uint64
+	index int
+}
+
+// recordReplayed records rows into the scratch tables in one transaction.
+// A transient failure (a partition DDL race, a lost connection) is retried
+// a few times; a rejection of the data is narrowed down to the event, which
+// is skipped and counted, as the live consumer dead-letters it.
+func recordReplayed(ctx context.Context, cfg ReplayConfig, store *Store, rows []sourced, rep *Report) error {
+	record := func(rows []sourced) error {
+		plain := make([]Row, len(rows))
+		for i, r := range rows {
+			plain[i] = r.row
+		}
+		var err error
+		for attempt := 0; ; attempt++ {
+			if err = store.EnsurePartitions(ctx, cfg.DB, plain); err == nil {
+				err = inTx(ctx, cfg.DB, func(tx *sqlx.Tx) error {
+					_, err := store.Record(ctx, tx, plain)
+					return err
+				})
+				if err == nil || consumer.Permanent(err) {
+					return err
+				}
+			}
+			if attempt == 4 || ctx.Err() != nil {
+				return fmt.Errorf("replay: record: %w", err)
+			}
+			cfg.Logger.WarnContext(ctx, "replay: transient failure, retrying", "error", err)
+			if serr := sleep(ctx, time.Duration(200<<attempt)*time.Millisecond); serr != nil {
+				return fmt.Errorf("replay: record: %w", err)
+			}
+		}
+	}
+	err := record(rows)
+	if err == nil || !consumer.Permanent(err) {
+		return err
+	}
+	for _, r := range rows {
+		err := record([]sourced{r})
+		if err != nil && consumer.Permanent(err) {
+			rep.Rejected++
+			rep.Events--
+			reason := "rejected by the database: " + err.Error()
+			rep.skip(Skipped{StreamSeq: r.seq, Index: r.index, EventID: r.row.EventID, Reason: reason})
+			cfg.Logger.WarnContext(ctx, "replay: skipping what the consumer dead-letters", "stream_seq", r.seq,
+				"event_index", r.index, "event_id", r.row.EventID, "reason", reason)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 func dayStrings(days []time.Time) []string {

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -91,25 +92,38 @@ func TestRepublishTwice(t *testing.T) {
 
 // TestRedelivery holds every batch past AckWait, so the server redelivers
 // messages while their first delivery is still being applied (to the second
-// worker): redeliveries happen and the ledger stays exact.
+// worker): redeliveries happen and the ledger stays exact, for events
+// published one per message and for group-committed batches.
 func TestRedelivery(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	evs := testenv.UsageEvents(400, 3)
-	e.Publish(evs, nil)
-	slow := func(c *worker.Config) {
-		c.AckWait, c.HandleDelay, c.BatchSize, c.MaxAckPending = time.Second, 1500*time.Millisecond, 100, 200
+	for _, form := range []string{"events", "batches"} {
+		t.Run(form, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			evs := testenv.UsageEvents(400, 3)
+			slow := func(c *worker.Config) {
+				c.AckWait, c.HandleDelay, c.BatchSize, c.MaxAckPending = time.Second, 1500*time.Millisecond, 100, 200
+			}
+			if form == "events" {
+				e.Publish(evs, nil)
+			} else {
+				e.PublishBatches(evs, 16)
+				slow = func(c *worker.Config) {
+					c.AckWait, c.HandleDelay, c.BatchSize, c.MaxAckPending = time.Second, 1500*time.Millisecond, 6, 12
+				}
+			}
+			a, b := e.start(slow), e.start(slow)
+			e.waitLedger(int64(len(evs)), 60*time.Second)
+			e.waitDrained(60 * time.Second)
+			e.checkLedger(evs)
+			redelivered := testenv.Scrape(t, a.MetricsPort, "billing_messages_redelivered_total") +
+				testenv.Scrape(t, b.MetricsPort, "billing_messages_redelivered_total")
+			if redelivered == 0 {
+				t.Error("no message was redelivered; the test proves nothing")
+			}
+			t.Logf("redeliveries: %v", redelivered)
+		})
 	}
-	a, b := e.start(slow), e.start(slow)
-	e.waitLedger(int64(len(evs)), 60*time.Second)
-	e.waitDrained(60 * time.Second)
-	e.checkLedger(evs)
-	redelivered := testenv.Scrape(t, a.MetricsPort, "billing_messages_redelivered_total") +
-		testenv.Scrape(t, b.MetricsPort, "billing_messages_redelivered_total")
-	if redelivered == 0 {
-		t.Error("no message was redelivered; the test proves nothing")
-	}
-	t.Logf("redeliveries: %v", redelivered)
 }
 
 func TestDeadLetters(t *testing.T) {
@@ -284,4 +298,175 @@ func TestTwoProcesses(t *testing.T) {
 	a.stop(t)
 	b.stop(t)
 	e.checkLedger(evs)
+}
+
+// TestBatches reads both forms of the stream: events published one per
+// message and group-committed batches of 64. A batch delivered again — the
+// same batch under a new message ID, as a republish after the duplicate
+// window sends it — changes nothing.
+func TestBatches(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := testenv.UsageEvents(3000, 7)
+	e.Publish(evs[:1000], nil)
+	ids := e.PublishBatches(evs[1000:], 64)
+	cfg := e.start(nil)
+	e.waitLedger(int64(len(evs)), 60*time.Second)
+	e.waitDrained(10 * time.Second)
+	e.checkLedger(evs)
+	before := e.balances()
+
+	// The same bytes under the same ID are dropped by the stream; under a
+	// new ID (after the window) they are delivered and are duplicates.
+	_, data := testenv.Batch(t, ids[0], evs[1000:1064])
+	e.PublishRaw(usagev1.BatchSubject(testenv.BatchGateway), data, ids[0])
+	e.PublishRaw(usagev1.BatchSubject(testenv.BatchGateway), data, ids[0]+"-after-the-window")
+	e.PublishBatch("", evs[:10]) // old-form events again, now in a batch
+	e.waitDrained(30 * time.Second)
+	e.checkLedger(evs)
+	for k, b := range before {
+		if after := e.balances()[k]; after != b {
+			t.Errorf("balance %s moved: %+v -> %+v", k, b, after)
+		}
+	}
+	if got := testenv.Scrape(t, cfg.MetricsPort, "billing_events_duplicate_total"); got != 74 {
+		t.Errorf("duplicates metric = %v, want 74", got)
+	}
+	if got := testenv.Scrape(t, cfg.MetricsPort, "billing_events_processed_total"); got != float64(len(evs)) {
+		t.Errorf("processed metric = %v, want %d", got, len(evs))
+	}
+}
+
+// TestBatchDeadLetters: events of a batch that break the rules, or that the
+// database rejects alone, are dead letters of their own (with their index
+// and ID, the event alone as payload); the rest of the batch is applied. A
+// batch that does not decode is one dead letter.
+func TestBatchDeadLetters(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	good := testenv.UsageEvents(40, 3)
+	batch := make([]*usagev1.UsageEvent, 10)
+	for i := range batch {
+		batch[i] = proto.Clone(good[i]).(*usagev1.UsageEvent)
+	}
+	batch[2].EventId = "not-a-ulid"
+	batch[5].KeyId = "not-a-uuid"
+	batch[8].OwnerId = "owner\x00with a NUL" // valid protobuf, refused by Postgres (22021)
+	applied := append(append([]*usagev1.UsageEvent{}, good[0:2]...), good[3:5]...)
+	applied = append(append(applied, good[6:8]...), good[9:]...)
+
+	e.PublishRaw(usagev1.BatchSubject("gw-junk"), []byte("\xff\xfe not a batch"), "junk-batch")
+	batchID := e.PublishBatch("", batch)
+	e.PublishBatches(good[10:], 7)
+	e.start(nil)
+	e.waitLedger(int64(len(applied)), 30*time.Second)
+	e.waitDrained(20 * time.Second)
+	e.checkLedger(applied)
+
+	type dl struct {
+		Index   int     `db:"event_index"`
+		EventID *string `db:"event_id"`
+		MsgID   *string `db:"msg_id"`
+		Reason  string  `db:"reason"`
+		Payload []byte  `db:"payload"`
+	}
+	var got []dl
+	if err := e.db.Select(&got, `SELECT event_index, event_id, msg_id, reason, payload FROM api_gateway.dead_letters
+		WHERE consumer = 'billing' ORDER BY stream_seq, event_index`); err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		index  int
+		reason string
+	}{{-1, "decode usage batch"}, {2, "event_id is not a ULID"}, {5, "key_id is not a UUID"}, {8, "rejected by the database"}}
+	if len(got) != len(want) {
+		t.Fatalf("dead letters = %+v, want %d", got, len(want))
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.Index != w.index || !strings.Contains(g.Reason, w.reason) {
+			t.Errorf("dead letter %d = index %d reason %q, want %d %q", i, g.Index, g.Reason, w.index, w.reason)
+		}
+		if w.index < 0 {
+			continue
+		}
+		var ev usagev1.UsageEvent
+		if err := proto.Unmarshal(g.Payload, &ev); err != nil || g.EventID == nil || ev.GetEventId() != *g.EventID ||
+			ev.GetRequestId() != batch[w.index].GetRequestId() || g.MsgID == nil || *g.MsgID != batchID {
+			t.Errorf("dead letter %d: payload %v, event id %v, msg id %v; want the event alone, its ID and the batch ID", i, err, g.EventID, g.MsgID)
+		}
+	}
+}
+
+// TestStaysLive deletes the durable consumer, then the stream, under a
+// running worker: it re-creates both and keeps applying new events. With
+// NATS away /health answers 503 with a reason once no fetch succeeded for
+// HEALTH_STALE_AFTER, and 200 again when NATS is back.
+func TestStaysLive(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := testenv.UsageEvents(300, 3)
+	cfg := e.start(func(c *worker.Config) { c.StaleAfter = 2 * time.Second })
+	e.PublishBatches(evs[:100], 20)
+	e.waitLedger(100, 30*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := e.JS.DeleteConsumer(ctx, usagev1.StreamName, usagev1.BillingConsumer); err != nil {
+		t.Fatal(err)
+	}
+	e.PublishBatches(evs[100:200], 20)
+	e.waitLedger(200, 30*time.Second)
+
+	if err := e.JS.DeleteStream(ctx, usagev1.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := e.JS.Stream(ctx, usagev1.StreamName); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			t.Fatalf("stream not re-created: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.PublishBatches(evs[200:], 20)
+	e.waitLedger(300, 30*time.Second)
+	e.waitDrained(20 * time.Second)
+	e.checkLedger(evs)
+	if code, body := health(t, cfg.MetricsPort); code != http.StatusOK {
+		t.Errorf("/health after recovery = %d %s", code, body)
+	}
+
+	e.NATS.Stop()
+	waitHealth(t, cfg.MetricsPort, http.StatusServiceUnavailable, "no successful fetch", 20*time.Second)
+	e.NATS.Start()
+	waitHealth(t, cfg.MetricsPort, http.StatusOK, `"ok"`, 30*time.Second)
+}
+
+func health(t *testing.T, port int) (int, string) {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/health", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// waitHealth waits until /health answers code with a body containing want.
+func waitHealth(t *testing.T, port, code int, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got, body := health(t, port)
+		if got == code && strings.Contains(body, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/health = %d %s after %s, want %d with %q", got, body, timeout, code, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

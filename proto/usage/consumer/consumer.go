@@ -405,7 +405,7 @@ func (c *Consumer) handle(ctx context.Context, parts []*part) {
 	c.m.pending.Set(float64(parts[len(parts)-1].meta.NumPending))
 
 	err := c.commit(ctx, parts)
-	if err != nil && isPermanent(err) {
+	if err != nil && Permanent(err) {
 		// One poisonous event must not block the others: narrow down to
 		// the message, then to the event.
 		c.log.WarnContext(ctx, "batch rejected by the database, retrying message by message",
@@ -415,7 +415,7 @@ func (c *Consumer) handle(ctx context.Context, parts []*part) {
 			if len(parts) > 1 {
 				perr = c.commit(ctx, []*part{p})
 			}
-			if len(parts) == 1 || (perr != nil && isPermanent(perr)) {
+			if len(parts) == 1 || (perr != nil && Permanent(perr)) {
 				perr = c.narrow(ctx, p)
 			}
 			c.settle(ctx, p, perr)
@@ -443,7 +443,7 @@ func (c *Consumer) narrow(ctx context.Context, p *part) error {
 	for _, ev := range events {
 		one := &part{msg: p.msg, meta: p.meta, events: []Event{ev}}
 		err := c.commit(ctx, []*part{one})
-		if err != nil && isPermanent(err) {
+		if err != nil && Permanent(err) {
 			d := c.deadLetter(p, ev.Index, ev.UsageEvent, "rejected by the database: "+err.Error())
 			if err = c.commit(ctx, []*part{{msg: p.msg, meta: p.meta, dead: []DeadLetter{d}}}); err == nil {
 				if p.batch {
@@ -569,10 +569,11 @@ func (c *Consumer) backoff(delivered uint64) time.Duration {
 	return min(d, c.cfg.MaxNakDelay)
 }
 
-// isPermanent tells a database rejection of the data (SQLSTATE classes 22
-// data exception and 23 integrity violation) from a transient failure. An
-// error wrapping ErrTransient is never permanent.
-func isPermanent(err error) bool {
+// Permanent tells a database rejection of the data (SQLSTATE classes 22
+// data exception and 23 integrity violation), which retrying cannot cure,
+// from a transient failure. An error wrapping ErrTransient is never
+// permanent. The replay of the stream classifies with it too.
+func Permanent(err error) bool {
 	if errors.Is(err, ErrTransient) {
 		return false
 	}

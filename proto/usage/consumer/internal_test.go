@@ -26,8 +26,8 @@ func TestIsPermanent(t *testing.T) {
 		{fmt.Errorf("ensure partition: %w: %w", ErrTransient, coded("23505")), false}, // a DDL race, not bad data
 	}
 	for _, tt := range tests {
-		if got := isPermanent(tt.err); got != tt.want {
-			t.Errorf("isPermanent(%v) = %v, want %v", tt.err, got, tt.want)
+		if got := Permanent(tt.err); got != tt.want {
+			t.Errorf("Permanent(%v) = %v, want %v", tt.err, got, tt.want)
 		}
 	}
 }

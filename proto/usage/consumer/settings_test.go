@@ -19,6 +19,7 @@ func TestSettingsFromEnv(t *testing.T) {
 		{name: "defaults", check: func(t *testing.T, s consumer.Settings) {
 			if s.MetricsPort != 9100 || s.NATSURL != "nats://127.0.0.1:4222" || s.BatchSize != 500 || s.AckWait != 30*time.Second ||
 				s.MaxAckPending != 2000 || s.FetchWait != 2*time.Second || s.NakDelay != time.Second || s.HandleDelay != 0 ||
+				s.BatchEvents != 5000 || s.StaleAfter != 2*time.Minute ||
 				!strings.Contains(s.DatabaseURL, "manacore") || s.LogLevel.String() != "INFO" {
 				t.Errorf("defaults = %+v", s)
 			}
@@ -30,12 +31,19 @@ func TestSettingsFromEnv(t *testing.T) {
 				}
 			}},
 		{name: "all problems at once",
-			env: map[string]string{"METRICS_PORT": "x", "ACK_WAIT": "soon", "BATCH_SIZE": "0", "LOG_LEVEL": "loud", "FETCH_WAIT": "1ms"},
+			env: map[string]string{"METRICS_PORT": "x", "ACK_WAIT": "soon", "BATCH_SIZE": "0", "LOG_LEVEL": "loud", "FETCH_WAIT": "1ms",
+				"BATCH_EVENTS": "0", "HEALTH_STALE_AFTER": "never"},
 			withError: func(t *testing.T, err error) {
-				for _, s := range []string{"METRICS_PORT", "ACK_WAIT", "BATCH_SIZE", "LOG_LEVEL", "FETCH_WAIT"} {
+				for _, s := range []string{"METRICS_PORT", "ACK_WAIT", "BATCH_SIZE", "LOG_LEVEL", "FETCH_WAIT", "BATCH_EVENTS", "HEALTH_STALE_AFTER"} {
 					if !strings.Contains(err.Error(), s) {
 						t.Errorf("error %q does not name %s", err, s)
 					}
+				}
+			}},
+		{name: "stale after below twice the fetch wait", env: map[string]string{"FETCH_WAIT": "2s", "HEALTH_STALE_AFTER": "3s"},
+			withError: func(t *testing.T, err error) {
+				if !strings.Contains(err.Error(), "HEALTH_STALE_AFTER") {
+					t.Errorf("error %q", err)
 				}
 			}},
 		{name: "max ack pending below batch size", env: map[string]string{"BATCH_SIZE": "600", "MAX_ACK_PENDING": "500"},
