@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
 	"math"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+	"github.com/mana/apigw/services/testenv"
 )
 
 func TestMedian(t *testing.T) {
@@ -243,5 +247,28 @@ func TestWithBenchTier(t *testing.T) {
 	}
 	if _, err := withBenchTier([]byte("operations: {}\n")); err == nil {
 		t.Fatal("no tiers block accepted")
+	}
+}
+
+// TestBareDrainBothForms: the bare reader reads a stream holding events
+// one per message and group-committed batches.
+func TestBareDrainBothForms(t *testing.T) {
+	t.Parallel()
+	u := testenv.StartUsage(t)
+	evs := testenv.UsageEvents(100, 3)
+	u.Publish(evs[:10], nil)
+	u.PublishBatches(evs[10:], 30)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stream, err := u.JS.Stream(ctx, usagev1.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := bareDrain(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.events != 13 {
+		t.Errorf("bare drain settled %d messages, want 13", res.events)
 	}
 }

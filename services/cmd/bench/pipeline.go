@@ -293,7 +293,8 @@ func (h *harness) drainWith(ctx context.Context, js jetstream.JetStream, bin, du
 
 // bareDrain reads the stream with a durable pull consumer configured like
 // the workers' (explicit acks, batches of 500, 2000 unacknowledged at most):
-// fetch, decode and validate, ack. No database.
+// fetch, decode and validate (both forms: a UsageBatch or one event), ack.
+// No database. It counts messages, as the worker drains do.
 func bareDrain(ctx context.Context, stream jetstream.Stream) (drainResult, error) {
 	res := drainResult{name: "bare JetStream consumer"}
 	info, err := stream.Info(ctx)
@@ -317,7 +318,7 @@ func bareDrain(ctx context.Context, stream jetstream.Stream) (drainResult, error
 		}
 		for m := range batch.Messages() {
 			if _, err := usagev1.DecodeMessage(m.Subject(), m.Data()); err != nil {
-				return res, fmt.Errorf("bare consumer: %w", err)
+				return res, fmt.Errorf("bare consumer: stream message on %s: %w", m.Subject(), err)
 			}
 			if err := m.Ack(); err != nil {
 				return res, fmt.Errorf("bare consumer ack: %w", err)
