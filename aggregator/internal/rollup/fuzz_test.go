@@ -1,6 +1,8 @@
 package rollup_test
 
 import (
+	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -36,6 +38,47 @@ func FuzzRowOf(f *testing.F) {
 		}
 		if r.EventID != ev.GetEventId() || r.Credits != ev.GetCredits() || r.Status != ev.GetStatus() {
 			t.Fatalf("row %+v of %v", r, ev)
+		}
+	})
+}
+
+// FuzzDecodeChecked: any message of either form is split into events the
+// consumers apply (each valid, with a distinct index inside its batch) and
+// what they dead-letter, counted; nothing panics.
+func FuzzDecodeChecked(f *testing.F) {
+	at := time.Date(2025, 1, 31, 23, 59, 59, 0, time.UTC)
+	ev := &usagev1.UsageEvent{EventId: "01JJ0000000000000000000000", KeyId: "0b5e0f0e-7e7a-4a5e-9a39-6a7d2c1f0a11",
+		Endpoint: "POST /v1/search", Status: 200, Credits: 1, Units: 1, Unit: "request",
+		OccurredAt: timestamppb.New(at), Period: "2025-01"}
+	bad := proto.Clone(ev).(*usagev1.UsageEvent)
+	bad.KeyId = "not-a-uuid"
+	one, _ := proto.Marshal(ev)
+	batch, _ := proto.Marshal(&usagev1.UsageBatch{BatchId: "01JJ0000000000000000000001", Events: []*usagev1.UsageEvent{ev, bad, ev}})
+	f.Add(false, one)
+	f.Add(true, batch)
+	f.Add(true, []byte{0x0a, 0x00})
+	f.Fuzz(func(t *testing.T, isBatch bool, data []byte) {
+		subject := usagev1.Subject("k")
+		if isBatch {
+			subject = usagev1.BatchSubject("gw")
+		}
+		var rep rollup.Report
+		evs := rollup.DecodeChecked(context.Background(), 7, subject, data, &rep, slog.New(slog.DiscardHandler))
+		if len(evs) != rep.Events {
+			t.Fatalf("%d events returned, %d counted", len(evs), rep.Events)
+		}
+		if len(rep.Skipped) != rep.Invalid+rep.InvalidEvents {
+			t.Fatalf("skipped %+v, counted %d + %d", rep.Skipped, rep.Invalid, rep.InvalidEvents)
+		}
+		seen := map[int]bool{}
+		for _, e := range evs {
+			if err := e.Event.Validate(); err != nil || rollup.Check(e.Event) != nil {
+				t.Fatalf("event %v applied: %v", e.Event, err)
+			}
+			if isBatch == (e.Index < 0) || seen[e.Index] && e.Index >= 0 {
+				t.Fatalf("index %d (batch %v, seen %v)", e.Index, isBatch, seen)
+			}
+			seen[e.Index] = true
 		}
 	})
 }
