@@ -13,11 +13,21 @@ import (
 )
 
 // BenchmarkAggregatorDrain measures how fast one aggregator drains a backlog
-// of b.N events into api_usage and api_usage_daily (events/s).
+// of b.N events into api_usage and api_usage_daily (events/s), published one
+// per message and in batches of 64.
 func BenchmarkAggregatorDrain(b *testing.B) {
+	b.Run("events", func(b *testing.B) { benchDrain(b, 1) })
+	b.Run("batches64", func(b *testing.B) { benchDrain(b, 64) })
+}
+
+func benchDrain(b *testing.B, perMessage int) {
 	e := newEnv(b)
 	evs := testenv.UsageEvents(b.N, 50)
-	e.Publish(evs, nil)
+	if perMessage == 1 {
+		e.Publish(evs, nil)
+	} else {
+		e.PublishBatches(evs, perMessage)
+	}
 	b.ResetTimer()
 	start := time.Now()
 	e.start(nil)

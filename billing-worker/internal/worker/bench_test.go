@@ -8,11 +8,21 @@ import (
 )
 
 // BenchmarkBillingDrain measures how fast one worker drains a backlog of
-// b.N events into the ledger (events/s, end to end through NATS and Postgres).
+// b.N events into the ledger (events/s, end to end through NATS and
+// Postgres), published one per message and in batches of 64.
 func BenchmarkBillingDrain(b *testing.B) {
+	b.Run("events", func(b *testing.B) { benchDrain(b, 1) })
+	b.Run("batches64", func(b *testing.B) { benchDrain(b, 64) })
+}
+
+func benchDrain(b *testing.B, perMessage int) {
 	e := newEnv(b)
 	evs := testenv.UsageEvents(b.N, 50)
-	e.Publish(evs, nil)
+	if perMessage == 1 {
+		e.Publish(evs, nil)
+	} else {
+		e.PublishBatches(evs, perMessage)
+	}
 	b.ResetTimer()
 	start := time.Now()
 	e.start(nil)
