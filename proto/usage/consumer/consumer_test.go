@@ -361,7 +361,10 @@ func TestConsumer(t *testing.T) {
 				}
 				return 1000
 			},
-			cfg: consumer.Config{BatchEvents: 120}, maxApply: 170, atLeastTx: 7},
+			// A short AckWait: on a busy machine a pull can expire on the
+			// client while the server delivers, and that message then waits
+			// for its redelivery.
+			cfg: consumer.Config{BatchEvents: 120, AckWait: 2 * time.Second}, maxApply: 170, atLeastTx: 7},
 		{name: "old and new forms mixed",
 			publish: func(t *testing.T, js jetstream.JetStream) int {
 				for b := range 5 {
