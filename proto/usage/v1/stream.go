@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -83,11 +84,23 @@ func StreamConfig(maxAge time.Duration) jetstream.StreamConfig {
 // the retention of an existing stream, so binaries that do not own the
 // setting never undo it, and creates a new one with DefaultMaxAge.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, maxAge time.Duration) (jetstream.Stream, error) {
-	if maxAge <= 0 {
-		if existing, err := js.Stream(ctx, StreamName); err == nil {
-			maxAge = existing.CachedInfo().Config.MaxAge
-		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, fmt.Errorf("ensure stream %s: %w", StreamName, err)
+	existing, err := js.Stream(ctx, StreamName)
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("ensure stream %s: %w", StreamName, err)
+	}
+	if err == nil {
+		cur := existing.CachedInfo().Config
+		if maxAge <= 0 {
+			maxAge = cur.MaxAge
+		}
+		// A stream already as wanted is left alone: every binary ensures it
+		// at start, and an update racing a consumer's creation is needless
+		// work for the server (and a data race in nats-server 2.15's file
+		// store under the race detector).
+		want := StreamConfig(maxAge)
+		if slices.Equal(cur.Subjects, want.Subjects) && cur.MaxAge == want.MaxAge && cur.Duplicates == want.Duplicates &&
+			cur.Storage == want.Storage && cur.Retention == want.Retention && cur.Discard == want.Discard && cur.Description == want.Description {
+			return existing, nil
 		}
 	}
 	s, err := js.CreateOrUpdateStream(ctx, StreamConfig(maxAge))
