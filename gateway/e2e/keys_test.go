@@ -17,7 +17,7 @@ func (s *stack) status(gw, secret string) int {
 	return resp.StatusCode
 }
 
-// TestKeyLifecycle walks the key lifecycle of issue 3 through the API.
+// TestKeyLifecycle walks the key lifecycle through the API.
 func TestKeyLifecycle(t *testing.T) {
 	s := newStack(t, stackOpts{noWorkers: true, extraEnv: []string{"LOG_LEVEL=debug"}})
 	gw := s.gwURLs[0]

@@ -246,7 +246,7 @@ func eventCount(t *testing.T, name string, def int) int {
 }
 
 // TestKill9 kills the worker process at random points while events (one
-// per message and in batches) flow in; the ledger ends exact. BILLING_KILL_EVENTS (default 100,000, as issue 6 asks) sets the volume.
+// per message and in batches) flow in; the ledger ends exact. BILLING_KILL_EVENTS (default 100,000) sets the volume.
 func TestKill9(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

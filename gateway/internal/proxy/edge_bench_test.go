@@ -1,6 +1,6 @@
 package proxy_test
 
-// Benchmarks of the public edge's handler chain for `make bench` (issue 7).
+// Benchmarks of the public edge's handler chain for `make bench`.
 // The gateway is wired exactly as bin/gateway wires it (config.FromEnv,
 // server.NewApp) against real PostgreSQL, Redis and NATS (JetStream, sync
 // always); requests go straight into its Echo handler, the backend is the

@@ -53,7 +53,7 @@ type Route struct {
 	Settle func(resp *http.Response) (int64, error)
 }
 
-// Routes is the public API (DESIGN.md §3).
+// Routes is the public API (docs/contract.md).
 func Routes() []Route {
 	const kb, mb = 1 << 10, 1 << 20
 	return []Route{
