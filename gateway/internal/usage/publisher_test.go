@@ -3,6 +3,7 @@ package usage
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -274,4 +275,113 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool, what string)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestSlowBatchDoesNotHoldAcknowledgedOnes: the first batch's
+// acknowledgement is held back; a later batch, sealed by the size limit and
+// written beside it, is acknowledged at once, and its callers return while the
+// first batch's caller is still waiting. JetStream itself is stood in for by a
+// subscriber on the batch subject (no stream captures it) that answers each
+// batch with a publish acknowledgement when the test lets it.
+func TestSlowBatchDoesNotHoldAcknowledgedOnes(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	nc, err := nats.Connect(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spool, err := OpenSpool(t.TempDir(), 1<<20, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = spool.Close() })
+	// A long AckTimeout: the slow batch must stay unacknowledged, not spooled.
+	pub, err := NewPublisher(PublisherConfig{AckTimeout: time.Minute, DrainInterval: time.Second, GatewayID: "gw-test", MaxBatchEvents: 4},
+		nc, js, spool, testenv.Logger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var sizes []int // events per batch, in arrival order
+	ackSub, err := nc.Subscribe(usagev1.BatchSubject("gw-test"), func(m *nats.Msg) {
+		dm, err := usagev1.DecodeMessage(m.Subject, m.Data)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		mu.Lock()
+		sizes = append(sizes, len(dm.Events))
+		seq := len(sizes)
+		mu.Unlock()
+		ack := []byte(`{"stream":"USAGE","seq":` + strconv.Itoa(seq) + `}`)
+		if seq == 1 {
+			go func() { <-release; _ = m.Respond(ack) }()
+			return
+		}
+		_ = m.Respond(ack)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ackSub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	arrived := func(n int) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return len(sizes) >= n }
+	}
+
+	slow := make(chan error, 1)
+	go func() { slow <- pub.Publish(t.Context(), event()) }()
+	waitFor(t, 10*time.Second, arrived(1), "the first batch to reach the server")
+
+	// Four calls fill the next batch, which is sealed and written while the
+	// first is still unacknowledged.
+	start := time.Now()
+	fast := make(chan error, 4)
+	for range 4 {
+		go func() { fast <- pub.Publish(t.Context(), event()) }()
+	}
+	for range 4 {
+		select {
+		case err := <-fast:
+			if err != nil {
+				t.Fatalf("call of the acknowledged batch: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the calls of an acknowledged batch wait for the slow batch before it")
+		}
+	}
+	fastWait := time.Since(start)
+	select {
+	case err := <-slow:
+		t.Fatalf("the slow batch's call returned (%v) before its acknowledgement", err)
+	default:
+	}
+	mu.Lock()
+	got := append([]int(nil), sizes...)
+	mu.Unlock()
+	if len(got) != 2 || got[0] != 1 || got[1] != 4 {
+		t.Fatalf("batch sizes %v, want [1 4]", got)
+	}
+
+	close(release)
+	select {
+	case err := <-slow:
+		if err != nil {
+			t.Fatalf("slow batch: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow batch's call never returned after its acknowledgement")
+	}
+	if spool.Size() != 0 {
+		t.Fatal("a batch was spooled; both were acknowledged")
+	}
+	t.Logf("the acknowledged batch's 4 calls returned after %v while the batch before it waited", fastWait)
 }
