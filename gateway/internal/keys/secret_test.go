@@ -1,9 +1,14 @@
 package keys
 
 import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -132,4 +137,33 @@ func reverse(s string) string {
 		b[i], b[j] = b[j], b[i]
 	}
 	return string(b)
+}
+
+// TestHasherPooledStatesAgree checks that HMAC states reused from the pool
+// give the same hash as a fresh HMAC, also when hashes run concurrently.
+func TestHasherPooledStatesAgree(t *testing.T) {
+	pepper := []byte("pepper-for-the-pool-test")
+	h := NewHasher(pepper)
+	var wg sync.WaitGroup
+	errs := make(chan string, 64)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				secret := fmt.Sprintf("sk_live_%d_%d", g, i)
+				m := hmac.New(sha256.New, pepper)
+				m.Write([]byte(secret))
+				if want := m.Sum(nil); !bytes.Equal(h.Hash(secret), want) {
+					errs <- secret
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for s := range errs {
+		t.Errorf("pooled hash of %s differs from a fresh HMAC", s)
+	}
 }
