@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
+"$ROOT/.ci/web.sh" build # go vet compiles the gateway, which embeds the dashboard
 mapfile -t pkgs < <(go_packages)
 ((${#pkgs[@]} > 0)) || die "go.work lists no module"
 staticcheck=$(go_tool staticcheck honnef.co/go/tools honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION")

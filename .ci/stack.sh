@@ -41,6 +41,7 @@ app_field() { # app_field ENTRY INDEX
 build() {
 	local e pkgs=()
 	for e in "${APPS[@]}"; do pkgs+=("$(app_field "$e" 1)"); done
+	"$ROOT/.ci/web.sh" build # the dashboard the gateway embeds
 	log "go build -o bin/ ${pkgs[*]}"
 	mkdir -p "$BIN"
 	go build -o "$BIN/" "${pkgs[@]}"
@@ -194,6 +195,7 @@ banner() {
 
 Mana API Gateway is up.
   gateway      http://127.0.0.1:3030   (/health, /ready, /metrics)
+  dashboard    http://127.0.0.1:3030/dashboard   (sign in as a dev user below)
   dev auth     http://127.0.0.1:3001   (POST /api/v1/auth/login, /.well-known/jwks.json)
   search       http://127.0.0.1:3021   stt http://127.0.0.1:3020   tts http://127.0.0.1:3022   (stand-ins)
   workers      billing-worker http://127.0.0.1:9101/metrics   aggregator http://127.0.0.1:9102/metrics

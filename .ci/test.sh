@@ -19,6 +19,8 @@ trap 'exit 143' TERM
 "${servers[@]}" start test pg
 ensure_cmd redis-server redis-server
 ensure_cmd promtool prometheus # the metrics lint test runs promtool check metrics
+"$ROOT/.ci/web.sh" build        # the dashboard the gateway embeds, and playwright-core
+"$ROOT/.ci/web.sh" browser      # chromium for the dashboard's browser test
 set -a
 # shellcheck source=/dev/null
 source "$DATA/test/stack.env"

@@ -262,3 +262,36 @@ func TestBadConfig(t *testing.T) {
 		t.Fatal("New accepted a nil logger")
 	}
 }
+
+// TestLoginAnswersBrowsersOfOtherOrigins: the gateway's dashboard posts the
+// login from its own origin, so the preflight and the answer carry CORS
+// headers (and no credentials are allowed).
+func TestLoginAnswersBrowsersOfOtherOrigins(t *testing.T) {
+	_, srv := newServer(t, Config{})
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodOptions, srv.URL+"/api/v1/auth/login", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Origin", "http://127.0.0.1:3030")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	req.Header.Set("Access-Control-Request-Headers", "content-type")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Access-Control-Allow-Origin") != "*" ||
+		resp.Header.Get("Access-Control-Allow-Methods") != "POST" || !strings.EqualFold(resp.Header.Get("Access-Control-Allow-Headers"), "content-type") {
+		t.Fatalf("preflight: %d %v", resp.StatusCode, resp.Header)
+	}
+	if resp.Header.Get("Access-Control-Allow-Credentials") != "" {
+		t.Fatal("credentials allowed")
+	}
+	resp, body := post(t, srv.URL+"/api/v1/auth/login", "application/json", `{"email":"user@example.com","password":"password"}`)
+	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("login: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	if resp, _ := post(t, srv.URL+"/api/v1/auth/login", "application/json", `{"email":"user@example.com","password":"nope"}`); resp.StatusCode != 401 || resp.Header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("refusal: %d %v", resp.StatusCode, resp.Header)
+	}
+}

@@ -34,9 +34,19 @@ func New(cfg Config, logger *slog.Logger) (http.Handler, error) {
 //	POST /api/v1/auth/login      {"email","password"} -> {"accessToken","tokenType":"Bearer","expiresIn"}
 //	GET  /.well-known/jwks.json  the public signing key
 //	GET  /health                 liveness
+//
+// The login answers browsers of any origin (CORS without credentials: the
+// answer carries the token only to whoever sent the password), so that the
+// gateway's dashboard can sign in from its own origin.
 func (is *Issuer) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /api/v1/auth/login", is.handleLogin)
+	mux.HandleFunc("POST /api/v1/auth/login", cors(is.handleLogin))
+	mux.HandleFunc("OPTIONS /api/v1/auth/login", cors(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Access-Control-Allow-Methods", "POST")
+		w.Header().Set("Access-Control-Allow-Headers", "Content-Type")
+		w.Header().Set("Access-Control-Max-Age", "600")
+		w.WriteHeader(http.StatusNoContent)
+	}))
 	mux.HandleFunc("GET /.well-known/jwks.json", is.handleJWKS)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
 		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -45,6 +55,14 @@ func (is *Issuer) Handler() http.Handler {
 		httpjson.Problem(w, http.StatusNotFound, "Not Found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// cors lets a page of any origin read the answer; no cookies are involved.
+func cors(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		next(w, r)
+	}
 }
 
 type loginRequest struct {

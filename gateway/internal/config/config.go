@@ -36,6 +36,11 @@ type Config struct {
 	ShutdownTimeout  time.Duration
 	RateWindow       time.Duration
 	DevPepperWarning bool
+	// DashboardPasswordLoginURL is the issuer's email+password endpoint
+	// the dashboard's sign-in form posts to; nil hides the form.
+	DashboardPasswordLoginURL *url.URL
+	// DashboardLoginURL is the issuer's sign-in page the dashboard links to.
+	DashboardLoginURL *url.URL
 }
 
 // DevPepper is the pepper used when API_KEY_PEPPER is unset (development only).
@@ -98,6 +103,16 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		RateWindow: parseDur("RATE_LIMIT_WINDOW", "60s"),
 	}
 	c.DevPepperWarning = c.APIKeyPepper == DevPepper
+	switch v := getenv("DASHBOARD_PASSWORD_LOGIN_URL"); {
+	case v == "off":
+	case v == "" && c.AuthURL != nil:
+		c.DashboardPasswordLoginURL = c.AuthURL.JoinPath("/api/v1/auth/login")
+	case v != "":
+		c.DashboardPasswordLoginURL = parseURL("DASHBOARD_PASSWORD_LOGIN_URL", v)
+	}
+	if v := getenv("DASHBOARD_LOGIN_URL"); v != "" {
+		c.DashboardLoginURL = parseURL("DASHBOARD_LOGIN_URL", v)
+	}
 	if c.Port <= 0 || c.Port > 65535 {
 		errs = append(errs, errors.New("PORT must be a TCP port"))
 	}

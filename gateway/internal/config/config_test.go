@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -27,5 +28,50 @@ func TestEveryProblemIsReported(t *testing.T) {
 		if !strings.Contains(err.Error(), k) {
 			t.Errorf("error lacks %s: %v", k, err)
 		}
+	}
+}
+
+func TestDashboardSignIn(t *testing.T) {
+	tests := []struct {
+		name                    string
+		env                     map[string]string
+		wantPassword, wantLogin string
+		withError               bool
+	}{
+		{name: "defaults: the issuer's login endpoint", env: map[string]string{},
+			wantPassword: "http://localhost:3001/api/v1/auth/login"},
+		{name: "follows MANA_CORE_AUTH_URL", env: map[string]string{"MANA_CORE_AUTH_URL": "https://auth.example.com/base"},
+			wantPassword: "https://auth.example.com/base/api/v1/auth/login"},
+		{name: "off", env: map[string]string{"DASHBOARD_PASSWORD_LOGIN_URL": "off", "DASHBOARD_LOGIN_URL": "https://auth.example.com/signin"},
+			wantLogin: "https://auth.example.com/signin"},
+		{name: "explicit", env: map[string]string{"DASHBOARD_PASSWORD_LOGIN_URL": "https://login.example.com/api/v1/auth/login"},
+			wantPassword: "https://login.example.com/api/v1/auth/login"},
+		{name: "bad URLs", env: map[string]string{"DASHBOARD_PASSWORD_LOGIN_URL": "javascript:alert(1)", "DASHBOARD_LOGIN_URL": "/relative"}, withError: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := FromEnv(func(k string) string { return tt.env[k] })
+			if tt.withError {
+				if err == nil || !strings.Contains(err.Error(), "DASHBOARD_PASSWORD_LOGIN_URL") || !strings.Contains(err.Error(), "DASHBOARD_LOGIN_URL") {
+					t.Fatalf("error %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			str := func(u *url.URL) string {
+				if u == nil {
+					return ""
+				}
+				return u.String()
+			}
+			if got := str(c.DashboardPasswordLoginURL); got != tt.wantPassword {
+				t.Errorf("password login %q, want %q", got, tt.wantPassword)
+			}
+			if got := str(c.DashboardLoginURL); got != tt.wantLogin {
+				t.Errorf("login page %q, want %q", got, tt.wantLogin)
+			}
+		})
 	}
 }

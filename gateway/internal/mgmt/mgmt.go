@@ -1,6 +1,7 @@
 // Package mgmt owns the management API: owners create, list, change,
 // regenerate and delete their API keys and read their usage; finance reads
-// every key's daily usage. Callers are identified by the auth middleware;
+// every key's daily usage and the keys that used the most; every caller may
+// read who the token says they are and the tiers. Callers are identified by the auth middleware;
 // a key of another owner is indistinguishable from one that does not exist.
 package mgmt
 
@@ -99,6 +100,9 @@ type Deps struct {
 	Tiers  TierLookup
 	State  KeyState
 	Now    func() time.Time // nil means time.Now
+	// Catalog is what GET /tiers lists (the tiers, their limits and
+	// endpoints); nil lists none.
+	Catalog []TierInfo
 }
 
 // Handler serves the management API.
@@ -156,6 +160,9 @@ func (h *Handler) Register(e *echo.Echo, authMW echo.MiddlewareFunc) {
 		{http.MethodGet, "/api-keys/:id/usage", h.usage},
 		{http.MethodGet, "/api-keys/:id/usage/summary", h.summary},
 		{http.MethodGet, "/billing/daily", h.billingDaily},
+		{http.MethodGet, "/billing/keys", h.billingKeys},
+		{http.MethodGet, "/me", h.me},
+		{http.MethodGet, "/tiers", h.tiers},
 	}
 	for _, r := range routes {
 		e.Add(r.method, r.path, r.handle, authMW)

@@ -326,3 +326,64 @@ func csvCell(s string) string {
 	}
 	return s
 }
+
+type billingKey struct {
+	KeyID     string `json:"keyId"`
+	OwnerID   string `json:"ownerId"`
+	Name      string `json:"name"`
+	KeyPrefix string `json:"keyPrefix"`
+	Tier      string `json:"tier"`
+	Deleted   bool   `json:"deleted"`
+	Requests  int64  `json:"requests"`
+	Credits   int64  `json:"credits"`
+	Errors    int64  `json:"errors"`
+}
+
+// billingKeys answers the keys with usage in from..to (finance and admin
+// only), most credits first, at most limit of them (default 10, at most 100).
+func (h *Handler) billingKeys(c echo.Context) error {
+	who, err := caller(c)
+	if err != nil {
+		return err
+	}
+	if !who.IsFinance() {
+		return problem.New(http.StatusForbidden, "the finance or admin role is required")
+	}
+	limit := 10
+	if s := c.QueryParam("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 100 {
+			return problem.New(http.StatusBadRequest, "limit must be an integer from 1 to 100")
+		}
+		limit = n
+	}
+	from, to, err := h.dateRange(c)
+	if err != nil {
+		return err
+	}
+	rows, err := h.deps.DB.QueryContext(c.Request().Context(), `
+		SELECT u.key_id, u.owner_id, k.name, k.key_prefix, k.tier, k.deleted_at IS NOT NULL,
+			sum(u.requests), sum(u.credits), sum(u.errors)
+		FROM api_gateway.api_usage_daily u JOIN api_gateway.api_keys k ON k.id = u.key_id
+		WHERE u.day BETWEEN $1 AND $2
+		GROUP BY u.key_id, u.owner_id, k.name, k.key_prefix, k.tier, k.deleted_at
+		ORDER BY sum(u.credits) DESC, sum(u.requests) DESC, u.key_id LIMIT $3`, from, to, limit)
+	if err != nil {
+		return internal("read top keys", err)
+	}
+	defer rows.Close()
+	out := struct {
+		Data []billingKey `json:"data"`
+	}{Data: []billingKey{}}
+	for rows.Next() {
+		var k billingKey
+		if err := rows.Scan(&k.KeyID, &k.OwnerID, &k.Name, &k.KeyPrefix, &k.Tier, &k.Deleted, &k.Requests, &k.Credits, &k.Errors); err != nil {
+			return internal("read top keys", err)
+		}
+		out.Data = append(out.Data, k)
+	}
+	if err := rows.Err(); err != nil {
+		return internal("read top keys", err)
+	}
+	return c.JSON(http.StatusOK, out)
+}

@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/MicahParks/jwkset"
@@ -32,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mana/apigw/gateway/internal/auth"
+	"github.com/mana/apigw/gateway/internal/dashboard"
 	"github.com/mana/apigw/gateway/internal/holds"
 	"github.com/mana/apigw/gateway/internal/keys"
 	"github.com/mana/apigw/gateway/internal/mgmt"
@@ -131,7 +133,8 @@ func newGateway(t *testing.T) *gateway {
 	}
 
 	verifier := g.startIssuer(ctx, logger)
-	h, err := mgmt.New(mgmt.Config{}, mgmt.Deps{Store: g.store, DB: g.db, Hasher: g.hasher, Tiers: p, State: q}, logger)
+	h, err := mgmt.New(mgmt.Config{}, mgmt.Deps{Store: g.store, DB: g.db, Hasher: g.hasher, Tiers: p, State: q,
+		Catalog: server.TierCatalog(p)}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +153,16 @@ func newGateway(t *testing.T) *gateway {
 	edge.Register(e)
 	h.Register(e, auth.Middleware(verifier))
 	openapi.Register(e)
+	// A stand-in for the built page: the contract is about the headers.
+	dash, err := dashboard.New(dashboard.Config{PasswordLoginURL: mustURL(t, "http://127.0.0.1:3001/api/v1/auth/login")}, fstest.MapFS{
+		"index.html": {Data: []byte(`<!doctype html><body data-login="{{.PasswordLoginURL}}">`)},
+		"app.js":     {Data: []byte("console.log(1)\n")},
+		"app.css":    {Data: []byte("body{}\n")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dash.Register(e)
 	srv := httptest.NewServer(e)
 	t.Cleanup(srv.Close)
 	g.url = srv.URL
@@ -471,8 +484,10 @@ func requireHeaders(t *testing.T, what string, resp *http.Response, names ...str
 // all well-formed), body against its schema. Every operation of the
 // document must have been exercised with a 2xx at least once.
 func TestResponsesMatchTheDocument(t *testing.T) {
-	openapi3filter.RegisterBodyDecoder("audio/wav", openapi3filter.FileBodyDecoder)
-	t.Cleanup(func() { openapi3filter.UnregisterBodyDecoder("audio/wav") })
+	for _, ct := range []string{"audio/wav", "text/html", "text/javascript", "text/css"} {
+		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.FileBodyDecoder)
+		t.Cleanup(func() { openapi3filter.UnregisterBodyDecoder(ct) })
+	}
 	g := newGateway(t)
 	const owner = "user-1"
 
@@ -480,6 +495,17 @@ func TestResponsesMatchTheDocument(t *testing.T) {
 	for _, path := range []string{"/health", "/ready", "/metrics", "/openapi.json", "/openapi.yaml"} {
 		g.do(jsonCall(http.MethodGet, path, nil, http.StatusOK))
 	}
+
+	// The dashboard's files, and what the page asks about the session.
+	g.do(jsonCall(http.MethodGet, "/dashboard", nil, http.StatusOK))
+	resp, _ := g.do(jsonCall(http.MethodGet, "/dashboard/app.js", nil, http.StatusOK))
+	g.do(jsonCall(http.MethodGet, "/dashboard/app.css", nil, http.StatusOK))
+	g.do(jsonCall(http.MethodGet, "/dashboard/app.js", nil, http.StatusNotModified).with("If-None-Match", resp.Header.Get("ETag")))
+	g.do(jsonCall(http.MethodGet, "/dashboard/chart.umd.min.js", nil, http.StatusNotFound))
+	g.do(g.bearer(jsonCall(http.MethodGet, "/me", nil, http.StatusOK), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodGet, "/me", nil, http.StatusOK), "finance-1", "finance"))
+	g.do(jsonCall(http.MethodGet, "/me", nil, http.StatusUnauthorized).invalid())
+	g.do(g.bearer(jsonCall(http.MethodGet, "/tiers", nil, http.StatusOK), owner, ""))
 
 	// Management: create, read, list, change.
 	_, body := g.do(g.bearer(jsonCall(http.MethodPost, "/api-keys", map[string]any{"name": "contract", "tier": "pro"}, http.StatusCreated), owner, ""))
@@ -506,7 +532,7 @@ func TestResponsesMatchTheDocument(t *testing.T) {
 
 	// Public API with the key the management API made (pro: every route).
 	pro := created.Key
-	resp, body := g.do(jsonCall(http.MethodPost, "/v1/search", map[string]any{"query": "quantum computing", "limit": 3}, http.StatusOK).key(pro))
+	resp, body = g.do(jsonCall(http.MethodPost, "/v1/search", map[string]any{"query": "quantum computing", "limit": 3}, http.StatusOK).key(pro))
 	requireHeaders(t, "search", resp, servedHeaders...)
 	results := decode[search.Response](t, body)
 	if len(results.Results) < 2 {
@@ -597,6 +623,12 @@ func TestResponsesMatchTheDocument(t *testing.T) {
 		t.Fatalf("csv %q: %s", resp.Header.Get("Content-Type"), body)
 	}
 	g.do(g.bearer(jsonCall(http.MethodGet, "/billing/daily", nil, http.StatusForbidden), owner, ""))
+	_, body = g.do(g.bearer(jsonCall(http.MethodGet, "/billing/keys?from="+today+"&to="+today, nil, http.StatusOK), "finance-1", "finance"))
+	if top := decode[struct{ Data []struct{ KeyID string } }](t, body); len(top.Data) != 1 || top.Data[0].KeyID != created.ID {
+		t.Fatalf("top keys %s", body)
+	}
+	g.do(g.bearer(jsonCall(http.MethodGet, "/billing/keys", nil, http.StatusForbidden), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodGet, "/billing/keys?limit=0", nil, http.StatusBadRequest), "finance-1", "finance").invalid())
 	g.do(g.bearer(jsonCall(http.MethodGet, "/billing/daily?format=xml", nil, http.StatusBadRequest), "finance-1", "finance").invalid())
 
 	// Regenerate, then delete; the old secrets stop working.

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mana/apigw/gateway/internal/dashboard"
 	"github.com/mana/apigw/gateway/internal/keys"
 	"github.com/mana/apigw/gateway/internal/mgmt"
 	"github.com/mana/apigw/gateway/internal/openapi"
@@ -76,6 +78,11 @@ func routerOnly(t *testing.T) *echo.Echo {
 	edge.Register(e)
 	h.Register(e, func(next echo.HandlerFunc) echo.HandlerFunc { return next })
 	openapi.Register(e)
+	dash, err := dashboard.New(dashboard.Config{}, fstest.MapFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dash.Register(e)
 	return e
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mana/apigw/gateway/internal/config"
+	"github.com/mana/apigw/gateway/internal/dashboard"
 	"github.com/mana/apigw/gateway/internal/holds"
 	"github.com/mana/apigw/gateway/internal/keys"
 	"github.com/mana/apigw/gateway/internal/openapi"
@@ -162,6 +163,11 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	a.Echo = NewEcho(logger, reg, checks, cfg.LogLevel == "debug")
 	edge.Register(a.Echo)
 	openapi.Register(a.Echo)
+	dash, err := dashboard.New(dashboard.Config{PasswordLoginURL: cfg.DashboardPasswordLoginURL, IssuerLoginURL: cfg.DashboardLoginURL}, dashboard.Assets())
+	if err != nil {
+		return nil, err
+	}
+	dash.Register(a.Echo)
 	if mgmt != nil {
 		if err := mgmt(a.Echo, MgmtDeps{DB: db, Store: store, Hasher: hasher, Pricing: p, Quota: q}); err != nil {
 			return nil, err

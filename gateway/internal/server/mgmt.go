@@ -3,12 +3,15 @@ package server
 import (
 	"context"
 	"log/slog"
+	"sort"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/mana/apigw/gateway/internal/auth"
 	"github.com/mana/apigw/gateway/internal/config"
 	"github.com/mana/apigw/gateway/internal/mgmt"
+	"github.com/mana/apigw/gateway/internal/pricing"
+	"github.com/mana/apigw/gateway/internal/proxy"
 )
 
 // Management builds the management API (JWT-protected, verified against
@@ -25,6 +28,7 @@ func Management(ctx context.Context, cfg config.Config, logger *slog.Logger) fun
 		}
 		h, err := mgmt.New(mgmt.Config{}, mgmt.Deps{
 			Store: deps.Store, DB: deps.DB, Hasher: deps.Hasher, Tiers: deps.Pricing, State: deps.Quota,
+			Catalog: TierCatalog(deps.Pricing),
 		}, logger)
 		if err != nil {
 			return err
@@ -32,4 +36,30 @@ func Management(ctx context.Context, cfg config.Config, logger *slog.Logger) fun
 		h.Register(e, auth.Middleware(v))
 		return nil
 	}
+}
+
+// TierCatalog lists every tier of p with the public endpoints of the edge's
+// route table it allows and their prices, tiers by monthly credits.
+func TierCatalog(p *pricing.Pricing) []mgmt.TierInfo {
+	out := make([]mgmt.TierInfo, 0, len(p.Tiers))
+	for name, t := range p.Tiers {
+		ti := mgmt.TierInfo{Name: name, RateLimitPerMinute: t.RateLimitPerMinute, MonthlyCredits: t.MonthlyCredits,
+			Endpoints: []mgmt.EndpointInfo{}}
+		for _, r := range proxy.Routes() {
+			if !t.Allows(r.Op) {
+				continue
+			}
+			op := p.Operations[r.Op]
+			ti.Endpoints = append(ti.Endpoints, mgmt.EndpointInfo{Method: r.Method, Path: r.Path, Operation: r.Op,
+				Unit: op.Unit, Credits: op.Credits, Per: op.Per})
+		}
+		out = append(out, ti)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].MonthlyCredits != out[j].MonthlyCredits {
+			return out[i].MonthlyCredits < out[j].MonthlyCredits
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
 }

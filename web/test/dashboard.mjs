@@ -1,0 +1,199 @@
+// The dashboard in a real browser (Debian's chromium, driven by
+// playwright-core) against a running stack: sign in as the dev user, create
+// a key, call the API with it over HTTP, see the gauge and the charts change
+// without a reload, regenerate and delete it; sign in as finance and
+// download the CSV. No error may reach the browser console, and another
+// owner's key must never appear. Screenshots of each view go to
+// SCREENSHOT_DIR.
+//
+// env: GATEWAY_URL (http://127.0.0.1:3030), AUTH_URL (http://127.0.0.1:3001),
+//      SCREENSHOT_DIR (.data/screenshots), CHROMIUM (/usr/bin/chromium)
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const gateway = process.env.GATEWAY_URL || 'http://127.0.0.1:3030';
+const auth = process.env.AUTH_URL || 'http://127.0.0.1:3001';
+const shots = process.env.SCREENSHOT_DIR || '.data/screenshots';
+const started = Date.now();
+const step = (what) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)} s] ${what}`);
+
+async function http(method, path, { token, key, json } = {}) {
+  const headers = {};
+  if (token) headers.Authorization = 'Bearer ' + token;
+  if (key) headers['X-API-Key'] = key;
+  if (json !== undefined) headers['Content-Type'] = 'application/json';
+  const res = await fetch(path.startsWith('http') ? path : gateway + path, { method, headers, body: json === undefined ? undefined : JSON.stringify(json) });
+  const text = await res.text();
+  return { status: res.status, body: text ? (res.headers.get('content-type')?.includes('json') ? JSON.parse(text) : text) : null };
+}
+
+async function login(email) {
+  const r = await http('POST', auth + '/api/v1/auth/login', { json: { email, password: 'password' } });
+  assert.equal(r.status, 200, 'login ' + email);
+  return r.body.accessToken;
+}
+
+// until polls fn (which returns a truthy value when done) up to ms.
+async function until(what, fn, ms = 30000) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    try { last = await fn(); if (last) return last; } catch (err) { last = err.message; }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms (last: ${last})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+await mkdir(shots, { recursive: true });
+const profile = await mkdtemp(join(tmpdir(), 'dashboard-chromium-'));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+  viewport: { width: 1360, height: 1000 },
+  acceptDownloads: true,
+  locale: 'en-US',
+});
+const problems = [];
+let failed = false;
+try {
+  const page = context.pages()[0] || await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`); });
+  page.on('pageerror', (err) => problems.push('page error: ' + err.message));
+  page.on('requestfailed', (r) => problems.push('request failed: ' + r.url() + ' ' + r.failure()?.errorText));
+
+  // Another owner's key, which must never show.
+  const other = await http('POST', '/api-keys', { token: await login('other@example.com'), json: { name: 'someone else’s key', tier: 'pro' } });
+  assert.equal(other.status, 201);
+  step('another owner made a key ' + other.body.keyPrefix);
+
+  // Sign in with the keyboard only.
+  const res = await page.goto(gateway + '/dashboard');
+  assert.equal(res.status(), 200);
+  assert.match(res.headers()['content-security-policy'], /default-src 'none'; script-src 'self'/);
+  await page.screenshot({ path: join(shots, 'dashboard-signin.png') });
+  await page.focus('#email');
+  await page.keyboard.type('user@example.com');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('password');
+  await page.keyboard.press('Enter');
+  await page.locator('#owner').waitFor({ state: 'visible' });
+  assert.match(await page.locator('#who-name').innerText(), /user@example\.com/);
+  assert.equal(await page.locator('#tab-finance').isVisible(), false, 'a user sees no finance tab');
+  assert.equal(await page.evaluate(() => Object.keys(localStorage).length + Object.keys(sessionStorage).length + document.cookie.length), 0,
+    'the token is kept in memory only');
+  step('signed in as user@example.com');
+
+  // Create a key: the secret is shown once.
+  await page.fill('#create-name', 'browser test');
+  await page.selectOption('#create-tier', 'pro');
+  await page.click('#create-form button[type=submit]');
+  await page.locator('#secret').waitFor({ state: 'visible' });
+  const secret = await page.inputValue('#secret-value');
+  assert.match(secret, /^sk_live_[0-9A-Za-z]{38}$/);
+  const row = page.locator('#keys-table tbody tr', { hasText: 'browser test' });
+  await row.waitFor();
+  const keyId = await row.getAttribute('data-key-id');
+  assert.match(await page.locator('#secret').innerText(), /only time the full key is shown/);
+  await page.click('#secret-copy');
+  await until('copy feedback', async () => (await page.locator('#secret-copied').innerText()).length > 0);
+  step('created key ' + secret.slice(0, 12) + '… (' + keyId + ')');
+  await page.screenshot({ path: join(shots, 'dashboard-created.png'), fullPage: true });
+  await page.click('#secret-close');
+
+  const tableText = await page.locator('#keys-table').innerText();
+  assert.ok(!tableText.includes(other.body.keyPrefix) && !tableText.includes('someone else'), 'another owner’s key is listed');
+  assert.match(await page.locator('#gauge-text').innerText(), /0 of 5,000 credits used/);
+  assert.match(await page.locator('#tier-limits').innerText(), /pro: 100 requests a minute, 5,000 credits a month/);
+
+  // Calls over HTTP with the key; the page must show them without a reload.
+  const chartSum = (id, label) => page.evaluate(([id, label]) => {
+    const c = Chart.getChart(id);
+    return c.data.datasets.filter((d) => d.label === label).reduce((s, d) => s + d.data[d.data.length - 1], 0);
+  }, [id, label]);
+  const before = await chartSum('requests-canvas', 'requests');
+  assert.equal(before, 0);
+  for (let i = 0; i < 3; i++) {
+    const r = await http('POST', '/v1/search', { key: secret, json: { query: 'quantum computing ' + i } });
+    assert.equal(r.status, 200, 'search with the new key');
+  }
+  const tts = await http('POST', '/v1/tts/synthesize', { key: secret, json: { text: 'x'.repeat(2500), voice: 'en-US-1' } });
+  assert.equal(tts.status, 200, 'tts with the new key');
+  const calledAt = Date.now();
+  await until('the gauge shows 6 credits used', async () => (await page.locator('#gauge-used').innerText()) === '6');
+  await until('the credits chart shows today', async () => (await chartSum('credits-canvas', '/v1/search')) === 3 && (await chartSum('credits-canvas', '/v1/tts/synthesize')) === 3);
+  await until('the requests chart shows today', async () => (await chartSum('requests-canvas', 'requests')) === 4);
+  step(`gauge and charts showed the 4 calls (6 credits) ${Date.now() - calledAt} ms after the last one, without a reload`);
+  assert.match(await page.locator('#gauge-text').innerText(), /6 of 5,000 credits used · 4,994 left/);
+  await page.screenshot({ path: join(shots, 'dashboard-owner.png'), fullPage: true });
+
+  // Regenerate without a grace period: the old secret stops, the new one works.
+  await page.selectOption('#regen-grace', '0');
+  await page.click('#regen-form button[type=submit]');
+  const renewed = await until('the new secret', async () => {
+    const v = await page.inputValue('#secret-value');
+    return v && v !== secret ? v : '';
+  });
+  assert.match(renewed, /^sk_live_/);
+  assert.equal((await http('GET', '/v1/key', { key: secret })).status, 401, 'the old secret still works');
+  assert.equal((await http('GET', '/v1/key', { key: renewed })).status, 200, 'the new secret does not work');
+  await page.click('#secret-close');
+  step('regenerated: the old secret is refused, the new one served');
+
+  // Delete, with a confirmation.
+  await page.click('#delete-key');
+  await page.locator('#confirm-delete').waitFor({ state: 'visible' });
+  assert.match(await page.locator('#confirm-text').innerText(), /browser test/);
+  await page.screenshot({ path: join(shots, 'dashboard-delete.png') });
+  await page.click('#confirm-yes');
+  await until('the key leaves the list', async () => (await page.locator(`#keys-table tr[data-key-id="${keyId}"]`).count()) === 0);
+  assert.equal((await http('GET', '/v1/key', { key: renewed })).status, 401, 'a deleted key still works');
+  step('deleted the key');
+
+  // At a phone's width.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: join(shots, 'dashboard-phone.png'), fullPage: true });
+  await page.setViewportSize({ width: 1360, height: 1000 });
+
+  await page.click('#sign-out');
+  await page.locator('#signin').waitFor({ state: 'visible' });
+
+  // Finance: every key, the top keys, the CSV.
+  await page.fill('#email', 'finance@example.com');
+  await page.fill('#password', 'password');
+  await page.click('#password-form button[type=submit]');
+  await page.locator('#finance').waitFor({ state: 'visible' });
+  const top = page.locator('#top-table tbody tr', { hasText: 'browser test' });
+  await until('finance sees the key among the top keys', async () => (await top.count()) === 1);
+  assert.match(await top.innerText(), /user-1/);
+  assert.match(await top.innerText(), /\b6\b/);
+  assert.match(await page.locator('#fin-table').innerText(), /browser test/);
+  await page.screenshot({ path: join(shots, 'dashboard-finance.png'), fullPage: true });
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#csv-download')]);
+  assert.match(download.suggestedFilename(), /^billing-daily-\d{4}-\d\d-\d\d-\d{4}-\d\d-\d\d\.csv$/);
+  const csv = await readFile(await download.path(), 'utf8');
+  const lines = csv.trim().split('\n');
+  assert.equal(lines[0], 'date,key_id,owner_id,endpoint,requests,credits,units,errors');
+  const ours = lines.filter((l) => l.includes(keyId));
+  assert.equal(ours.length, 2, 'the CSV has the key’s two endpoints: ' + csv);
+  assert.equal(ours.reduce((s, l) => s + Number(l.split(',')[5]), 0), 6, 'the CSV’s credits');
+  step(`finance downloaded ${download.suggestedFilename()} (${lines.length - 1} rows)`);
+
+  await page.click('#sign-out');
+  assert.deepEqual(problems, [], 'the browser reported problems');
+  step('no console errors, warnings or failed requests');
+} catch (err) {
+  failed = true;
+  console.error(err);
+  if (problems.length) console.error('browser problems:\n' + problems.join('\n'));
+  try { await context.pages()[0]?.screenshot({ path: join(shots, 'dashboard-failure.png'), fullPage: true }); } catch { /* none */ }
+} finally {
+  await context.close();
+  await rm(profile, { recursive: true, force: true });
+}
+console.log(failed ? 'dashboard browser test: FAIL' : `dashboard browser test: ok in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+process.exit(failed ? 1 : 0);
