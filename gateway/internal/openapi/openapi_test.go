@@ -49,8 +49,8 @@ func TestDocumentLoadsAndValidates(t *testing.T) {
 }
 
 // TestEveryOperationIsComplete checks what a reader relies on for every
-// operation: an ID, a security requirement (public: the API key; management:
-// the bearer JWT; system: none), a documented success, and every error as
+// operation: an ID, a security requirement (public: the API key; management
+// and the session: the bearer JWT; system and the dashboard's files: none), a documented success, and every error as
 // problem+json with X-Request-Id.
 func TestEveryOperationIsComplete(t *testing.T) {
 	doc := load(t, Spec())
@@ -66,7 +66,7 @@ func TestEveryOperationIsComplete(t *testing.T) {
 			switch {
 			case strings.HasPrefix(path, "/v1/"):
 				want = "apiKey"
-			case strings.HasPrefix(path, "/api-keys"), strings.HasPrefix(path, "/billing/"):
+			case strings.HasPrefix(path, "/api-keys"), strings.HasPrefix(path, "/billing/"), path == "/me", path == "/tiers":
 				want = "bearerJWT"
 			}
 			if op.Security == nil {
