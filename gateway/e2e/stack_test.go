@@ -165,18 +165,20 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		"DATABASE_URL=" + s.dsn, "REDIS_HOST=" + host, "REDIS_PORT=" + port, "NATS_URL=" + s.nats.URL,
 		"LOG_LEVEL=info",
 	}
+	gwBin := bin(t, "./gateway/cmd/gateway")
 	for i := 0; i < o.gateways; i++ {
-		p := testenv.FreePort(t)
 		spool := t.TempDir()
 		s.spools = append(s.spools, spool)
-		env := append(append([]string{}, common...),
-			"PORT="+strconv.Itoa(p), "MANA_CORE_AUTH_URL="+s.authURL,
-			"SEARCH_SERVICE_URL="+s.backends["search"], "STT_SERVICE_URL="+s.backends["stt"], "TTS_SERVICE_URL="+s.backends["tts"],
-			"SPOOL_DIR="+spool, "GATEWAY_ID=gw"+strconv.Itoa(i), "API_KEY_PEPPER=e2e-pepper-0123456789")
-		env = append(env, o.extraEnv...)
-		u := fmt.Sprintf("http://127.0.0.1:%d", p)
-		s.gateways = append(s.gateways, testenv.StartProcess(t, "gateway"+strconv.Itoa(i), bin(t, "./gateway/cmd/gateway"), env, u+"/ready"))
-		s.gwURLs = append(s.gwURLs, u)
+		env := func(port int) []string {
+			env := append(append([]string{}, common...),
+				"PORT="+strconv.Itoa(port), "MANA_CORE_AUTH_URL="+s.authURL,
+				"SEARCH_SERVICE_URL="+s.backends["search"], "STT_SERVICE_URL="+s.backends["stt"], "TTS_SERVICE_URL="+s.backends["tts"],
+				"SPOOL_DIR="+spool, "GATEWAY_ID=gw"+strconv.Itoa(i), "API_KEY_PEPPER=e2e-pepper-0123456789")
+			return append(env, o.extraEnv...)
+		}
+		p, port := testenv.StartProcessOnPort(t, "gateway"+strconv.Itoa(i), gwBin, env, "/ready")
+		s.gateways = append(s.gateways, p)
+		s.gwURLs = append(s.gwURLs, fmt.Sprintf("http://127.0.0.1:%d", port))
 	}
 	if o.noWorkers {
 		return s
@@ -189,14 +191,15 @@ func (s *stack) startWorkers() {
 	t := s.t
 	host, port, _ := net.SplitHostPort(s.redis.Addr)
 	common := []string{"DATABASE_URL=" + s.dsn, "REDIS_HOST=" + host, "REDIS_PORT=" + port, "NATS_URL=" + s.nats.URL, "LOG_LEVEL=info"}
-	bp := testenv.FreePort(t)
+	env := func(port int) []string {
+		return append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(port))
+	}
+	billingBin, aggBin := bin(t, "./billing-worker/cmd/billing-worker"), bin(t, "./aggregator/cmd/aggregator")
+	var bp, ap int
+	s.billing, bp = testenv.StartProcessOnPort(t, "billing-worker", billingBin, env, "/health")
 	s.billingURL = fmt.Sprintf("http://127.0.0.1:%d", bp)
-	s.billing = testenv.StartProcess(t, "billing-worker", bin(t, "./billing-worker/cmd/billing-worker"),
-		append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(bp)), s.billingURL+"/health")
-	ap := testenv.FreePort(t)
+	s.agg, ap = testenv.StartProcessOnPort(t, "aggregator", aggBin, env, "/health")
 	s.aggURL = fmt.Sprintf("http://127.0.0.1:%d", ap)
-	s.agg = testenv.StartProcess(t, "aggregator", bin(t, "./aggregator/cmd/aggregator"),
-		append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(ap)), s.aggURL+"/health")
 }
 
 func (s *stack) do(method, url string, body any, hdr map[string]string) (*http.Response, []byte) {

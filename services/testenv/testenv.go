@@ -5,6 +5,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -88,7 +90,9 @@ func PostgresURL(t testing.TB) string {
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
 // is drawn below the kernel's ephemeral range (32768+), so an outgoing
-// connection cannot take it between this call and the server's bind.
+// connection cannot take it between this call and the server's bind; another
+// test's server still can, so whoever binds it must retry on a bind failure
+// (StartRedis and StartProcessOnPort do).
 func FreePort(t testing.TB) int {
 	t.Helper()
 	for i := 0; i < 200; i++ {
@@ -108,61 +112,182 @@ func FreePort(t testing.TB) int {
 	return 0
 }
 
+// portHold keeps the port of a stopped server bound until the server starts
+// again, so that no other test's server takes it meanwhile. It closes every
+// connection it accepts, so clients see the server down.
+type portHold struct {
+	l    net.Listener
+	done chan struct{}
+}
+
+// holdPort binds 127.0.0.1:port, which also keeps ":port" from being bound.
+// It returns nil when the port is already taken: the restart then retries.
+func holdPort(port int) *portHold {
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return nil
+	}
+	h := &portHold{l: l, done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	return h
+}
+
+// release frees the port; it is safe on a nil hold.
+func (h *portHold) release() {
+	if h == nil {
+		return
+	}
+	_ = h.l.Close()
+	<-h.done
+}
+
 // Redis is a redis-server process owned by one test.
 type Redis struct {
 	t    testing.TB
 	Addr string
-	dir  string
-	cmd  *exec.Cmd
+	// RunID is the run_id the current child reported in INFO server.
+	RunID  string
+	dir    string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	out    *bytes.Buffer // the child's log, read only after it exited
+	hold   *portHold
 }
 
-// StartRedis starts redis-server on a free loopback port, without persistence.
+// StartRedis starts redis-server on a free loopback port, without
+// persistence, and checks that the server answering there is its own child
+// (INFO server's process_id); when the port was taken meanwhile it starts
+// again on another one. The test fails if the child died before the end.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
 	r := &Redis{t: t, dir: t.TempDir()}
-	r.Addr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-	r.Start()
-	t.Cleanup(r.Stop)
+	r.start(true)
+	t.Cleanup(func() {
+		r.stop(false)
+		r.hold.release()
+	})
 	return r
 }
 
-// Start (re)starts the server on the same address.
+// Start restarts the server on the same address after Stop, retrying while
+// the port cannot be bound.
 func (r *Redis) Start() {
+	r.t.Helper()
+	r.start(false)
+}
+
+func (r *Redis) start(fresh bool) {
 	r.t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		r.t.Fatal("redis-server not found: run the tests with `make test`, which installs it")
 	}
-	_, port, _ := net.SplitHostPort(r.Addr)
-	r.cmd = exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", r.dir, "--daemonize", "no", "--logfile", "")
-	r.cmd.Stdout, r.cmd.Stderr = io.Discard, io.Discard
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatalf("start redis-server: %v", err)
-	}
-	c := redis.NewClient(&redis.Options{Addr: r.Addr})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := c.Ping(ctx).Err()
-		cancel()
+	deadline := time.Now().Add(60 * time.Second)
+	for attempt := 1; ; attempt++ {
+		if fresh {
+			r.Addr = fmt.Sprintf("127.0.0.1:%d", FreePort(r.t))
+		}
+		r.hold.release()
+		r.hold = nil
+		err := r.try(bin)
 		if err == nil {
 			return
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("redis-server did not answer: %v", err)
+			r.t.Fatalf("redis-server on %s, attempt %d: %v", r.Addr, attempt, err)
+		}
+		r.t.Logf("redis-server on %s, attempt %d: %v; trying again", r.Addr, attempt, err)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// try starts one child on r.Addr and waits until it answers as itself.
+func (r *Redis) try(bin string) error {
+	_, port, _ := net.SplitHostPort(r.Addr)
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", r.dir, "--daemonize", "no", "--logfile", "")
+	out := &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start redis-server: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	kill := func() { _ = cmd.Process.Kill(); <-exited }
+	c := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1, DialTimeout: time.Second})
+	defer c.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case <-exited:
+			return fmt.Errorf("redis-server exited at start: %s", lastLines(out.String(), 3))
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		info, err := c.Info(ctx, "server").Result()
+		cancel()
+		if err == nil {
+			pid, runID := infoField(info, "process_id"), infoField(info, "run_id")
+			if pid != strconv.Itoa(cmd.Process.Pid) {
+				kill()
+				return fmt.Errorf("the port is answered by another redis-server (process_id %q, run_id %q), not by pid %d", pid, runID, cmd.Process.Pid)
+			}
+			r.cmd, r.exited, r.out, r.RunID = cmd, exited, out, runID
+			return nil
+		}
+		if time.Now().After(deadline) {
+			kill()
+			return fmt.Errorf("redis-server did not answer: %w", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// Stop kills the server (data is lost: it runs without persistence).
-func (r *Redis) Stop() {
-	if r.cmd != nil && r.cmd.Process != nil {
+// infoField returns the value of name in an INFO answer ("name:value" lines).
+func infoField(info, name string) string {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
+}
+
+// Stop kills the server (data is lost: it runs without persistence) and
+// holds its port until Start. It fails the test if the child had died on
+// its own: the test then talked to nothing, or to someone else's server.
+func (r *Redis) Stop() { r.stop(true) }
+
+func (r *Redis) stop(hold bool) {
+	if r.cmd == nil {
+		return
+	}
+	select {
+	case <-r.exited:
+		r.t.Errorf("redis-server %s (pid %d) exited during the test: %s", r.Addr, r.cmd.Process.Pid, lastLines(r.out.String(), 3))
+	default:
 		_ = r.cmd.Process.Kill()
-		_ = r.cmd.Wait()
-		r.cmd = nil
+		<-r.exited
+	}
+	r.cmd = nil
+	if hold {
+		_, port, _ := net.SplitHostPort(r.Addr)
+		p, _ := strconv.Atoi(port)
+		r.hold = holdPort(p)
 	}
 }
 
@@ -178,17 +303,19 @@ type NATS struct {
 	t    testing.TB
 	opts server.Options
 	srv  *server.Server
+	hold *portHold
 	URL  string
 }
 
-// StartNATS starts nats-server (the Go module) with JetStream on a free port,
-// storing in a temporary folder. SyncAlways makes acknowledged writes durable.
+// StartNATS starts nats-server (the Go module) with JetStream on a port it
+// binds itself, storing in a temporary folder. SyncAlways makes acknowledged
+// writes durable.
 func StartNATS(t testing.TB) *NATS {
 	t.Helper()
 	n := &NATS{t: t}
 	n.opts = server.Options{
 		Host:       "127.0.0.1",
-		Port:       FreePort(t),
+		Port:       server.RANDOM_PORT,
 		JetStream:  true,
 		StoreDir:   filepath.Join(t.TempDir(), "js"),
 		NoLog:      true,
@@ -196,33 +323,60 @@ func StartNATS(t testing.TB) *NATS {
 		SyncAlways: true,
 		MaxPayload: 1 << 20,
 	}
-	n.URL = fmt.Sprintf("nats://127.0.0.1:%d", n.opts.Port)
 	n.Start()
-	t.Cleanup(n.Stop)
+	t.Cleanup(func() {
+		n.stop(false)
+		n.hold.release()
+	})
 	return n
 }
 
-// Start (re)starts the server on the same port and store.
+// Start (re)starts the server on the same port and store; after Stop it
+// retries while the port cannot be bound.
 func (n *NATS) Start() {
 	n.t.Helper()
-	opts := n.opts
-	srv, err := server.NewServer(&opts)
-	if err != nil {
-		n.t.Fatalf("nats-server: %v", err)
+	deadline := time.Now().Add(60 * time.Second)
+	for attempt := 1; ; attempt++ {
+		n.hold.release()
+		n.hold = nil
+		opts := n.opts
+		srv, err := server.NewServer(&opts)
+		if err != nil {
+			n.t.Fatalf("nats-server: %v", err)
+		}
+		// Start returns once the client listener is bound or has failed.
+		srv.Start()
+		if addr, ok := srv.Addr().(*net.TCPAddr); ok && srv.ReadyForConnections(20*time.Second) {
+			n.srv = srv
+			if n.opts.Port == server.RANDOM_PORT {
+				n.opts.Port = addr.Port
+				n.URL = fmt.Sprintf("nats://127.0.0.1:%d", addr.Port)
+			}
+			return
+		}
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		if time.Now().After(deadline) {
+			n.t.Fatalf("nats-server could not listen on port %d (attempt %d)", n.opts.Port, attempt)
+		}
+		n.t.Logf("nats-server could not listen on port %d (attempt %d); trying again", n.opts.Port, attempt)
+		time.Sleep(100 * time.Millisecond)
 	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		n.t.Fatal("nats-server not ready")
-	}
-	n.srv = srv
 }
 
-// Stop shuts the server down; Start brings it back with its stored streams.
-func (n *NATS) Stop() {
-	if n.srv != nil {
-		n.srv.Shutdown()
-		n.srv.WaitForShutdown()
-		n.srv = nil
+// Stop shuts the server down and holds its port; Start brings it back with
+// its stored streams.
+func (n *NATS) Stop() { n.stop(true) }
+
+func (n *NATS) stop(hold bool) {
+	if n.srv == nil {
+		return
+	}
+	n.srv.Shutdown()
+	n.srv.WaitForShutdown()
+	n.srv = nil
+	if hold {
+		n.hold = holdPort(n.opts.Port)
 	}
 }
 
