@@ -21,11 +21,15 @@ ensure_cmd redis-server redis-server
 ensure_cmd promtool prometheus # the metrics lint test runs promtool check metrics
 "$ROOT/.ci/web.sh" build        # the dashboard the gateway embeds, and playwright-core
 "$ROOT/.ci/web.sh" browser      # chromium for the dashboard's browser test
+ensure_cmd espeak-ng espeak-ng # the TTS stand-in's speech engine; its tests require it
 set -a
 # shellcheck source=/dev/null
 source "$DATA/test/stack.env"
 set +a
 export PATH="$TOOLBIN:$PATH"
+# The binaries the tests build and spawn (several gateways, the workers under
+# kill -9, replay) run with the race detector too, like the tests themselves.
+export TEST_BUILD_RACE=1
 
 # Arguments narrow the packages (default: every module of go.work);
 # GO_TEST_FLAGS adds flags, e.g. GO_TEST_FLAGS='-run TestX -v'.

@@ -168,6 +168,44 @@ func TestAutoEngine(t *testing.T) {
 	}
 }
 
+// TestEspeakSynthesis speaks with espeak-ng, which `make test` installs:
+// every voice answers a WAV file whose header tells its true length (not the
+// placeholder espeak-ng writes on a pipe), with sound in it, and more text
+// gives more audio.
+func TestEspeakSynthesis(t *testing.T) {
+	if _, err := exec.LookPath("espeak-ng"); err != nil {
+		t.Fatal("espeak-ng not found: run the tests with `make test`, which installs it")
+	}
+	srv := newServer(t, Config{Engine: EngineEspeak})
+	short, long := "Hello, world!", strings.Repeat("The quick brown fox jumps over the lazy dog. ", 6)
+	for _, v := range voices() {
+		t.Run(v.ID, func(t *testing.T) {
+			var durations []time.Duration
+			for _, text := range []string{short, long} {
+				body, err := json.Marshal(synthesizeRequest{Text: text, Voice: v.ID})
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp, b := synthesize(t, srv, "application/json", string(body))
+				h := checkWAV(t, resp, b)
+				if h.SampleRate == toneRate {
+					t.Fatalf("a %d Hz answer is the tone generator's, not espeak-ng's (22050 Hz): %+v", toneRate, h)
+				}
+				if got, want := resp.Header.Get("X-Audio-Duration-Seconds"), strconv.FormatFloat(h.Duration().Seconds(), 'f', 3, 64); got != want {
+					t.Fatalf("X-Audio-Duration-Seconds %s, the header says %s", got, want)
+				}
+				if bytes.Count(b[h.DataOffset:], []byte{0}) == len(b)-int(h.DataOffset) {
+					t.Fatal("all samples are zero")
+				}
+				durations = append(durations, h.Duration())
+			}
+			if durations[0] < 300*time.Millisecond || durations[0] > 10*time.Second || durations[1] < 3*durations[0] {
+				t.Fatalf("durations %v for %d and %d characters", durations, len(short), len(long))
+			}
+		})
+	}
+}
+
 func TestBadConfig(t *testing.T) {
 	tests := []struct {
 		name string
