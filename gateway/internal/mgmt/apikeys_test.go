@@ -2,6 +2,7 @@ package mgmt
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -42,8 +43,23 @@ func TestKeyLifecycle(t *testing.T) {
 	if err != nil || stored.ID != created.ID || stored.OwnerID != "user-a" {
 		t.Fatalf("by hash: %v %+v", err, stored)
 	}
-	if strings.Contains(string(stored.Hash), created.Secret) {
-		t.Fatal("secret stored in clear")
+	// The row as Postgres holds it: the keyed hash, and the secret nowhere,
+	// neither as text nor as the hex Postgres shows a bytea in.
+	var row struct {
+		JSON string `db:"row"`
+		Hash []byte `db:"key_hash"`
+	}
+	if err := en.db.Get(&row, `SELECT row_to_json(k)::text AS row, key_hash FROM api_gateway.api_keys k WHERE id = $1`, created.ID); err != nil {
+		t.Fatal(err)
+	}
+	if !keys.Equal(row.Hash, en.hasher.Hash(created.Secret)) {
+		t.Fatalf("key_hash %x is not the keyed hash of the secret", row.Hash)
+	}
+	body := strings.TrimPrefix(created.Secret, created.KeyPrefix)
+	for _, leak := range []string{created.Secret, body, hex.EncodeToString([]byte(created.Secret)), hex.EncodeToString([]byte(body))} {
+		if strings.Contains(row.JSON, leak) {
+			t.Fatalf("the stored row holds the secret (%q): %s", leak, row.JSON)
+		}
 	}
 	if calls := en.state.snapshot(); len(calls) != 1 || calls[0].ID != created.ID || !calls[0].Active {
 		t.Fatalf("sync calls %+v", calls)
@@ -119,8 +135,14 @@ func TestKeyLifecycle(t *testing.T) {
 
 	// Regenerate with a grace period: both work until it ends.
 	r = en.do("user-a", "", http.MethodPost, "/api-keys/"+created.ID+"/regenerate", map[string]any{"gracePeriodSeconds": 3600})
+	if r.code != http.StatusOK {
+		t.Fatalf("regenerate with grace: %d %s", r.code, r.body)
+	}
 	var regen2 keyView
 	r.json(t, &regen2)
+	if keys.Parse(regen2.Secret) != nil || regen2.Secret == regen.Secret {
+		t.Fatalf("regenerated with grace %+v", regen2)
+	}
 	calls = en.state.snapshot()
 	last = calls[len(calls)-1]
 	for _, s := range []string{regen.Secret, regen2.Secret} {
