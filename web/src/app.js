@@ -456,9 +456,10 @@ async function loadFinance() {
   }
   const rows = [...totals.values()].sort((a, b) => (a.date === b.date ? b.credits - a.credits : a.date < b.date ? 1 : -1));
   const sum = (f) => rows.reduce((s, r) => s + r[f], 0);
+  const keyCount = new Set(rows.map((r) => r.keyId)).size;
   $('fin-totals').replaceChildren(
     el('strong', { id: 'fin-credits' }, num(sum('credits'))), ' credits · ', el('strong', {}, num(sum('requests'))), ' requests · ',
-    el('strong', {}, num(sum('errors'))), ' errors · ' + num(new Set(rows.map((r) => r.keyId)).size) + (new Set(rows.map((r) => r.keyId)).size === 1 ? ' key · ' : ' keys · ') + day(from) + ' – ' + day(to) + ' (UTC days)');
+    el('strong', {}, num(sum('errors'))), ' errors · ' + num(keyCount) + (keyCount === 1 ? ' key · ' : ' keys · ') + day(from) + ' – ' + day(to) + ' (UTC days)');
 
   const days = daysBetween(from, to);
   const shown = top.data.slice(0, 6).map((k) => k.keyId);

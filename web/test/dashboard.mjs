@@ -61,10 +61,13 @@ const context = await chromium.launchPersistentContext(profile, {
 const problems = [];
 let failed = false;
 try {
-  const page = context.pages()[0] || await context.newPage();
-  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`); });
-  page.on('pageerror', (err) => problems.push('page error: ' + err.message));
-  page.on('requestfailed', (r) => problems.push('request failed: ' + r.url() + ' ' + r.failure()?.errorText));
+  const watch = (page) => {
+    page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`); });
+    page.on('pageerror', (err) => problems.push('page error: ' + err.message));
+    page.on('requestfailed', (r) => problems.push('request failed: ' + r.url() + ' ' + r.failure()?.errorText));
+    return page;
+  };
+  const page = watch(context.pages()[0] || await context.newPage());
 
   // Another owner's key, which must never show.
   const other = await http('POST', '/api-keys', { token: await login('other@example.com'), json: { name: 'someone else’s key', tier: 'pro' } });
@@ -131,6 +134,18 @@ try {
   assert.match(await page.locator('#gauge-text').innerText(), /6 of 5,000 credits used · 4,994 left/);
   await page.screenshot({ path: join(shots, 'dashboard-owner.png'), fullPage: true });
 
+  // Rename, deactivate (the key is refused), activate again.
+  await page.fill('#rename-name', 'browser test, renamed');
+  await page.click('#rename-form button[type=submit]');
+  await until('the new name in the list', async () => (await row.innerText()).includes('browser test, renamed'));
+  await page.click('#toggle-active');
+  await until('the key shows inactive', async () => /\bno\b/.test(await row.innerText()));
+  assert.equal((await http('GET', '/v1/key', { key: secret })).status, 403, 'a deactivated key is served');
+  await page.click('#toggle-active');
+  await until('the key shows active', async () => /\byes\b/.test(await row.innerText()));
+  assert.equal((await http('GET', '/v1/key', { key: secret })).status, 200, 'an activated key is refused');
+  step('renamed, deactivated (403) and activated (200) the key');
+
   // Regenerate without a grace period: the old secret stops, the new one works.
   await page.selectOption('#regen-grace', '0');
   await page.click('#regen-form button[type=submit]');
@@ -167,7 +182,7 @@ try {
   await page.fill('#password', 'password');
   await page.click('#password-form button[type=submit]');
   await page.locator('#finance').waitFor({ state: 'visible' });
-  const top = page.locator('#top-table tbody tr', { hasText: 'browser test' });
+  const top = page.locator('#top-table tbody tr', { hasText: 'browser test, renamed' });
   await until('finance sees the key among the top keys', async () => (await top.count()) === 1);
   assert.match(await top.innerText(), /user-1/);
   assert.match(await top.innerText(), /\b6\b/);
@@ -184,6 +199,31 @@ try {
   step(`finance downloaded ${download.suggestedFilename()} (${lines.length - 1} rows)`);
 
   await page.click('#sign-out');
+
+  // A token handed back by an issuer's sign-in page (#access_token=…), and
+  // a pasted one; on a clock the test controls, the page signs out when the
+  // token expires.
+  const later = watch(await context.newPage());
+  await later.clock.install();
+  const token = await login('user@example.com');
+  await later.goto(gateway + '/dashboard#access_token=' + encodeURIComponent(token));
+  await later.locator('#owner').waitFor({ state: 'visible' });
+  assert.ok(!later.url().includes('access_token'), 'the token stays in the address: ' + later.url());
+  await later.click('#sign-out');
+  await later.locator('#signin').waitFor({ state: 'visible' });
+  await later.click('#token-box summary');
+  await later.fill('#token', token);
+  await later.click('#token-form button[type=submit]');
+  await later.locator('#owner').waitFor({ state: 'visible' });
+  assert.match(await later.locator('#who-expiry').innerText(), /session ends/);
+  await later.clock.fastForward('59:00');
+  assert.equal(await later.locator('#owner').isVisible(), true, 'signed out before the token expired');
+  await later.clock.fastForward('01:05');
+  await later.locator('#signin').waitFor({ state: 'visible' });
+  assert.match(await later.locator('#error').innerText(), /session expired/);
+  step('signed in with a returned and a pasted token; signed out when it expired');
+  await later.close();
+
   assert.deepEqual(problems, [], 'the browser reported problems');
   step('no console errors, warnings or failed requests');
 } catch (err) {

@@ -40,6 +40,10 @@ func (t tiers) Tier(name string) (int, int64, bool) {
 
 var contractTiers = tiers{"free": {10, 100}, "pro": {100, 5000}, "enterprise": {1000, 50000}}
 
+// testCatalog is what GET /tiers answers in these tests.
+var testCatalog = []TierInfo{{Name: "free", RateLimitPerMinute: 10, MonthlyCredits: 100, Endpoints: []EndpointInfo{
+	{Method: "POST", Path: "/v1/search", Operation: "search", Unit: "request", Credits: 1, Per: 1}}}}
+
 // recordingState is a KeyState that records every synced state and fails
 // while fail is set.
 type recordingState struct {
@@ -125,7 +129,7 @@ func newEnv(t *testing.T) *env {
 	en := &env{t: t, db: db, store: keys.NewStore(db), hasher: keys.NewHasher([]byte("test-pepper")),
 		state: &recordingState{}, now: time.Date(2026, 3, 15, 12, 0, 0, 0, time.UTC), signer: signer}
 	h, err := New(Config{}, Deps{Store: en.store, DB: db, Hasher: en.hasher, Tiers: contractTiers, State: en.state,
-		Now: func() time.Time { return en.now }}, logger)
+		Now: func() time.Time { return en.now }, Catalog: testCatalog}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
