@@ -68,6 +68,9 @@ type Config struct {
 	TimeoutCap time.Duration
 	// Metrics, if not nil, registers the backend and Redis histograms.
 	Metrics prometheus.Registerer
+	// Clock is the gateway's own clock (latencies, event times); nil means
+	// time.Now. Credit months come from Redis's clock, never from this one.
+	Clock func() time.Time
 }
 
 // Validate reports every problem.
@@ -110,6 +113,9 @@ func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publish
 	m, err := newMetrics(cfg.Metrics)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
 	}
 	e := &Edge{cfg: cfg, pricing: p, resolver: resolver, quota: m.timedQuota(q), pub: pub, lastUsed: lastUsed, holds: holds, logger: logger,
 		proxies: map[string]*httputil.ReverseProxy{}, fallback: map[string]*rate.Limiter{}}
@@ -339,17 +345,18 @@ func (e *Edge) refusal(c echo.Context, d quota.Decision) error {
 
 // withoutRedis applies the policy for an unreachable Redis: a call that
 // costs credits is refused (it could not be billed safely); a free call is
-// served under a per-instance limiter at the tier's rate.
+// served under a per-instance limiter at the key's rate.
 func (e *Edge) withoutRedis(c echo.Context, cl *call, tier pricing.Tier, cause error) error {
 	e.logger.WarnContext(c.Request().Context(), "quota store unavailable", "key_id", cl.key.ID, "err", cause)
 	if cl.held > 0 {
 		c.Response().Header().Set("Retry-After", "5")
 		return problem.New(http.StatusServiceUnavailable, "credit accounting is unavailable; try again shortly")
 	}
+	limit := cl.key.RateLimitPerMinute // the key's own, as Redis would enforce it
 	e.fallbackMu.Lock()
 	lim, ok := e.fallback[cl.key.ID]
 	if !ok {
-		lim = rate.NewLimiter(rate.Limit(float64(tier.RateLimitPerMinute)/60), tier.RateLimitPerMinute)
+		lim = rate.NewLimiter(rate.Limit(float64(limit)/60), limit)
 		e.fallback[cl.key.ID] = lim
 	}
 	e.fallbackMu.Unlock()
@@ -357,16 +364,16 @@ func (e *Edge) withoutRedis(c echo.Context, cl *call, tier pricing.Tier, cause e
 		return problem.New(http.StatusForbidden, "this endpoint is not included in the key's tier")
 	}
 	h := c.Response().Header()
-	h.Set("X-RateLimit-Limit", strconv.Itoa(tier.RateLimitPerMinute))
+	h.Set("X-RateLimit-Limit", strconv.Itoa(limit))
 	if !lim.Allow() {
 		h.Set("X-RateLimit-Remaining", "0")
 		h.Set("Retry-After", "1")
-		return problem.New(http.StatusTooManyRequests, fmt.Sprintf("rate limit of %d requests per minute exceeded", tier.RateLimitPerMinute))
+		return problem.New(http.StatusTooManyRequests, fmt.Sprintf("rate limit of %d requests per minute exceeded", limit))
 	}
 	h.Set("X-RateLimit-Remaining", strconv.Itoa(int(lim.Tokens())))
-	h.Set("X-RateLimit-Reset", strconv.FormatInt(time.Now().Add(time.Minute).Unix(), 10))
-	now := time.Now().UTC()
-	cl.decision = quota.Decision{Outcome: quota.OK, Limit: tier.RateLimitPerMinute, Now: now, Period: now.Format("2006-01"), Credits: -1, Window: quota.Window}
+	now := e.cfg.Clock().UTC()
+	h.Set("X-RateLimit-Reset", strconv.FormatInt(now.Add(time.Minute).Unix(), 10))
+	cl.decision = quota.Decision{Outcome: quota.OK, Limit: limit, Now: now, Period: now.Format("2006-01"), Credits: -1, Window: quota.Window}
 	if cl.route.Backend == backendLocal {
 		return e.describeKey(c, cl.key, tier, cl.decision)
 	}
@@ -416,12 +423,18 @@ func (e *Edge) describeKey(c echo.Context, k *keys.Key, tier pricing.Tier, d quo
 	if d.Credits >= 0 {
 		credits = &d.Credits
 	}
+	// The key's own limits, as Redis enforces them; the pricing file only
+	// seeds them when a key is created.
+	limit := k.RateLimitPerMinute
+	if d.Limit > 0 {
+		limit = d.Limit
+	}
 	return c.JSON(http.StatusOK, map[string]any{
 		"id":                 k.ID,
 		"keyPrefix":          k.Prefix,
 		"tier":               k.Tier,
-		"rateLimitPerMinute": tier.RateLimitPerMinute,
-		"monthlyCredits":     tier.MonthlyCredits,
+		"rateLimitPerMinute": limit,
+		"monthlyCredits":     k.MonthlyCredits,
 		"creditsRemaining":   credits,
 		"allowedEndpoints":   allowed,
 		"periodStart":        time.Date(d.Now.Year(), d.Now.Month(), 1, 0, 0, 0, 0, time.UTC),
@@ -430,18 +443,19 @@ func (e *Edge) describeKey(c echo.Context, k *keys.Key, tier pricing.Tier, d quo
 	})
 }
 
-// event builds the usage event of a finished call.
+// event builds the usage event of a finished call. Its period is the credit
+// month its hold was taken in, by Redis's clock; the event time, from the
+// gateway's clock, is clamped into that month so period and time agree
+// whatever the two clocks say.
 func (e *Edge) event(cl *call, status int, units, credits int64) *usagev1.UsageEvent {
-	now := time.Now().UTC()
+	now := e.cfg.Clock().UTC()
 	period := cl.decision.Period
-	if period == "" || now.Format("2006-01") != period {
-		// The charge belongs to the month its hold was taken in; the event
-		// time is clamped into that month so period and time agree.
-		if t, err := time.Parse("2006-01", period); err == nil && now.After(periodEnd(t)) {
-			now = periodEnd(t).Add(-time.Microsecond)
-		} else {
-			period = now.Format("2006-01")
-		}
+	if start, err := time.Parse("2006-01", period); err != nil {
+		period = now.Format("2006-01")
+	} else if end := periodEnd(start); now.Before(start) {
+		now = start
+	} else if !now.Before(end) {
+		now = end.Add(-time.Microsecond)
 	}
 	return &usagev1.UsageEvent{
 		EventId:        cl.eventID,
@@ -457,7 +471,7 @@ func (e *Edge) event(cl *call, status int, units, credits int64) *usagev1.UsageE
 		OccurredAt:     timestamppb.New(now),
 		LatencyUs:      time.Since(cl.start).Microseconds(),
 		Period:         period,
-		MonthlyCredits: e.pricing.Tiers[cl.key.Tier].MonthlyCredits,
+		MonthlyCredits: cl.key.MonthlyCredits,
 		GatewayId:      e.cfg.GatewayID,
 	}
 }

@@ -65,11 +65,15 @@ type envOpt func(*envOpts)
 type envOpts struct {
 	spoolBytes int64
 	metrics    prometheus.Registerer
+	clock      func() time.Time
 }
 
 func withSpoolBytes(n int64) envOpt { return func(o *envOpts) { o.spoolBytes = n } }
 
 func withMetrics(reg prometheus.Registerer) envOpt { return func(o *envOpts) { o.metrics = reg } }
+
+// withClock gives the gateway a clock of its own (Redis keeps the real one).
+func withClock(now func() time.Time) envOpt { return func(o *envOpts) { o.clock = now } }
 
 // capture is a backend that records what it received and answers as told.
 type capture struct {
@@ -179,6 +183,7 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...
 		PublishTimeout: 5 * time.Second,
 		TimeoutCap:     time.Second,
 		Metrics:        o.metrics,
+		Clock:          o.clock,
 	}, p, ev.resolver, ev.q, pub, proxy.NewLastUsed(ev.store, time.Hour, logger), hl, logger)
 	if err != nil {
 		t.Fatal(err)
