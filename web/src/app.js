@@ -40,6 +40,8 @@ function el(tag, attrs = {}, ...children) {
 function fill(tbody, rows) { tbody.replaceChildren(...rows); }
 function td(v, cls) { return el('td', cls ? { class: cls } : {}, v); }
 function status(msg) { $('status').textContent = msg; }
+const clockFmt = new Intl.DateTimeFormat(undefined, { timeStyle: 'medium', timeZone: 'UTC' });
+function updated() { $('updated').textContent = 'Live: figures of ' + clockFmt.format(new Date()) + ' UTC, refreshed every ' + POLL_MS / 1000 + ' s'; }
 function showError(msg) { const e = $('error'); e.textContent = msg; e.hidden = !msg; }
 
 // ---- dates: the API's days are UTC days ----
@@ -138,6 +140,7 @@ function signOut(message) {
   $('secret-value').value = '';
   $('signin').hidden = false;
   status('');
+  $('updated').textContent = '';
   showError(message || '');
 }
 
@@ -292,7 +295,7 @@ async function loadDetail(live = false) {
   renderGauge(summary);
   renderUsage(usage.data, from, to);
   renderTier(k.tier);
-  status('Updated ' + when(new Date().toISOString()));
+  updated();
 }
 
 function renderGauge(s) {
@@ -476,7 +479,7 @@ async function loadFinance() {
     td(num(k.requests), 'num'), td(num(k.credits), 'num'), td(num(k.errors), 'num'))));
   fill($('fin-table').tBodies[0], rows.map((r) => el('tr', {},
     td(day(r.date)), td(label(r.keyId)), td(r.ownerId), td(num(r.requests), 'num'), td(num(r.credits), 'num'), td(num(r.errors), 'num'))));
-  status('Updated ' + when(new Date().toISOString()));
+  updated();
 }
 
 $('finance-range').addEventListener('submit', (ev) => {

@@ -146,18 +146,38 @@ try {
   assert.equal((await http('GET', '/v1/key', { key: secret })).status, 200, 'an activated key is refused');
   step('renamed, deactivated (403) and activated (200) the key');
 
-  // Regenerate without a grace period: the old secret stops, the new one works.
-  await page.selectOption('#regen-grace', '0');
-  await page.click('#regen-form button[type=submit]');
-  const renewed = await until('the new secret', async () => {
-    const v = await page.inputValue('#secret-value');
-    return v && v !== secret ? v : '';
-  });
+  // Every control has a label (or an accessible name), and at a phone's
+  // width nothing runs off the side of the page.
+  const unnamed = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea, button')]
+    .filter((e) => !(e.labels?.length || e.getAttribute('aria-label') || (e.tagName === 'BUTTON' && e.textContent.trim())))
+    .map((e) => e.outerHTML.slice(0, 80)));
+  assert.deepEqual(unnamed, [], 'controls without a label');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await until('the page fits a phone', async () => page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth) || 'wider');
+  await page.screenshot({ path: join(shots, 'dashboard-phone.png'), fullPage: true });
+  await page.setViewportSize({ width: 1360, height: 1000 });
+
+  // Regenerate with a grace period: both secrets work; regenerate again
+  // without one: only the newest works.
+  const regenerate = async (grace, old) => {
+    await page.selectOption('#regen-grace', grace);
+    await page.click('#regen-form button[type=submit]');
+    const v = await until('the new secret', async () => {
+      const v = await page.inputValue('#secret-value');
+      return v && v !== old ? v : '';
+    });
+    await page.click('#secret-close');
+    return v;
+  };
+  const graced = await regenerate('3600', secret);
+  assert.match(await page.locator('#status').innerText(), /Key regenerated/);
+  assert.equal((await http('GET', '/v1/key', { key: secret })).status, 200, 'the old secret is refused within its grace period');
+  assert.equal((await http('GET', '/v1/key', { key: graced })).status, 200, 'the new secret does not work');
+  const renewed = await regenerate('0', graced);
   assert.match(renewed, /^sk_live_/);
-  assert.equal((await http('GET', '/v1/key', { key: secret })).status, 401, 'the old secret still works');
+  for (const old of [secret, graced]) assert.equal((await http('GET', '/v1/key', { key: old })).status, 401, 'an old secret still works');
   assert.equal((await http('GET', '/v1/key', { key: renewed })).status, 200, 'the new secret does not work');
-  await page.click('#secret-close');
-  step('regenerated: the old secret is refused, the new one served');
+  step('regenerated with 1 h of grace (both served), then without (only the newest served)');
 
   // Delete, with a confirmation.
   await page.click('#delete-key');
@@ -168,11 +188,6 @@ try {
   await until('the key leaves the list', async () => (await page.locator(`#keys-table tr[data-key-id="${keyId}"]`).count()) === 0);
   assert.equal((await http('GET', '/v1/key', { key: renewed })).status, 401, 'a deleted key still works');
   step('deleted the key');
-
-  // At a phone's width.
-  await page.setViewportSize({ width: 390, height: 844 });
-  await page.screenshot({ path: join(shots, 'dashboard-phone.png'), fullPage: true });
-  await page.setViewportSize({ width: 1360, height: 1000 });
 
   await page.click('#sign-out');
   await page.locator('#signin').waitFor({ state: 'visible' });
@@ -188,6 +203,15 @@ try {
   assert.match(await top.innerText(), /\b6\b/);
   assert.match(await page.locator('#fin-table').innerText(), /browser test/);
   await page.screenshot({ path: join(shots, 'dashboard-finance.png'), fullPage: true });
+  const yesterday = new Date(Date.now() - 86400000).toISOString().slice(0, 10);
+  const today = new Date().toISOString().slice(0, 10);
+  await page.fill('#fin-from', yesterday);
+  await page.fill('#fin-to', yesterday);
+  await page.click('#finance-range button[type=submit]');
+  await until('an earlier range without the key', async () => (await top.count()) === 0 && (await page.locator('#fin-totals').innerText()).startsWith('0 credits'));
+  await page.fill('#fin-to', today);
+  await page.click('#finance-range button[type=submit]');
+  await until('the range back to today', async () => (await top.count()) === 1);
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#csv-download')]);
   assert.match(download.suggestedFilename(), /^billing-daily-\d{4}-\d\d-\d\d-\d{4}-\d\d-\d\d\.csv$/);
   const csv = await readFile(await download.path(), 'utf8');
