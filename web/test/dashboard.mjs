@@ -65,6 +65,10 @@ try {
     page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`); });
     page.on('pageerror', (err) => problems.push('page error: ' + err.message));
     page.on('requestfailed', (r) => problems.push('request failed: ' + r.url() + ' ' + r.failure()?.errorText));
+    page.on('request', (r) => {
+      const origin = new URL(r.url()).origin;
+      if (origin !== new URL(gateway).origin && origin !== new URL(auth).origin && !r.url().startsWith('blob:')) problems.push('request elsewhere: ' + r.url());
+    });
     return page;
   };
   const page = watch(context.pages()[0] || await context.newPage());
@@ -248,8 +252,21 @@ try {
   step('signed in with a returned and a pasted token; signed out when it expired');
   await later.close();
 
+  // The browser enforces the policy: an injected inline script does not run.
+  const strict = await context.newPage();
+  await strict.goto(gateway + '/dashboard');
+  const blocked = await strict.evaluate(() => new Promise((resolve) => {
+    document.addEventListener('securitypolicyviolation', (e) => resolve(e.violatedDirective + ' blocked; ran: ' + String(window.injected === 1)));
+    const s = document.createElement('script');
+    s.textContent = 'window.injected = 1';
+    document.body.append(s);
+  }));
+  assert.equal(blocked, 'script-src-elem blocked; ran: false');
+  await strict.close();
+  step('an injected inline script was refused by the CSP');
+
   assert.deepEqual(problems, [], 'the browser reported problems');
-  step('no console errors, warnings or failed requests');
+  step('no console errors or warnings, no failed requests, none to another origin');
 } catch (err) {
   failed = true;
   console.error(err);

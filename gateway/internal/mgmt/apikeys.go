@@ -191,13 +191,9 @@ func (h *Handler) list(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	limit := h.cfg.DefaultPageSize
-	if s := c.QueryParam("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > h.cfg.MaxPageSize {
-			return problem.New(http.StatusBadRequest, fmt.Sprintf("limit must be an integer from 1 to %d", h.cfg.MaxPageSize))
-		}
-		limit = n
+	limit, err := queryLimit(c, h.cfg.DefaultPageSize, h.cfg.MaxPageSize)
+	if err != nil {
+		return err
 	}
 	ctx := c.Request().Context()
 	ks, next, err := h.deps.Store.ListByOwner(ctx, who.Subject, limit, c.QueryParam("cursor"))
@@ -223,6 +219,19 @@ func (h *Handler) list(c echo.Context) error {
 		resp.NextCursor = &next
 	}
 	return c.JSON(http.StatusOK, resp)
+}
+
+// queryLimit reads ?limit= (1..most), def when absent.
+func queryLimit(c echo.Context, def, most int) (int, error) {
+	s := c.QueryParam("limit")
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > most {
+		return 0, problem.New(http.StatusBadRequest, fmt.Sprintf("limit must be an integer from 1 to %d", most))
+	}
+	return n, nil
 }
 
 // ownKey returns the caller's undeleted key with the path's id, or

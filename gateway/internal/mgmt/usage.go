@@ -349,13 +349,9 @@ func (h *Handler) billingKeys(c echo.Context) error {
 	if !who.IsFinance() {
 		return problem.New(http.StatusForbidden, "the finance or admin role is required")
 	}
-	limit := 10
-	if s := c.QueryParam("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 100 {
-			return problem.New(http.StatusBadRequest, "limit must be an integer from 1 to 100")
-		}
-		limit = n
+	limit, err := queryLimit(c, 10, 100)
+	if err != nil {
+		return err
 	}
 	from, to, err := h.dateRange(c)
 	if err != nil {
