@@ -53,6 +53,9 @@ load_env() {
 	# shellcheck source=/dev/null
 	source "$DATA/stack.env"
 	set +a
+	# The development stack: the gateway may use the public development
+	# pepper and the test-only settings (production sets API_KEY_PEPPER).
+	export DEV_MODE=1
 }
 
 # app_env NAME: the settings one binary gets on top of .data/stack.env, one a line.

@@ -69,7 +69,7 @@ func TestNoOverdraftAcrossGateways(t *testing.T) {
 // TestRateLimitAcrossGateways: limit N, 3N calls in a burst over two
 // gateways: exactly N served; the refused ones consumed nothing.
 func TestRateLimitAcrossGateways(t *testing.T) {
-	s := newStack(t, stackOpts{gateways: 2, pricing: testPricing, noWorkers: true, extraEnv: []string{"RATE_LIMIT_WINDOW=3s"}})
+	s := newStack(t, stackOpts{gateways: 2, pricing: testPricing, noWorkers: true, extraEnv: []string{"DEV_MODE=1", "RATE_LIMIT_WINDOW=3s"}})
 	tok := s.login("user@example.com")
 	k := s.createKey(s.gwURLs[0], tok, map[string]any{"name": "burst", "tier": "burst"})
 	var retryAfterMissing atomic.Int64

@@ -35,6 +35,7 @@ type Config struct {
 	LogLevel         string
 	ShutdownTimeout  time.Duration
 	RateWindow       time.Duration
+	DevMode          bool // DEV_MODE=1: the development pepper and the test-only settings are allowed
 	DevPepperWarning bool
 	// DashboardPasswordLoginURL is the issuer's email+password endpoint
 	// the dashboard's sign-in form posts to; nil hides the form.
@@ -43,7 +44,7 @@ type Config struct {
 	DashboardLoginURL *url.URL
 }
 
-// DevPepper is the pepper used when API_KEY_PEPPER is unset (development only).
+// DevPepper is the pepper used when API_KEY_PEPPER is unset and DEV_MODE=1.
 const DevPepper = "mana-dev-pepper-change-me"
 
 // FromEnv reads the environment; getenv is os.Getenv outside tests.
@@ -90,7 +91,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		AuthURL:         parseURL("MANA_CORE_AUTH_URL", "http://localhost:3001"),
 		JWTIssuer:       get("JWT_ISSUER", "mana-core-auth"),
 		JWTAudience:     get("JWT_AUDIENCE", "mana-api-gateway"),
-		APIKeyPepper:    get("API_KEY_PEPPER", DevPepper),
+		APIKeyPepper:    getenv("API_KEY_PEPPER"),
 		PricingFile:     getenv("PRICING_FILE"),
 		SpoolDir:        get("SPOOL_DIR", ".data/spool"),
 		SpoolMaxBytes:   parseInt("SPOOL_MAX_BYTES", strconv.Itoa(256<<20)),
@@ -99,8 +100,20 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		GatewayID:       get("GATEWAY_ID", host),
 		LogLevel:        get("LOG_LEVEL", "info"),
 		ShutdownTimeout: parseDur("SHUTDOWN_TIMEOUT", "20s"),
-		// The tiers are priced per minute; a shorter window is for tests.
-		RateWindow: parseDur("RATE_LIMIT_WINDOW", "60s"),
+		RateWindow:      time.Minute,
+	}
+	switch dev := getenv("DEV_MODE"); dev {
+	case "1":
+		c.DevMode = true
+	case "", "0":
+	default:
+		errs = append(errs, fmt.Errorf("DEV_MODE must be 1 or 0, not %q", dev))
+	}
+	switch {
+	case c.APIKeyPepper == "" && c.DevMode:
+		c.APIKeyPepper = DevPepper
+	case c.APIKeyPepper == "":
+		errs = append(errs, errors.New("API_KEY_PEPPER is required (a secret of at least 16 bytes; DEV_MODE=1 uses a public development pepper)"))
 	}
 	c.DevPepperWarning = c.APIKeyPepper == DevPepper
 	switch v := getenv("DASHBOARD_PASSWORD_LOGIN_URL"); {
@@ -113,10 +126,17 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if v := getenv("DASHBOARD_LOGIN_URL"); v != "" {
 		c.DashboardLoginURL = parseURL("DASHBOARD_LOGIN_URL", v)
 	}
+	// The tiers are priced per minute; a shorter window is for tests.
+	switch {
+	case c.DevMode:
+		c.RateWindow = parseDur("RATE_LIMIT_WINDOW", "60s")
+	case getenv("RATE_LIMIT_WINDOW") != "":
+		errs = append(errs, errors.New("RATE_LIMIT_WINDOW is a test setting, read only with DEV_MODE=1"))
+	}
 	if c.Port <= 0 || c.Port > 65535 {
 		errs = append(errs, errors.New("PORT must be a TCP port"))
 	}
-	if len(c.APIKeyPepper) < 16 {
+	if c.APIKeyPepper != "" && len(c.APIKeyPepper) < 16 {
 		errs = append(errs, errors.New("API_KEY_PEPPER must be at least 16 bytes"))
 	}
 	if c.SpoolMaxBytes < 1<<20 {

@@ -4,10 +4,11 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDefaultsAreTheSeeds(t *testing.T) {
-	c, err := FromEnv(func(string) string { return "" })
+	c, err := FromEnv(func(k string) string { return map[string]string{"DEV_MODE": "1"}[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -15,6 +16,9 @@ func TestDefaultsAreTheSeeds(t *testing.T) {
 		c.STTURL.String() != "http://localhost:3020" || c.TTSURL.String() != "http://localhost:3022" ||
 		c.AuthURL.String() != "http://localhost:3001" || c.NATSURL != "nats://127.0.0.1:4222" {
 		t.Fatalf("defaults: %+v", c)
+	}
+	if c.APIKeyPepper != DevPepper || !c.DevPepperWarning || c.RateWindow != time.Minute {
+		t.Fatalf("development defaults: pepper warning %v, window %s", c.DevPepperWarning, c.RateWindow)
 	}
 }
 
@@ -50,7 +54,12 @@ func TestDashboardSignIn(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := FromEnv(func(k string) string { return tt.env[k] })
+			c, err := FromEnv(func(k string) string {
+				if k == "DEV_MODE" {
+					return "1"
+				}
+				return tt.env[k]
+			})
 			if tt.withError {
 				if err == nil || !strings.Contains(err.Error(), "DASHBOARD_PASSWORD_LOGIN_URL") || !strings.Contains(err.Error(), "DASHBOARD_LOGIN_URL") {
 					t.Fatalf("error %v", err)
@@ -72,6 +81,65 @@ func TestDashboardSignIn(t *testing.T) {
 			if got := str(c.DashboardLoginURL); got != tt.wantLogin {
 				t.Errorf("login page %q, want %q", got, tt.wantLogin)
 			}
+		})
+	}
+}
+
+// TestProductionSettings: outside DEV_MODE the gateway needs its own pepper
+// and does not read the test-only settings.
+func TestProductionSettings(t *testing.T) {
+	const pepper = "a-production-secret-0123456789"
+	tests := []struct {
+		name      string
+		env       map[string]string
+		check     func(*testing.T, Config)
+		withError func(*testing.T, error)
+	}{
+		{name: "no pepper", env: map[string]string{},
+			withError: func(t *testing.T, err error) {
+				if !strings.Contains(err.Error(), "API_KEY_PEPPER is required") {
+					t.Errorf("error %q", err)
+				}
+			}},
+		{name: "own pepper", env: map[string]string{"API_KEY_PEPPER": pepper},
+			check: func(t *testing.T, c Config) {
+				if c.APIKeyPepper != pepper || c.DevMode || c.DevPepperWarning || c.RateWindow != time.Minute {
+					t.Errorf("config %+v", c)
+				}
+			}},
+		{name: "rate window outside development", env: map[string]string{"API_KEY_PEPPER": pepper, "RATE_LIMIT_WINDOW": "3s"},
+			withError: func(t *testing.T, err error) {
+				if !strings.Contains(err.Error(), "RATE_LIMIT_WINDOW") || !strings.Contains(err.Error(), "DEV_MODE") {
+					t.Errorf("error %q", err)
+				}
+			}},
+		{name: "rate window in development", env: map[string]string{"DEV_MODE": "1", "RATE_LIMIT_WINDOW": "3s"},
+			check: func(t *testing.T, c Config) {
+				if c.RateWindow != 3*time.Second || c.APIKeyPepper != DevPepper {
+					t.Errorf("config %+v", c)
+				}
+			}},
+		{name: "dev mode is 1 or 0", env: map[string]string{"DEV_MODE": "yes", "API_KEY_PEPPER": pepper},
+			withError: func(t *testing.T, err error) {
+				if !strings.Contains(err.Error(), "DEV_MODE") {
+					t.Errorf("error %q", err)
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := FromEnv(func(k string) string { return tt.env[k] })
+			if tt.withError != nil {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				tt.withError(t, err)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, c)
 		})
 	}
 }

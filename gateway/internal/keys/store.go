@@ -231,14 +231,23 @@ func decodeCursor(c string) (time.Time, string, error) {
 	return t, id, nil
 }
 
-// ChangedSince returns up to limit keys (deleted ones included) whose row
-// changed after t, oldest change first.
-func (s *Store) ChangedSince(ctx context.Context, t time.Time, limit int) ([]*Key, error) {
+// ChangedAfter returns up to limit keys (deleted ones included) whose row
+// changed after the position (t, id), in (updated_at, id) order: the last
+// key of a page is the position of the next one, so a page that is full of
+// keys changed at the same moment does not hide the keys behind it. An
+// empty id starts at t itself.
+func (s *Store) ChangedAfter(ctx context.Context, t time.Time, id string, limit int) ([]*Key, error) {
 	var out []*Key
-	err := s.db.SelectContext(ctx, &out, `SELECT `+keyColumns+` FROM api_gateway.api_keys
-		WHERE updated_at > $1 ORDER BY updated_at LIMIT $2`, t, limit)
+	var err error
+	if id == "" {
+		err = s.db.SelectContext(ctx, &out, `SELECT `+keyColumns+` FROM api_gateway.api_keys
+			WHERE updated_at > $1 ORDER BY updated_at, id LIMIT $2`, t, limit)
+	} else {
+		err = s.db.SelectContext(ctx, &out, `SELECT `+keyColumns+` FROM api_gateway.api_keys
+			WHERE (updated_at, id) > ($1, $2) ORDER BY updated_at, id LIMIT $3`, t, id, limit)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("keys changed since %s: %w", t.Format(time.RFC3339Nano), err)
+		return nil, fmt.Errorf("keys changed after %s: %w", t.Format(time.RFC3339Nano), err)
 	}
 	return out, nil
 }

@@ -196,7 +196,7 @@ func (a *App) Run(ctx context.Context) error {
 	wg.Add(3)
 	go func() { defer wg.Done(); a.pub.Run(bg) }()
 	go func() { defer wg.Done(); a.last.Run(bg) }()
-	go func() { defer wg.Done(); resync(bg, a.store, a.quota.Sync, 2*time.Second, a.logger) }()
+	go func() { defer wg.Done(); resync(bg, a.store, a.quota.Sync, 2*time.Second, 1000, a.logger) }()
 	l, err := Listen(addr)
 	if err != nil {
 		stopBG()

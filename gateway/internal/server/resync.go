@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -13,7 +14,7 @@ import (
 // change whose propagation failed (Redis away at that moment, the client
 // never retried), so a revocation committed in Postgres always reaches
 // Redis. Writes are versioned, so repeating them is harmless.
-func resync(ctx context.Context, store *keys.Store, sync func(context.Context, *keys.Key) error, interval time.Duration, logger *slog.Logger) {
+func resync(ctx context.Context, store *keys.Store, sync func(context.Context, *keys.Key) error, interval time.Duration, page int, logger *slog.Logger) {
 	// Changes commit in a different order than their timestamps; looking
 	// back a little further than the last change seen covers that.
 	const overlap = 10 * time.Second
@@ -26,19 +27,35 @@ func resync(ctx context.Context, store *keys.Store, sync func(context.Context, *
 			return
 		case <-t.C:
 		}
-		changed, err := store.ChangedSince(ctx, mark.Add(-overlap), 1000)
+		if m, err := resyncOnce(ctx, store, sync, mark.Add(-overlap), page); err != nil {
+			logger.WarnContext(ctx, "key resync", "err", err)
+		} else if m.After(mark) {
+			mark = m
+		}
+	}
+}
+
+// resyncOnce syncs every key changed after from, page by page, and returns
+// the latest change it synced. It stops at the first failure, so nothing
+// after a key that did not reach Redis counts as done.
+func resyncOnce(ctx context.Context, store *keys.Store, sync func(context.Context, *keys.Key) error, from time.Time, page int) (time.Time, error) {
+	var mark time.Time
+	at, id := from, ""
+	for {
+		changed, err := store.ChangedAfter(ctx, at, id, page)
 		if err != nil {
-			logger.WarnContext(ctx, "key resync: list changed keys", "err", err)
-			continue
+			return mark, fmt.Errorf("list changed keys: %w", err)
 		}
 		for _, k := range changed {
 			if err := sync(ctx, k); err != nil {
-				logger.WarnContext(ctx, "key resync", "key_id", k.ID, "err", err)
-				break
+				return mark, fmt.Errorf("sync key %s: %w", k.ID, err)
 			}
-			if k.UpdatedAt.After(mark) {
-				mark = k.UpdatedAt
-			}
+			mark = k.UpdatedAt
 		}
+		if len(changed) < page {
+			return mark, nil
+		}
+		last := changed[len(changed)-1]
+		at, id = last.UpdatedAt, last.ID
 	}
 }

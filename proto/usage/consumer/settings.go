@@ -27,7 +27,8 @@ type Settings struct {
 	// StaleAfter (HEALTH_STALE_AFTER): /health answers 503 when the
 	// consumer has not fetched successfully for this long.
 	StaleAfter time.Duration
-	// HandleDelay (HANDLE_DELAY) holds every batch this long before commit; tests only.
+	// HandleDelay (HANDLE_DELAY) holds every batch this long before commit;
+	// tests only, so it is read only with DEV_MODE=1.
 	HandleDelay time.Duration
 }
 
@@ -75,7 +76,14 @@ func SettingsFromEnv(getenv func(string) string, metricsPort int) (Settings, err
 		FetchWait:     dur("FETCH_WAIT", 2*time.Second),
 		NakDelay:      dur("NAK_DELAY", time.Second),
 		StaleAfter:    dur("HEALTH_STALE_AFTER", 2*time.Minute),
-		HandleDelay:   dur("HANDLE_DELAY", 0),
+	}
+	switch dev := getenv("DEV_MODE"); {
+	case dev == "1":
+		s.HandleDelay = dur("HANDLE_DELAY", 0)
+	case dev != "" && dev != "0":
+		errs = append(errs, fmt.Errorf("DEV_MODE: %q is neither 1 nor 0", dev))
+	case getenv("HANDLE_DELAY") != "":
+		errs = append(errs, errors.New("HANDLE_DELAY is a test setting, read only with DEV_MODE=1"))
 	}
 	if err := s.LogLevel.UnmarshalText([]byte(str("LOG_LEVEL", "info"))); err != nil {
 		errs = append(errs, fmt.Errorf("LOG_LEVEL: %w", err))

@@ -24,7 +24,7 @@ func TestSettingsFromEnv(t *testing.T) {
 				t.Errorf("defaults = %+v", s)
 			}
 		}},
-		{name: "overrides", env: map[string]string{"METRICS_PORT": "0", "ACK_WAIT": "1s", "HANDLE_DELAY": "2s", "LOG_LEVEL": "debug"},
+		{name: "overrides", env: map[string]string{"METRICS_PORT": "0", "ACK_WAIT": "1s", "HANDLE_DELAY": "2s", "LOG_LEVEL": "debug", "DEV_MODE": "1"},
 			check: func(t *testing.T, s consumer.Settings) {
 				if s.MetricsPort != 0 || s.AckWait != time.Second || s.HandleDelay != 2*time.Second || s.LogLevel.String() != "DEBUG" {
 					t.Errorf("settings = %+v", s)
@@ -38,6 +38,12 @@ func TestSettingsFromEnv(t *testing.T) {
 					if !strings.Contains(err.Error(), s) {
 						t.Errorf("error %q does not name %s", err, s)
 					}
+				}
+			}},
+		{name: "test knob outside development", env: map[string]string{"HANDLE_DELAY": "2s"},
+			withError: func(t *testing.T, err error) {
+				if !strings.Contains(err.Error(), "HANDLE_DELAY") || !strings.Contains(err.Error(), "DEV_MODE") {
+					t.Errorf("error %q", err)
 				}
 			}},
 		{name: "stale after below twice the fetch wait", env: map[string]string{"FETCH_WAIT": "2s", "HEALTH_STALE_AFTER": "3s"},
