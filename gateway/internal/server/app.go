@@ -49,6 +49,7 @@ type App struct {
 	quota    *quota.Store
 	holds    *holds.Ledger
 	holdsSub *nats.Subscription
+	deps     *depProber
 	Echo     *echo.Echo
 }
 
@@ -160,6 +161,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 			return err
 		}},
 	}
+	a.deps = newDepProber(reg, checks)
 	a.Echo = NewEcho(logger, reg, checks, cfg.LogLevel == "debug")
 	edge.Register(a.Echo)
 	openapi.Register(a.Echo)
@@ -193,8 +195,9 @@ func (a *App) Run(ctx context.Context) error {
 	srv := NewHTTPServer(addr, a.Echo, a.logger)
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); a.pub.Run(bg) }()
+	go func() { defer wg.Done(); a.deps.Run(bg, 5*time.Second) }()
 	go func() { defer wg.Done(); a.last.Run(bg) }()
 	go func() { defer wg.Done(); resync(bg, a.store, a.quota.Sync, 2*time.Second, 1000, a.logger) }()
 	l, err := Listen(addr)

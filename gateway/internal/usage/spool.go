@@ -213,10 +213,14 @@ func (s *Spool) Skipped() SpoolSkipped {
 	return s.skipped
 }
 
-// Collectors are the spool's counters of the damage it skipped, for a
-// Prometheus registry (register them once).
+// Collectors are the spool's counters of the damage it skipped and its size
+// limit, for a Prometheus registry (register them once).
 func (s *Spool) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gateway_usage_spool_limit_bytes",
+			Help: "Most bytes the spool may hold (SPOOL_MAX_BYTES); when full and NATS is away, billable calls get 503.",
+		}, func() float64 { return float64(s.maxBytes) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "gateway_usage_spool_damaged_regions_total",
 			Help: "Damaged stretches of spool files skipped: torn tails cut off at open, corrupt records passed over by a drain.",

@@ -120,6 +120,7 @@ type Consumer struct {
 	cfg    Config
 	stream jetstream.Stream   // owned by Run
 	cons   jetstream.Consumer // owned by Run
+	infoAt time.Time          // last consumer info read, owned by Run
 	log    *slog.Logger
 	m      *Metrics
 
@@ -184,6 +185,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		// The set runs to its end even when shutdown starts meanwhile.
 		c.handle(context.WithoutCancel(ctx), parts)
+		if time.Since(c.infoAt) >= infoEvery {
+			c.refreshPending(ctx) // the ack floor lag, also while busy
+		}
 	}
 	return nil
 }
@@ -304,11 +308,18 @@ func collect(b jetstream.MessageBatch) []jetstream.Msg {
 	return msgs
 }
 
+// infoEvery is how often a busy consumer reads its info for the lag gauges.
+const infoEvery = 5 * time.Second
+
+// refreshPending reads the consumer's info into the lag gauges: messages not
+// yet delivered, and delivered messages beyond the ack floor.
 func (c *Consumer) refreshPending(ctx context.Context) {
+	c.infoAt = time.Now()
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if info, err := c.cons.Info(ictx); err == nil {
 		c.m.pending.Set(float64(info.NumPending))
+		c.m.ackFloorLag.Set(float64(info.Delivered.Stream - min(info.AckFloor.Stream, info.Delivered.Stream)))
 	}
 }
 

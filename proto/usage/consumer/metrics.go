@@ -22,6 +22,7 @@ type Metrics struct {
 	batchEvents prometheus.Histogram
 	batchTime   prometheus.Histogram
 	pending     prometheus.Gauge
+	ackFloorLag prometheus.Gauge
 	lastFetch   prometheus.Gauge
 }
 
@@ -50,11 +51,13 @@ func NewMetrics(namespace string, reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Time to apply and commit one fetched set.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "consumer_pending_messages",
 			Help: "Messages in the stream not yet delivered to the consumer (consumer lag)."}),
+		ackFloorLag: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "consumer_ack_floor_lag_messages",
+			Help: "Stream sequences between the consumer's ack floor and its last delivered message (delivered, not yet acknowledged)."}),
 		lastFetch: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "consumer_last_success_timestamp_seconds",
 			Help: "When a fetch (answered by the server) or a commit last succeeded, Unix seconds."}),
 	}
 	for _, c := range []prometheus.Collector{m.processed, m.duplicates, m.deadLetters, m.redelivered,
-		m.batchErrors, m.fetchErrors, m.recreated, m.batchSize, m.batchEvents, m.batchTime, m.pending, m.lastFetch} {
+		m.batchErrors, m.fetchErrors, m.recreated, m.batchSize, m.batchEvents, m.batchTime, m.pending, m.ackFloorLag, m.lastFetch} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
