@@ -11,7 +11,7 @@ STACK := .ci/stack.sh
 PKGS = $(shell go list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)/|./|; s|$$|/...|')
 
 .PHONY: help run up down status test lint shellcheck build migrate proto bench bench-smoke \
-	replay events servers servers-stop compose-check clean distclean
+	replay events servers servers-stop compose-check rules clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -64,6 +64,10 @@ servers: ## start only PostgreSQL, Redis and NATS for development (.data/stack.e
 
 servers-stop: ## stop the development servers
 	@.ci/servers.sh stop dev
+
+rules: ## promtool check rules and test rules on deploy/prometheus (make test runs them too)
+	@source .ci/lib.sh && ensure_cmd promtool prometheus
+	cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml
 
 compose-check: ## validate compose.yaml with `docker compose config` (builds the compose plugin if missing)
 	@.ci/compose-check.sh

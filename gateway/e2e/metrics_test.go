@@ -4,16 +4,22 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mana/apigw/services/testenv"
 )
 
 // TestMetricsPassPromtool: after traffic through the gateway (served,
 // refused, failed calls), every /metrics of the system — the gateway, the
 // billing worker and the aggregator — passes `promtool check metrics`
-// without a single lint problem, and shows the hot path's histograms.
+// without a single lint problem, and shows the hot path's histograms; and
+// every metric the alert rules and the Grafana dashboard use (deploy/) is
+// one of those the three binaries export.
 func TestMetricsPassPromtool(t *testing.T) {
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
@@ -56,6 +62,7 @@ func TestMetricsPassPromtool(t *testing.T) {
 		rows, _ := s.ledger(k.ID)
 		return rows == served, fmt.Sprintf("%d of %d rows", rows, served)
 	})
+	scraped := t.TempDir()
 	for _, target := range []struct {
 		name, url string
 		want      []string // series that must be there
@@ -65,9 +72,11 @@ func TestMetricsPassPromtool(t *testing.T) {
 			`gateway_backend_request_duration_seconds_bucket{outcome="2xx",route="/v1/search"`,
 			`gateway_quota_decision_duration_seconds_bucket{op="acquire",result="ok"`,
 			"gateway_usage_spool_damaged_bytes_total 0",
+			`gateway_dependency_up{dependency="redis"} 1`,
+			"gateway_usage_spool_limit_bytes ",
 		}},
-		{"billing-worker", s.billingURL + "/metrics", nil},
-		{"aggregator", s.aggURL + "/metrics", nil},
+		{"billing-worker", s.billingURL + "/metrics", []string{"billing_consumer_ack_floor_lag_messages "}},
+		{"aggregator", s.aggURL + "/metrics", []string{"aggregator_consumer_ack_floor_lag_messages "}},
 	} {
 		t.Run(target.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -81,6 +90,9 @@ func TestMetricsPassPromtool(t *testing.T) {
 					t.Errorf("no series %s", w)
 				}
 			}
+			if err := os.WriteFile(filepath.Join(scraped, target.name+".prom"), body, 0o600); err != nil {
+				t.Fatal(err)
+			}
 			cmd := exec.CommandContext(ctx, promtool, "check", "metrics")
 			cmd.Stdin = bytes.NewReader(body)
 			out, err := cmd.CombinedOutput()
@@ -89,4 +101,15 @@ func TestMetricsPassPromtool(t *testing.T) {
 			}
 		})
 	}
+	// Every metric the alert rules and the dashboard use is one of these.
+	files, _ := filepath.Glob(filepath.Join(scraped, "*.prom"))
+	if len(files) != 3 {
+		t.Fatalf("scraped %d of 3 targets", len(files))
+	}
+	cmd := exec.Command(bin(t, "./deploy/cmd/metriccheck"), append([]string{"-root", testenv.RepoRoot(t)}, files...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the rules or the dashboard use metrics the binaries do not export: %v\n%s", err, out)
+	}
+	t.Logf("metriccheck: %s", bytes.TrimSpace(out))
 }
