@@ -7,11 +7,17 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/labstack/echo/v4"
+
+	"github.com/mana/apigw/services/testenv"
 )
 
 // load parses b (YAML or JSON) with kin-openapi, resolving every $ref.
@@ -254,4 +260,49 @@ func TestNoNullValues(t *testing.T) {
 		}
 	}
 	walk("", doc)
+}
+
+// TestDashboardFilesAreDocumented: GET /dashboard/{asset} lists exactly the
+// files web/build.mjs puts beside the page (web/src without index.html, and
+// Chart.js), and the page loads no file that is not among them.
+func TestDashboardFilesAreDocumented(t *testing.T) {
+	doc := load(t, Spec())
+	op := doc.Paths.Find("/dashboard/{asset}").Get
+	var documented []string
+	for _, v := range op.Parameters.GetByInAndName("path", "asset").Schema.Value.Enum {
+		documented = append(documented, v.(string))
+	}
+	src := filepath.Join(testenv.RepoRoot(t), "web", "src")
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := []string{"chart.umd.min.js"}
+	for _, e := range entries {
+		if e.Name() != "index.html" {
+			built = append(built, e.Name())
+		}
+	}
+	slices.Sort(documented)
+	slices.Sort(built)
+	if !slices.Equal(documented, built) {
+		t.Fatalf("documented assets %v, built %v", documented, built)
+	}
+	page, err := os.ReadFile(filepath.Join(src, "index.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := regexp.MustCompile(`(?:src|href)="([^"]*)"`).FindAllStringSubmatch(string(page), -1)
+	if len(refs) < 3 {
+		t.Fatalf("only %d references found in index.html", len(refs))
+	}
+	for _, m := range refs {
+		ref := m[1]
+		switch {
+		case ref == "#", ref == "data:,": // the issuer link set by the script; an empty icon
+		case strings.HasPrefix(ref, "/dashboard/") && slices.Contains(built, strings.TrimPrefix(ref, "/dashboard/")):
+		default:
+			t.Errorf("index.html loads %q, which the gateway does not serve", ref)
+		}
+	}
 }
