@@ -93,7 +93,13 @@ const (
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	db, err := sqlx.Open("postgres", testenv.PostgresURL(t))
+	return newEnvOn(t, testenv.PostgresURL(t))
+}
+
+// newEnvOn is newEnv on the migrated database at dsn.
+func newEnvOn(t *testing.T, dsn string) *env {
+	t.Helper()
+	db, err := sqlx.Open("postgres", dsn)
 	if err != nil {
 		t.Fatal(err)
 	}

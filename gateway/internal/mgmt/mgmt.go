@@ -7,14 +7,20 @@ package mgmt
 
 import (
 	"context"
+	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"syscall"
 	"time"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/labstack/echo/v4"
+	"github.com/lib/pq"
 
 	"github.com/mana/apigw/gateway/internal/auth"
 	"github.com/mana/apigw/gateway/internal/keys"
@@ -165,8 +171,43 @@ func (h *Handler) Register(e *echo.Echo, authMW echo.MiddlewareFunc) {
 		{http.MethodGet, "/tiers", h.tiers},
 	}
 	for _, r := range routes {
-		e.Add(r.method, r.path, r.handle, authMW)
+		e.Add(r.method, r.path, h.unavailable(r.handle), authMW)
 	}
+}
+
+// unavailable answers 503 with Retry-After, instead of 500, when a handler
+// failed because Postgres cannot be reached: the client's request was fine
+// and will succeed once the database is back.
+func (h *Handler) unavailable(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		err := next(c)
+		var p problem.Problem
+		if err == nil || errors.As(err, &p) || !databaseDown(err) {
+			return err
+		}
+		h.logger.WarnContext(c.Request().Context(), "management request: database unavailable",
+			"path", c.Path(), "error", err)
+		c.Response().Header().Set("Retry-After", "5")
+		return problem.New(http.StatusServiceUnavailable, "the key database is unavailable; retry the request shortly")
+	}
+}
+
+// databaseDown tells whether err means Postgres could not be reached or
+// is not accepting work (stopped, restarting, out of connections), as
+// opposed to a statement that failed.
+func databaseDown(err error) bool {
+	var pe *pq.Error
+	if errors.As(err, &pe) {
+		switch pe.Code.Class() {
+		case "08", "53", "57", "58": // connection exception, insufficient resources, operator intervention, system error
+			return true
+		}
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // errKeyNotFound is the one answer for an unknown, deleted or foreign key.
