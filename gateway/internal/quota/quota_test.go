@@ -64,6 +64,27 @@ func setup(t *testing.T, rate int, credits int64) (*Store, *staticLoader, *redis
 	return s, l, rdb, cc
 }
 
+// acquire is Acquire that fails the test on an error: a failed call returns
+// a zero Decision, whose outcome is OK, and would pass for a served one.
+func acquire(t *testing.T, s *Store, r Request) Decision {
+	t.Helper()
+	d, err := s.Acquire(context.Background(), r)
+	if err != nil {
+		t.Fatalf("acquire %+v: %v", r, err)
+	}
+	return d
+}
+
+// balance is Balance that fails the test unless the key's balance is there.
+func balance(t *testing.T, s *Store, keyID, period string) int64 {
+	t.Helper()
+	b, ok, err := s.Balance(context.Background(), keyID, period)
+	if err != nil || !ok {
+		t.Fatalf("balance of %s in %s: %v %v", keyID, period, ok, err)
+	}
+	return b
+}
+
 func req(cost int64) Request {
 	return Request{KeyID: "k1", Hash: hashOf("a"), Cost: cost, Allowed: true, Member: ulid.Make().String()}
 }
@@ -159,15 +180,14 @@ func TestCreditsNeverOverdraw(t *testing.T) {
 	if ok.Load() != 33 {
 		t.Fatalf("served %d calls of cost 3 from 100 credits, want 33", ok.Load())
 	}
-	bal, _, _ := s.Balance(ctx, "k1", time.Now().UTC().Format("2006-01"))
-	if bal != 1 {
+	if bal := balance(t, s, "k1", time.Now().UTC().Format("2006-01")); bal != 1 {
 		t.Fatalf("balance %d, want 1", bal)
 	}
 	// A refund gives the hold back.
 	if err := s.Adjust(ctx, "k1", time.Now().UTC().Format("2006-01"), 3); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := s.Acquire(ctx, req(4)); d.Outcome != OK || d.Credits != 0 {
+	if d := acquire(t, s, req(4)); d.Outcome != OK || d.Credits != 0 {
 		t.Fatalf("after refund: %+v", d)
 	}
 }
@@ -175,7 +195,7 @@ func TestCreditsNeverOverdraw(t *testing.T) {
 func TestRevocationStates(t *testing.T) {
 	s, l, _, _ := setup(t, 100, 100)
 	ctx := context.Background()
-	if d, _ := s.Acquire(ctx, req(1)); d.Outcome != OK {
+	if d := acquire(t, s, req(1)); d.Outcome != OK {
 		t.Fatalf("first call: %v", d.Outcome)
 	}
 	st := l.st["k1"]
@@ -214,23 +234,22 @@ func TestRevocationStates(t *testing.T) {
 	if err := s.Put(ctx, old); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := s.Acquire(ctx, req(1)); d.Outcome != Deleted {
+	if d := acquire(t, s, req(1)); d.Outcome != Deleted {
 		t.Errorf("stale put resurrected the key: %v", d.Outcome)
 	}
 }
 
 func TestTierForbidsWithoutConsuming(t *testing.T) {
 	s, _, _, _ := setup(t, 2, 10)
-	ctx := context.Background()
 	for i := 0; i < 5; i++ {
 		r := req(1)
 		r.Allowed = false
-		if d, _ := s.Acquire(ctx, r); d.Outcome != Forbidden {
+		if d := acquire(t, s, r); d.Outcome != Forbidden {
 			t.Fatalf("forbidden route: %v", d.Outcome)
 		}
 	}
 	for i := 0; i < 2; i++ {
-		if d, _ := s.Acquire(ctx, req(1)); d.Outcome != OK || d.Credits != int64(9-i) {
+		if d := acquire(t, s, req(1)); d.Outcome != OK || d.Credits != int64(9-i) {
 			t.Fatalf("allowed route after refusals: %+v", d)
 		}
 	}
@@ -239,7 +258,7 @@ func TestTierForbidsWithoutConsuming(t *testing.T) {
 func TestFlushRebuildsFromLoaderAndSteadyStateIsOneCommand(t *testing.T) {
 	s, l, rdb, cc := setup(t, 1000, 50)
 	ctx := context.Background()
-	if d, _ := s.Acquire(ctx, req(1)); d.Outcome != OK || d.Credits != 49 {
+	if d := acquire(t, s, req(1)); d.Outcome != OK || d.Credits != 49 {
 		t.Fatalf("first: %+v", d)
 	}
 	before := cc.n.Load()
@@ -285,7 +304,7 @@ func TestFlushRebuildsFromLoaderAndSteadyStateIsOneCommand(t *testing.T) {
 func TestMonthRolloverGrantsAFreshMonth(t *testing.T) {
 	s, _, rdb, _ := setup(t, 100, 100)
 	ctx := context.Background()
-	if d, _ := s.Acquire(ctx, req(30)); d.Credits != 70 {
+	if d := acquire(t, s, req(30)); d.Credits != 70 {
 		t.Fatalf("first: %+v", d)
 	}
 	if err := rdb.HSet(ctx, stateKey("k1"), "per", "2000-01", "bal", 0).Err(); err != nil {
@@ -299,7 +318,7 @@ func TestMonthRolloverGrantsAFreshMonth(t *testing.T) {
 	if err := s.Adjust(ctx, "k1", "2000-01", 50); err != nil {
 		t.Fatal(err)
 	}
-	bal, _, _ := s.Balance(ctx, "k1", d.Period)
+	bal := balance(t, s, "k1", d.Period)
 	if bal != 99 {
 		t.Fatalf("balance %d after stale adjust", bal)
 	}
