@@ -767,6 +767,9 @@ func TestStreamedWAVIsPricedByItsLength(t *testing.T) {
 		}
 	}
 	evs := ev.events()
+	if len(evs) != 2 {
+		t.Fatalf("%d events for 2 calls", len(evs))
+	}
 	for _, e := range evs {
 		// Held for the length (≈2 s + framing ⇒ 3 s ⇒ 1 credit); the backend
 		// reports 61.2 s, but a charge never exceeds its hold.
