@@ -192,13 +192,15 @@ func TestConfigFromEnv(t *testing.T) {
 type process struct {
 	cmd  *exec.Cmd
 	done chan error
+	port int // METRICS_PORT
 }
 
 func (e *env) spawn(bin string, extra ...string) *process {
 	e.t.Helper()
 	cmd := exec.Command(bin)
+	port := testenv.FreePort(e.t)
 	cmd.Env = testenv.Env(append([]string{"DATABASE_URL", e.DBURL, "NATS_URL", e.NATS.URL,
-		"METRICS_PORT", strconv.Itoa(testenv.FreePort(e.t)), "FETCH_WAIT", "200ms", "NAK_DELAY", "100ms",
+		"METRICS_PORT", strconv.Itoa(port), "FETCH_WAIT", "200ms", "NAK_DELAY", "100ms",
 		"LOG_LEVEL", "warn"}, extra...)...)
 	if os.Getenv("TEST_LOG") != "" {
 		cmd.Stderr = os.Stderr
@@ -206,7 +208,7 @@ func (e *env) spawn(bin string, extra ...string) *process {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
-	p := &process{cmd: cmd, done: make(chan error, 1)}
+	p := &process{cmd: cmd, done: make(chan error, 1), port: port}
 	go func() { p.done <- cmd.Wait() }()
 	e.t.Cleanup(func() { p.kill() })
 	return p
@@ -231,6 +233,54 @@ func (p *process) stop(t testing.TB) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Error("worker did not stop on SIGTERM")
+	}
+}
+
+// consumed scrapes the process's /metrics for the events it handled: those
+// it charged and those it found already charged.
+func (p *process) consumed(t testing.TB) float64 {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", p.port))
+	if err != nil {
+		t.Fatalf("scrape the worker: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read the worker's metrics: %v", err)
+	}
+	var n float64
+	for _, name := range []string{"billing_events_processed_total", "billing_events_duplicate_total"} {
+		found := false
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					t.Fatalf("%s: %v", line, err)
+				}
+				n, found = n+f, true
+			}
+		}
+		if !found {
+			t.Fatalf("the worker's metrics have no %s", name)
+		}
+	}
+	return n
+}
+
+// waitGrowth waits until the ledger holds more than from rows and returns
+// its count; it returns false if it did not grow within timeout.
+func (e *env) waitGrowth(from int64, timeout time.Duration) (int64, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		n := e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`)
+		if n > from {
+			return n, true
+		}
+		if time.Now().After(deadline) {
+			return n, false
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -270,14 +320,30 @@ func TestKill9(t *testing.T) {
 			time.Sleep(time.Duration(rand.IntN(40)) * time.Millisecond)
 		}
 	}()
+	// Each worker is killed while it consumes: once the ledger grew under
+	// it, at a random moment after.
 	var progress []int64
+	var last int64
+	midStream := 0
 	for range kills {
 		p := e.spawn(bin, "BATCH_SIZE", strconv.Itoa(50+rand.IntN(450)), "ACK_WAIT", "2s")
-		time.Sleep(time.Duration(150+rand.IntN(500)) * time.Millisecond)
+		_, grew := e.waitGrowth(last, 30*time.Second)
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
 		p.kill()
-		progress = append(progress, e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`))
+		last = e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`)
+		progress = append(progress, last)
+		if !grew {
+			t.Fatalf("the ledger did not grow under worker %d (%d rows)", len(progress), last)
+		}
+		if last >= int64(n) {
+			break
+		}
+		midStream++
 	}
 	t.Logf("ledger rows after each kill: %v", progress)
+	if midStream < kills/2 {
+		t.Fatalf("%d of %d kills hit a worker in mid-stream: %v", midStream, kills, progress)
+	}
 	<-published
 	p := e.spawn(bin, "ACK_WAIT", "2s")
 	e.waitLedger(int64(n), 90*time.Second)
@@ -301,6 +367,11 @@ func TestTwoProcesses(t *testing.T) {
 	e.Publish(evs, func(ev *usagev1.UsageEvent) string { return "dup-" + ev.GetEventId() })
 	e.waitLedger(int64(len(evs)), 60*time.Second)
 	e.waitDrained(30 * time.Second)
+	ca, cb := a.consumed(t), b.consumed(t)
+	t.Logf("events consumed: %.0f and %.0f of %d", ca, cb, 2*len(evs))
+	if ca == 0 || cb == 0 || ca+cb < float64(2*len(evs)) {
+		t.Fatalf("the two processes consumed %.0f and %.0f events of %d", ca, cb, 2*len(evs))
+	}
 	a.stop(t)
 	b.stop(t)
 	e.checkLedger(evs)
