@@ -28,7 +28,9 @@ func TestDashboardInABrowser(t *testing.T) {
 	if _, err := os.Stat(chromium); err != nil {
 		t.Fatalf("%s is missing: run .ci/web.sh browser (make test does)", chromium)
 	}
-	s := newStack(t, stackOpts{})
+	// The issuer's sign-in page is linked, never visited: the test comes
+	// back from it by itself.
+	s := newStack(t, stackOpts{extraEnv: []string{"DASHBOARD_LOGIN_URL=https://auth.example.invalid/signin"}})
 	gw := s.gwURLs[0]
 	resp, body := s.do(http.MethodGet, gw+"/dashboard", nil, nil)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `data-password-login-url="`+s.authURL+`/api/v1/auth/login"`) {

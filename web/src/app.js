@@ -508,16 +508,31 @@ $('csv-download').addEventListener('click', async () => {
 // ---- start ----
 if (passwordLoginURL) $('password-form').hidden = false;
 else $('token-box').open = true;
+// The issuer's sign-in page sends the token back in the fragment, with the
+// state this tab sent it (so that no other site can sign the page in as
+// someone else); the fragment is removed from the address and the history
+// at once. Only the state is kept in sessionStorage, never a token.
+const STATE_KEY = 'dashboard-login-state';
+const returned = new URLSearchParams(location.hash.slice(1));
+if (returned.has('access_token')) {
+  history.replaceState(null, '', location.pathname);
+  const want = sessionStorage.getItem(STATE_KEY);
+  if (issuerLoginURL && want && returned.get('state') === want) {
+    sessionStorage.removeItem(STATE_KEY);
+    signIn(returned.get('access_token'));
+  } else {
+    showError('That sign-in did not start on this page; sign in again.');
+  }
+}
 if (issuerLoginURL) {
+  let st = sessionStorage.getItem(STATE_KEY);
+  if (!st) {
+    st = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
+    sessionStorage.setItem(STATE_KEY, st);
+  }
   const u = new URL(issuerLoginURL);
   u.searchParams.set('redirect_uri', location.origin + location.pathname);
+  u.searchParams.set('state', st);
   $('issuer-login-link').href = u.toString();
   $('issuer-login').hidden = false;
-}
-// The issuer's sign-in page may send the token back in the fragment; it is
-// taken from there and removed from the address and the history at once.
-const fromIssuer = new URLSearchParams(location.hash.slice(1)).get('access_token');
-if (fromIssuer) {
-  history.replaceState(null, '', location.pathname);
-  signIn(fromIssuer);
 }

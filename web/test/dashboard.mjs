@@ -98,8 +98,8 @@ try {
   await page.locator('#owner').waitFor({ state: 'visible' });
   assert.match(await page.locator('#who-name').innerText(), /user@example\.com/);
   assert.equal(await page.locator('#tab-finance').isVisible(), false, 'a user sees no finance tab');
-  assert.equal(await page.evaluate(() => Object.keys(localStorage).length + Object.keys(sessionStorage).length + document.cookie.length), 0,
-    'the token is kept in memory only');
+  const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }, document.cookie]));
+  assert.ok(!/eyJ/.test(stored), 'a token is stored outside the page’s memory: ' + stored);
   step('signed in as user@example.com');
 
   // Create a key: the secret is shown once.
@@ -237,15 +237,27 @@ try {
 
   await page.click('#sign-out');
 
-  // A token handed back by an issuer's sign-in page (#access_token=…), and
-  // a pasted one; on a clock the test controls, the page signs out when the
-  // token expires.
+  // A token handed back by the issuer's sign-in page (#access_token=…),
+  // accepted only with the state this tab sent there; then a pasted one.
+  // On a clock the test controls, the page signs out when the token expires.
   const later = watch(await context.newPage());
   await later.clock.install();
   const token = await login('user@example.com');
-  await later.goto(gateway + '/dashboard#access_token=' + encodeURIComponent(token));
+  await later.goto(gateway + '/dashboard');
+  const issuerLink = new URL(await later.getAttribute('#issuer-login-link', 'href'));
+  assert.equal(issuerLink.searchParams.get('redirect_uri'), gateway + '/dashboard');
+  const sent = issuerLink.searchParams.get('state');
+  assert.match(sent, /^[0-9a-f]{32}$/);
+  const comeBack = async (state) => {
+    await later.goto('about:blank');
+    await later.goto(gateway + '/dashboard#access_token=' + encodeURIComponent(token) + '&state=' + state);
+    assert.ok(!later.url().includes('access_token'), 'the token stays in the address: ' + later.url());
+  };
+  await comeBack('0'.repeat(32));
+  await until('a foreign state refused', async () => (await later.locator('#error').innerText()).includes('did not start on this page'));
+  assert.equal(await later.locator('#owner').isVisible(), false, 'signed in with a state the page never sent');
+  await comeBack(sent);
   await later.locator('#owner').waitFor({ state: 'visible' });
-  assert.ok(!later.url().includes('access_token'), 'the token stays in the address: ' + later.url());
   await later.click('#sign-out');
   await later.locator('#signin').waitFor({ state: 'visible' });
   await later.click('#token-box summary');
@@ -258,7 +270,7 @@ try {
   await later.clock.fastForward('01:05');
   await later.locator('#signin').waitFor({ state: 'visible' });
   assert.match(await later.locator('#error').innerText(), /session expired/);
-  step('signed in with a returned and a pasted token; signed out when it expired');
+  step('a returned token taken with its state only, a pasted one too; signed out when it expired');
   await later.close();
 
   // The browser enforces the policy: an injected inline script does not run.
