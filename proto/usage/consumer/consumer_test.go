@@ -83,6 +83,7 @@ type memStore struct {
 	// transient makes the next n Apply calls fail with a class-23 SQLSTATE
 	// wrapped in ErrTransient (a partition DDL race).
 	transient atomic.Int32
+	begins    atomic.Int32 // transactions begun
 }
 
 type deadKey struct {
@@ -98,6 +99,7 @@ func (s *memStore) Begin(context.Context) (consumer.Tx, error) {
 	if s.failBegins.Add(-1) >= 0 {
 		return nil, errors.New("connection refused")
 	}
+	s.begins.Add(1)
 	return &memTx{s: s}, nil
 }
 
@@ -496,7 +498,13 @@ func TestShutdownFinishesBatch(t *testing.T) {
 		publishEvents(t, js, event(i))
 	}
 	stop := run(t, stream, consumer.Config{Store: store, HandleDelay: 700 * time.Millisecond})
-	time.Sleep(300 * time.Millisecond) // the first batch is inside its transaction
+	// Stop once the first batch is inside its transaction (held there for
+	// HandleDelay).
+	for deadline := time.Now().Add(30 * time.Second); store.begins.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no batch began within 30 s")
+		}
+	}
 	stop()
 	events, _, commits := store.snapshot()
 	if events == 0 || commits != 1 {
