@@ -69,7 +69,11 @@ func TestNoOverdraftAcrossGateways(t *testing.T) {
 // TestRateLimitAcrossGateways: limit N, 3N calls in a burst over two
 // gateways: exactly N served; the refused ones consumed nothing.
 func TestRateLimitAcrossGateways(t *testing.T) {
-	s := newStack(t, stackOpts{gateways: 2, pricing: testPricing, noWorkers: true, extraEnv: []string{"DEV_MODE=1", "RATE_LIMIT_WINDOW=3s"}})
+	// The window is short so that the test can wait for it to pass, and long
+	// enough that a burst of 60 calls fits in it on a busy machine (a burst
+	// that outlasts the window may rightly be served more than N times).
+	const window = 12 * time.Second
+	s := newStack(t, stackOpts{gateways: 2, pricing: testPricing, noWorkers: true, extraEnv: []string{"DEV_MODE=1", "RATE_LIMIT_WINDOW=" + window.String()}})
 	tok := s.login("user@example.com")
 	k := s.createKey(s.gwURLs[0], tok, map[string]any{"name": "burst", "tier": "burst"})
 	var retryAfterMissing atomic.Int64
@@ -93,15 +97,26 @@ func TestRateLimitAcrossGateways(t *testing.T) {
 		wg.Wait()
 		return counts
 	}
+	start := time.Now()
 	first := burst()
+	took := time.Since(start)
+	if took >= window {
+		t.Fatalf("the burst took %s, longer than the %s window: the test cannot tell", took, window)
+	}
 	if first[200] != 20 || first[429] != 40 {
-		t.Fatalf("first burst %v, want 20×200, 40×429", first)
+		t.Fatalf("first burst %v (in %s), want 20×200, 40×429", first, took)
 	}
 	if retryAfterMissing.Load() != 0 {
 		t.Fatalf("%d 429s without Retry-After", retryAfterMissing.Load())
 	}
-	time.Sleep(3100 * time.Millisecond)
+	// Every slot of the first burst was taken before it ended: wait until
+	// the window has slid past all of them.
+	time.Sleep(time.Until(start.Add(took + window + 200*time.Millisecond)))
+	start = time.Now()
 	second := burst()
+	if took := time.Since(start); took >= window {
+		t.Fatalf("the second burst took %s, longer than the %s window: the test cannot tell", took, window)
+	}
 	if second[200] != 20 || second[429] != 40 {
 		t.Fatalf("second burst %v, want 20×200 again (refused calls must not hold slots)", second)
 	}

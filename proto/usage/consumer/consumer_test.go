@@ -426,8 +426,14 @@ func TestConsumer(t *testing.T) {
 			want := tt.publish(t, js)
 			cfg := tt.cfg
 			cfg.Store = store
+			if cfg.AckWait == 0 {
+				// On a busy machine a pull can expire on the client while
+				// the server delivers; that message then waits for its
+				// redelivery, which must not take the default 30 s.
+				cfg.AckWait = 2 * time.Second
+			}
 			run(t, stream, cfg)
-			waitSettled(t, js, 20*time.Second)
+			waitSettled(t, js, 60*time.Second)
 			events, dead, commits := store.snapshot()
 			if events != want {
 				t.Errorf("applied %d events, want %d", events, want)
