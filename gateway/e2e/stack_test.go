@@ -32,6 +32,7 @@ import (
 type stack struct {
 	t        *testing.T
 	dsn      string
+	pg       *testenv.Postgres // with stackOpts.ownPostgres
 	db       *sqlx.DB
 	redis    *testenv.Redis
 	nats     *testenv.NATS
@@ -93,6 +94,9 @@ type stackOpts struct {
 	// pricing, when set, is written to a file the gateways load (PRICING_FILE).
 	pricing   string
 	noWorkers bool
+	// ownPostgres runs the stack on a PostgreSQL server of its own (s.pg),
+	// which the test may stop, instead of a database in the shared cluster.
+	ownPostgres bool
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
@@ -101,7 +105,12 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		o.gateways = 1
 	}
 	s := &stack{t: t, backends: map[string]string{}}
-	s.dsn = testenv.PostgresURL(t)
+	if o.ownPostgres {
+		s.pg = testenv.StartPostgres(t)
+		s.dsn = s.pg.URL()
+	} else {
+		s.dsn = testenv.PostgresURL(t)
+	}
 	db, err := sqlx.Open("postgres", s.dsn)
 	if err != nil {
 		t.Fatal(err)
