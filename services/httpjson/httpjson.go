@@ -4,12 +4,16 @@
 package httpjson
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Write writes v as a JSON response with status.
@@ -47,7 +51,9 @@ type Body struct {
 // Decode reads the request body into v: a Content-Type, when given, must be
 // application/json, and the body exactly one JSON value of at most Limit
 // bytes. Otherwise Decode writes the problem (415, 413 or 400) and returns
-// false.
+// false. Keys are matched as the real services' Python and JavaScript
+// parsers match them: case-sensitively, the last of duplicate keys winning,
+// unknown keys ignored.
 func (b Body) Decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
@@ -55,13 +61,18 @@ func (b Body) Decode(w http.ResponseWriter, r *http.Request, v any) bool {
 			return false
 		}
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, b.Limit))
-	if err := dec.Decode(v); err != nil {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, b.Limit))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			Problem(w, http.StatusRequestEntityTooLarge, "Request Too Large", fmt.Sprintf("the body exceeds %d bytes", b.Limit))
-			return false
+		} else {
+			Problem(w, http.StatusBadRequest, "Malformed Request", "the body could not be read")
 		}
+		return false
+	}
+	dec := jsontext.NewDecoder(bytes.NewReader(data), jsontext.AllowDuplicateNames(true))
+	if err := jsonv2.UnmarshalDecode(dec, v); err != nil {
 		detail := "the body is not " + b.Shape
 		if !b.HideCause {
 			detail += ": " + err.Error()
@@ -69,7 +80,7 @@ func (b Body) Decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		Problem(w, http.StatusBadRequest, "Malformed Request", detail)
 		return false
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+	if _, err := dec.ReadToken(); !errors.Is(err, io.EOF) {
 		Problem(w, http.StatusBadRequest, "Malformed Request", "the body holds more than one JSON value")
 		return false
 	}

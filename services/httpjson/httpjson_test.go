@@ -33,6 +33,9 @@ func TestBodyDecode(t *testing.T) {
 			status: 400, detail: "the body is not a login"},
 		{name: "two values", body: body, payload: `{"text":"a"} {}`,
 			status: 400, detail: "more than one JSON value"},
+		// As Python's json and JavaScript's JSON.parse read an object.
+		{name: "last duplicate wins", body: body, payload: `{"text":"a","text":"hi"}`},
+		{name: "keys are case-sensitive", body: body, payload: `{"text":"hi","Text":"a"}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -42,7 +45,9 @@ func TestBodyDecode(t *testing.T) {
 				r.Header.Set("Content-Type", tt.contentType)
 			}
 			w := httptest.NewRecorder()
-			var v struct{ Text string }
+			var v struct {
+				Text string `json:"text"`
+			}
 			ok := tt.body.Decode(w, r, &v)
 			if tt.status == 0 {
 				if !ok || v.Text != "hi" {

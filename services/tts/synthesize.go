@@ -182,19 +182,13 @@ func speakTone(w http.ResponseWriter, text string, v Voice) error {
 }
 
 func writeToneSamples(w io.Writer, text string, pitch float64) error {
-	var buf [2]byte
-	put := func(sample float64) error {
-		binary.LittleEndian.PutUint16(buf[:], uint16(int16(sample)))
-		_, err := w.Write(buf[:])
-		return err
-	}
+	// One character's samples at a time: a write per sample would make a
+	// long text slow to stream.
+	buf := make([]byte, 2*max(charFrames, edgeFrames))
 	silence := func(n int) error {
-		for range n {
-			if err := put(0); err != nil {
-				return err
-			}
-		}
-		return nil
+		clear(buf[:2*n])
+		_, err := w.Write(buf[:2*n])
+		return err
 	}
 	if err := silence(edgeFrames); err != nil {
 		return err
@@ -214,9 +208,11 @@ func writeToneSamples(w io.Writer, text string, pitch float64) error {
 			} else if i >= charFrames-fadeFrames {
 				env = float64(charFrames-1-i) / fadeFrames
 			}
-			if err := put(toneAmpl * env * math.Sin(2*math.Pi*freq*float64(i)/toneRate)); err != nil {
-				return err
-			}
+			sample := toneAmpl * env * math.Sin(2*math.Pi*freq*float64(i)/toneRate)
+			binary.LittleEndian.PutUint16(buf[2*i:], uint16(int16(sample)))
+		}
+		if _, err := w.Write(buf[:2*charFrames]); err != nil {
+			return err
 		}
 	}
 	return silence(edgeFrames)

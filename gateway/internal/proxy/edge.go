@@ -269,12 +269,12 @@ func (e *Edge) prepareBody(c echo.Context, rt *Route, cl *call) error {
 		if err != nil {
 			return err
 		}
-		if rt.Units != nil {
-			if cl.units, err = rt.Units(body); err != nil {
-				return err
-			}
+		units, forward, err := rt.Parse(body)
+		if err != nil {
+			return err
 		}
-		setBody(req, body)
+		cl.units = units
+		setBody(req, forward)
 	case BodyMultipart:
 		mb, seconds, err := openAudioUpload(req, rt.BodyLimit)
 		if err != nil {

@@ -66,11 +66,15 @@ type envOpts struct {
 	spoolBytes int64
 	metrics    prometheus.Registerer
 	clock      func() time.Time
+	timeoutCap time.Duration
 }
 
 func withSpoolBytes(n int64) envOpt { return func(o *envOpts) { o.spoolBytes = n } }
 
 func withMetrics(reg prometheus.Registerer) envOpt { return func(o *envOpts) { o.metrics = reg } }
+
+// withTimeoutCap caps every route's backend timeout (1 s unless told).
+func withTimeoutCap(d time.Duration) envOpt { return func(o *envOpts) { o.timeoutCap = d } }
 
 // withClock gives the gateway a clock of its own (Redis keeps the real one).
 func withClock(now func() time.Time) envOpt { return func(o *envOpts) { o.clock = now } }
@@ -118,7 +122,7 @@ func (c cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 
 func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...envOpt) *env {
 	t.Helper()
-	o := envOpts{spoolBytes: 1 << 20}
+	o := envOpts{spoolBytes: 1 << 20, timeoutCap: time.Second}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -181,7 +185,7 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...
 		Backends:       map[string]*url.URL{proxy.BackendSearch: pick(searchBackend), proxy.BackendSTT: pick(sttBackend), proxy.BackendTTS: pick(ttsBackend)},
 		GatewayID:      "test",
 		PublishTimeout: 5 * time.Second,
-		TimeoutCap:     time.Second,
+		TimeoutCap:     o.timeoutCap,
 		Metrics:        o.metrics,
 		Clock:          o.clock,
 	}, p, ev.resolver, ev.q, pub, proxy.NewLastUsed(ev.store, time.Hour, logger), hl, logger)

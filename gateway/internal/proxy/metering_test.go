@@ -3,9 +3,52 @@ package proxy_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mana/apigw/gateway/internal/proxy"
+	"github.com/mana/apigw/services/search"
+	"github.com/mana/apigw/services/stt"
+	"github.com/mana/apigw/services/testenv"
+	"github.com/mana/apigw/services/tts"
 )
+
+// standIn serves a stand-in backend and counts the requests it receives.
+func standIn(t *testing.T, newHandler func() (http.Handler, error)) (string, *atomic.Int64) {
+	t.Helper()
+	h, err := newHandler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &atomic.Int64{}
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(s.Close)
+	return s.URL, n
+}
+
+type standIns struct {
+	search, stt, tts    string
+	searchN, sttN, ttsN *atomic.Int64
+}
+
+// realBackends starts the three stand-ins, which decode bodies and audio
+// the way the real services do, independently of the gateway.
+func realBackends(t *testing.T) standIns {
+	logger := testenv.Logger(t)
+	var b standIns
+	b.search, b.searchN = standIn(t, func() (http.Handler, error) { return search.New(search.Config{}, logger) })
+	b.stt, b.sttN = standIn(t, func() (http.Handler, error) { return stt.New(stt.Config{}, logger) })
+	b.tts, b.ttsN = standIn(t, func() (http.Handler, error) { return tts.New(tts.Config{Engine: tts.EngineTone}, logger) })
+	return b
+}
 
 // TestGrantComesFromTheKey: the grant in the event and in /v1/key is the
 // key's own (what Redis enforces), not the pricing file's for its tier — a
@@ -60,5 +103,86 @@ func TestPeriodIsTheHolds(t *testing.T) {
 	t.Logf("gateway clock %s, event period %s, occurred_at %s", behind().UTC().Format("2006-01"), evs[0].Period, at)
 	if evs[0].Period != want || at.Format("2006-01") != want {
 		t.Fatalf("event period %s at %s, want the hold's period %s", evs[0].Period, at, want)
+	}
+}
+
+// TestKeysMeanOneThing: a key that a case-sensitive backend reads and the
+// gateway would not (a case variant, a duplicate) is refused with 400
+// before anything is held, through the real stand-ins, which read such a
+// body as Python and JavaScript do.
+func TestKeysMeanOneThing(t *testing.T) {
+	b := realBackends(t)
+	ev := newEnv(t, b.search, b.stt, b.tts, withTimeoutCap(time.Minute))
+	secret, k := ev.key("pro")
+	long := strings.Repeat("a", 9000)
+	for _, tc := range []struct{ path, body string }{
+		{"/v1/tts/synthesize", `{"text":"` + long + `","Text":"a","voice":"en-US-1"}`},
+		{"/v1/tts/synthesize", `{"Text":"` + long + `","text":"a","voice":"en-US-1"}`},
+		{"/v1/tts/synthesize", `{"text":"a","text":"` + long + `","voice":"en-US-1"}`},
+		{"/v1/extract/bulk", `{"urls":["http://127.0.0.1:1/a"],"URLS":["http://127.0.0.1:1/b","http://127.0.0.1:1/c","http://127.0.0.1:1/d"]}`},
+		{"/v1/extract/bulk", `{"urls":["http://127.0.0.1:1/a"],"urls":["http://127.0.0.1:1/b","http://127.0.0.1:1/c"]}`},
+		{"/v1/search", `{"query":"a","Query":"b"}`},
+	} {
+		resp, body := ev.do("POST", tc.path, secret, "application/json", tc.body)
+		t.Logf("%s %.50s…: %d %s", tc.path, tc.body, resp.StatusCode, body)
+		isProblem(t, resp, body, 400)
+	}
+	if n := b.ttsN.Load() + b.searchN.Load(); n != 0 {
+		t.Fatalf("the backends were called %d times", n)
+	}
+	if got := ev.balance(k); got != 5000 {
+		t.Fatalf("balance %d after refused bodies, want 5000", got)
+	}
+	// What is forwarded is the document as priced: 1,001 characters, 2 credits.
+	resp, body := ev.do("POST", "/v1/tts/synthesize", secret, "application/json", "{ \"text\" : \""+strings.Repeat("b", 1001)+"\",\n \"voice\":\"en-US-1\" }")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "audio/wav" || resp.Header.Get("X-Credits-Remaining") != "4998" {
+		t.Fatalf("synthesis: %d %s credits %q: %.100s", resp.StatusCode, resp.Header.Get("Content-Type"), resp.Header.Get("X-Credits-Remaining"), body)
+	}
+}
+
+// TestInputLimitsAreTheBackends: every input limit the gateway checks is
+// the backend's own; at the limit the real stand-in serves the call, one
+// past it the gateway refuses it before holding anything.
+func TestInputLimitsAreTheBackends(t *testing.T) {
+	b := realBackends(t)
+	ev := newEnv(t, b.search, b.stt, b.tts, withTimeoutCap(time.Minute))
+	secret, k := ev.key("enterprise")
+	if resp, body := ev.do("GET", "/v1/key", secret, "", ""); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	for _, tc := range []struct {
+		name, path, atLimit, overLimit string
+		calls                          *atomic.Int64
+		credits                        int64
+	}{
+		{"tts characters", "/v1/tts/synthesize",
+			`{"text":"` + strings.Repeat("—", proxy.MaxTTSCharacters) + `"}`, `{"text":"` + strings.Repeat("—", proxy.MaxTTSCharacters+1) + `"}`,
+			b.ttsN, proxy.MaxTTSCharacters / 1000},
+		{"search query", "/v1/search",
+			`{"query":"` + strings.Repeat("q", proxy.MaxSearchQueryChars) + `"}`, `{"query":"` + strings.Repeat("q", proxy.MaxSearchQueryChars+1) + `"}`,
+			b.searchN, 1},
+		{"search limit", "/v1/search",
+			fmt.Sprintf(`{"query":"go","limit":%d}`, proxy.MaxSearchLimit), fmt.Sprintf(`{"query":"go","limit":%d}`, proxy.MaxSearchLimit+1),
+			b.searchN, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, calls := ev.balance(k), tc.calls.Load()
+			resp, body := ev.do("POST", tc.path, secret, "application/json", tc.atLimit)
+			if resp.StatusCode != 200 {
+				t.Fatalf("at the limit: %d %.300s", resp.StatusCode, body)
+			}
+			if got := before - ev.balance(k); got != tc.credits {
+				t.Fatalf("at the limit charged %d, want %d", got, tc.credits)
+			}
+			resp, body = ev.do("POST", tc.path, secret, "application/json", tc.overLimit)
+			isProblem(t, resp, body, 400)
+			if tc.calls.Load() != calls+1 {
+				t.Fatalf("the backend saw %d calls, want only the one at the limit", tc.calls.Load()-calls)
+			}
+			if got := before - ev.balance(k); got != tc.credits {
+				t.Fatalf("over the limit: %d charged in all", got)
+			}
+			t.Logf("at the limit: 200, %d credits; one past it: 400 at the gateway (%s)", tc.credits, body)
+		})
 	}
 }

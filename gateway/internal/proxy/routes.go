@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +10,9 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/mana/apigw/gateway/internal/problem"
 )
@@ -45,9 +47,9 @@ type Route struct {
 	Body         BodyKind
 	BodyLimit    int64
 	Timeout      time.Duration
-	// Units counts the metered units of a JSON body and validates it; nil
-	// means one unit per request.
-	Units func(body []byte) (int64, error)
+	// Parse validates a JSON body, counts its metered units and returns the
+	// document to forward in its place.
+	Parse func(body []byte) (units int64, forward []byte, err error)
 	// Settle reads the backend's answer to a served call and returns the
 	// units actually consumed; nil means the estimate stands.
 	Settle func(resp *http.Response) (int64, error)
@@ -55,24 +57,23 @@ type Route struct {
 
 // Routes is the public API (docs/contract.md).
 func Routes() []Route {
-	const kb, mb = 1 << 10, 1 << 20
 	return []Route{
 		{Op: "search", Method: http.MethodPost, Path: "/v1/search", Backend: BackendSearch, UpstreamPath: "/search",
-			Body: BodyJSON, BodyLimit: 64 * kb, Timeout: 15 * time.Second, Units: searchUnits},
+			Body: BodyJSON, BodyLimit: MaxJSONBody, Timeout: 15 * time.Second, Parse: parseJSON[searchBody]},
 		{Op: "extract", Method: http.MethodPost, Path: "/v1/extract", Backend: BackendSearch, UpstreamPath: "/extract",
-			Body: BodyJSON, BodyLimit: 64 * kb, Timeout: 30 * time.Second, Units: extractUnits},
+			Body: BodyJSON, BodyLimit: MaxJSONBody, Timeout: 30 * time.Second, Parse: parseJSON[extractBody]},
 		{Op: "extract-bulk", Method: http.MethodPost, Path: "/v1/extract/bulk", Backend: BackendSearch, UpstreamPath: "/extract/bulk",
-			Body: BodyJSON, BodyLimit: 256 * kb, Timeout: 60 * time.Second, Units: bulkUnits},
+			Body: BodyJSON, BodyLimit: MaxJSONBody, Timeout: 60 * time.Second, Parse: parseJSON[bulkBody]},
 		{Op: "search-engines", Method: http.MethodGet, Path: "/v1/search/engines", Backend: BackendSearch, UpstreamPath: "/engines",
 			Timeout: 10 * time.Second},
 		{Op: "stt-transcribe", Method: http.MethodPost, Path: "/v1/stt/transcribe", Backend: BackendSTT, UpstreamPath: "/transcribe",
-			Body: BodyMultipart, BodyLimit: 200 * mb, Timeout: 5 * time.Minute, Settle: sttSettle},
+			Body: BodyMultipart, BodyLimit: MaxUploadBytes, Timeout: 5 * time.Minute, Settle: sttSettle},
 		{Op: "stt-models", Method: http.MethodGet, Path: "/v1/stt/models", Backend: BackendSTT, UpstreamPath: "/models",
 			Timeout: 10 * time.Second},
 		{Op: "stt-languages", Method: http.MethodGet, Path: "/v1/stt/languages", Backend: BackendSTT, UpstreamPath: "/languages",
 			Timeout: 10 * time.Second},
 		{Op: "tts-synthesize", Method: http.MethodPost, Path: "/v1/tts/synthesize", Backend: BackendTTS, UpstreamPath: "/synthesize",
-			Body: BodyJSON, BodyLimit: 256 * kb, Timeout: 2 * time.Minute, Units: ttsUnits},
+			Body: BodyJSON, BodyLimit: MaxTTSBody, Timeout: 2 * time.Minute, Parse: parseJSON[ttsBody]},
 		{Op: "tts-voices", Method: http.MethodGet, Path: "/v1/tts/voices", Backend: BackendTTS, UpstreamPath: "/voices",
 			Timeout: 10 * time.Second},
 		{Op: "tts-languages", Method: http.MethodGet, Path: "/v1/tts/languages", Backend: BackendTTS, UpstreamPath: "/languages",
@@ -92,87 +93,130 @@ func Ops() []string {
 
 func badInput(detail string) error { return problem.New(http.StatusBadRequest, detail) }
 
-// decodeStrict decodes one JSON object into v, refusing unknown fields and trailing data.
-func decodeStrict(body []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return badInput("malformed JSON body: " + jsonDetail(err))
+// Input limits of the public API, each in this one place and each the
+// backend's own (mana-search, mana-stt, mana-tts), so that what the gateway
+// accepts and prices is what the backend serves.
+const (
+	kib = 1 << 10
+	mib = 1 << 20
+
+	MaxJSONBody         = 64 * kib  // search, extract and bulk extract bodies (mana-search's limit)
+	MaxTTSBody          = 256 * kib // a synthesis body (mana-tts's limit)
+	MaxUploadBytes      = 200 * mib // an STT upload (mana-stt's limit)
+	MaxSearchQueryChars = 1000      // "query", in Unicode code points
+	MaxSearchLimit      = 50        // "limit" of one search
+	MaxBulkURLs         = 20        // "urls" of one bulk extraction
+	MaxURLLength        = 2048      // one URL to extract
+	MaxTTSCharacters    = 10_000    // "text" of one synthesis, in Unicode code points
+)
+
+// document is a JSON request body: validated, then counted in the units its
+// operation is priced in.
+type document interface{ units() (int64, error) }
+
+// parseJSON decodes a body into D, validates and counts it, and returns the
+// document to forward: D re-encoded, so the backend reads exactly what was
+// validated and priced. Keys are matched case-sensitively, and a duplicate
+// or unknown key (a case variant of a known one included) is refused, so
+// no key can mean one thing to the gateway and another to a backend.
+func parseJSON[D any, P interface {
+	*D
+	document
+}](body []byte) (int64, []byte, error) {
+	var d D
+	if err := json.Unmarshal(body, &d, json.RejectUnknownMembers(true)); err != nil {
+		return 0, nil, badInput("malformed JSON body: " + jsonDetail(err))
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return badInput("malformed JSON body: trailing data after the object")
+	n, err := P(&d).units()
+	if err != nil {
+		return 0, nil, err
 	}
-	return nil
+	out, err := json.Marshal(&d)
+	if err != nil {
+		return 0, nil, fmt.Errorf("re-encode the request body: %w", err)
+	}
+	return n, out, nil
 }
 
 func jsonDetail(err error) string {
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
+	var syn *jsontext.SyntacticError
+	var sem *json.SemanticError
 	switch {
-	case errors.As(err, &se):
-		return fmt.Sprintf("syntax error at byte %d", se.Offset)
-	case errors.As(err, &te):
-		return fmt.Sprintf("field %q must be %s", te.Field, te.Type)
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+	case errors.As(err, &syn) && errors.Is(syn.Err, jsontext.ErrDuplicateName):
+		return fmt.Sprintf("duplicate key %q", syn.JSONPointer.LastToken())
+	case errors.As(err, &sem) && errors.Is(sem.Err, json.ErrUnknownName):
+		return fmt.Sprintf("unknown key %q (keys are case-sensitive)", sem.JSONPointer.LastToken())
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return "empty or truncated body"
-	case strings.HasPrefix(err.Error(), "json: unknown field"):
-		return strings.TrimPrefix(err.Error(), "json: ")
+	case errors.As(err, &syn):
+		return fmt.Sprintf("syntax error at byte %d", syn.ByteOffset)
+	case errors.As(err, &sem) && sem.JSONPointer != "" && sem.JSONKind != 0:
+		return fmt.Sprintf("%q must not be a JSON %s", sem.JSONPointer.LastToken(), kindName(sem.JSONKind))
 	}
-	return "not a JSON object"
+	return "not a JSON object of the expected shape"
 }
 
-func searchUnits(body []byte) (int64, error) {
-	var b struct {
-		Query *string `json:"query"`
-		Limit *int    `json:"limit"`
-		// The seed's search accepts more options; they are passed through.
-		Engines  json.RawMessage `json:"engines"`
-		Language *string         `json:"language"`
+func kindName(k jsontext.Kind) string {
+	switch k {
+	case 'n':
+		return "null"
+	case 'f', 't':
+		return "boolean"
+	case '"':
+		return "string"
+	case '0':
+		return "number"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
 	}
-	if err := decodeStrict(body, &b); err != nil {
-		return 0, err
-	}
+	return "value"
+}
+
+type searchBody struct {
+	Query *string `json:"query,omitzero"`
+	Limit *int    `json:"limit,omitzero"`
+	// The seed's search accepts more options; they are passed through.
+	Engines  jsontext.Value `json:"engines,omitzero"`
+	Language *string        `json:"language,omitzero"`
+}
+
+func (b *searchBody) units() (int64, error) {
 	if b.Query == nil || strings.TrimSpace(*b.Query) == "" {
 		return 0, badInput(`"query" is required`)
 	}
-	if utf8.RuneCountInString(*b.Query) > 1000 {
-		return 0, badInput(`"query" is longer than 1000 characters`)
+	if utf8.RuneCountInString(*b.Query) > MaxSearchQueryChars {
+		return 0, badInput(fmt.Sprintf(`"query" is longer than %d characters`, MaxSearchQueryChars))
 	}
-	if b.Limit != nil && (*b.Limit < 1 || *b.Limit > 100) {
-		return 0, badInput(`"limit" must be between 1 and 100`)
+	if b.Limit != nil && (*b.Limit < 1 || *b.Limit > MaxSearchLimit) {
+		return 0, badInput(fmt.Sprintf(`"limit" must be between 1 and %d`, MaxSearchLimit))
 	}
 	return 1, nil
 }
 
 func validURL(s string) bool {
-	return (strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")) && len(s) <= 2048 && len(s) > len("https://")
+	return (strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")) && len(s) <= MaxURLLength && len(s) > len("https://")
 }
 
-func extractUnits(body []byte) (int64, error) {
-	var b struct {
-		URL     *string         `json:"url"`
-		Options json.RawMessage `json:"options"`
-	}
-	if err := decodeStrict(body, &b); err != nil {
-		return 0, err
-	}
+type extractBody struct {
+	URL     *string        `json:"url,omitzero"`
+	Options jsontext.Value `json:"options,omitzero"`
+}
+
+func (b *extractBody) units() (int64, error) {
 	if b.URL == nil || !validURL(*b.URL) {
 		return 0, badInput(`"url" must be an http or https URL`)
 	}
 	return 1, nil
 }
 
-// MaxBulkURLs bounds a bulk extraction.
-const MaxBulkURLs = 20
+type bulkBody struct {
+	URLs    []string       `json:"urls,omitzero"`
+	Options jsontext.Value `json:"options,omitzero"`
+}
 
-func bulkUnits(body []byte) (int64, error) {
-	var b struct {
-		URLs    []string        `json:"urls"`
-		Options json.RawMessage `json:"options"`
-	}
-	if err := decodeStrict(body, &b); err != nil {
-		return 0, err
-	}
+func (b *bulkBody) units() (int64, error) {
 	if len(b.URLs) == 0 || len(b.URLs) > MaxBulkURLs {
 		return 0, badInput(fmt.Sprintf(`"urls" must hold 1 to %d URLs`, MaxBulkURLs))
 	}
@@ -184,23 +228,15 @@ func bulkUnits(body []byte) (int64, error) {
 	return int64(len(b.URLs)), nil
 }
 
-// MaxTTSCharacters bounds one synthesis.
-const MaxTTSCharacters = 100_000
+type ttsBody struct {
+	Text  *string  `json:"text,omitzero"`
+	Voice *string  `json:"voice,omitzero"`
+	Speed *float64 `json:"speed,omitzero"`
+}
 
-func ttsUnits(body []byte) (int64, error) {
-	var b struct {
-		Text  *string  `json:"text"`
-		Voice *string  `json:"voice"`
-		Speed *float64 `json:"speed"`
-	}
-	if err := decodeStrict(body, &b); err != nil {
-		return 0, err
-	}
+func (b *ttsBody) units() (int64, error) {
 	if b.Text == nil || *b.Text == "" {
 		return 0, badInput(`"text" is required`)
-	}
-	if !utf8.ValidString(*b.Text) {
-		return 0, badInput(`"text" is not valid UTF-8`)
 	}
 	n := utf8.RuneCountInString(*b.Text)
 	if n > MaxTTSCharacters {
