@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -59,6 +58,9 @@ func TestNATSOutage(t *testing.T) {
 	downAt := served.Load()
 	time.Sleep(outage)
 	duringOutage := served.Load() - downAt
+	// What was served meanwhile waits in the spool: the calls were made
+	// durable there, not lost nor refused.
+	spooled := s.spoolBytes(0)
 	s.nats.Start()
 	time.Sleep(2 * time.Second)
 	close(stop)
@@ -73,6 +75,10 @@ func TestNATSOutage(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Fatalf("%d calls were refused during the outage", failed.Load())
 	}
+	if spooled == 0 {
+		t.Fatalf("the spool was empty after %d calls served with NATS down", duringOutage)
+	}
+	t.Logf("%d bytes spooled at the end of the outage", spooled)
 	// A batch whose acknowledgement was lost with NATS is redelivered after
 	// the billing consumer's AckWait (30 s); the ledger absorbs the repeat.
 	eventuallyWithin(t, 90*time.Second, "ledger holds every served call", func() (bool, string) {
@@ -89,18 +95,29 @@ func TestNATSOutage(t *testing.T) {
 		t.Fatalf("duplicates %d (%v)", dups, err)
 	}
 	eventually(t, "spool empty", func() (bool, string) {
-		var total int64
-		entries, _ := os.ReadDir(s.spools[0])
-		for _, e := range entries {
-			if info, err := e.Info(); err == nil {
-				total += info.Size()
-			}
-		}
-		_ = filepath.Join
-		return total == 0, fmt.Sprint(total, " bytes in ", len(entries), " files")
+		n := s.spoolBytes(0)
+		return n == 0, fmt.Sprint(n, " bytes")
 	})
 	pg, rd := s.balances(k.ID, 1000000)
 	if pg != rd {
 		t.Fatalf("balances disagree: postgres %d, redis %d", pg, rd)
 	}
+}
+
+// spoolBytes is the size of gateway i's spool files.
+func (s *stack) spoolBytes(i int) int64 {
+	s.t.Helper()
+	entries, err := os.ReadDir(s.spools[i])
+	if err != nil {
+		s.t.Fatalf("read the spool: %v", err)
+	}
+	var total int64
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil {
+			continue // rotated away meanwhile
+		}
+		total += info.Size()
+	}
+	return total
 }

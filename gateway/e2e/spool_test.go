@@ -72,13 +72,7 @@ func TestSpoolTornTailAcrossRestart(t *testing.T) {
 		t.Fatalf("duplicates %d (%v)", dups, err)
 	}
 	eventually(t, "spool empty", func() (bool, string) {
-		var total int64
-		entries, _ := os.ReadDir(s.spools[0])
-		for _, e := range entries {
-			if info, err := e.Info(); err == nil {
-				total += info.Size()
-			}
-		}
-		return total == 0, fmt.Sprint(total, " bytes in ", len(entries), " files")
+		n := s.spoolBytes(0)
+		return n == 0, fmt.Sprint(n, " bytes")
 	})
 }
