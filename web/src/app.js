@@ -308,6 +308,8 @@ function renderGauge(s) {
     },
     options: { rotation: -90, circumference: 180, cutout: '70%', plugins: { legend: { display: false } } },
   });
+  const share = s.monthlyCredits > 0 ? used / s.monthlyCredits : 0;
+  $('gauge-pct').textContent = new Intl.NumberFormat(undefined, { style: 'percent', maximumFractionDigits: share > 0 && share < 0.1 ? 1 : 0 }).format(share);
   $('gauge-canvas').setAttribute('aria-label', num(used) + ' of ' + num(s.monthlyCredits) + ' credits used this period');
   $('gauge-text').replaceChildren(
     el('strong', { id: 'gauge-used' }, num(used)), ' of ' + num(s.monthlyCredits) + ' credits used · ',

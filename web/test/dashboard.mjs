@@ -40,7 +40,7 @@ async function login(email) {
 }
 
 // until polls fn (which returns a truthy value when done) up to ms.
-async function until(what, fn, ms = 30000) {
+async function until(what, fn, ms = 60000) {
   const deadline = Date.now() + ms;
   let last;
   for (;;) {
