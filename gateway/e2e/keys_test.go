@@ -19,6 +19,9 @@ func (s *stack) status(gw, secret string) int {
 
 // TestKeyLifecycle walks the key lifecycle through the API.
 func TestKeyLifecycle(t *testing.T) {
+	// Grace and expiry long enough for the calls that must land inside them
+	// on a busy machine; the test fails, rather than passes, if they do not.
+	const grace, expireIn = 5 * time.Second, 4 * time.Second
 	s := newStack(t, stackOpts{noWorkers: true, extraEnv: []string{"LOG_LEVEL=debug"}})
 	gw := s.gwURLs[0]
 	tok := s.login("user@example.com")
@@ -47,28 +50,41 @@ func TestKeyLifecycle(t *testing.T) {
 		t.Fatalf("regenerate: %d %s", resp.StatusCode, b)
 	}
 	var r1 keyObject
-	_ = json.Unmarshal(b, &r1)
+	if err := json.Unmarshal(b, &r1); err != nil || r1.Key == "" {
+		t.Fatalf("regenerate answer %s: %v", b, err)
+	}
 	secrets = append(secrets, r1.Key)
 	step("old key after regenerate", k.Key, 401)
 	step("new key after regenerate", r1.Key, 200)
 	// With a grace period the old secret keeps working until it ends.
-	resp, b = s.do("POST", gw+"/api-keys/"+k.ID+"/regenerate", `{"gracePeriodSeconds": 2}`, bearer(tok))
+	resp, b = s.do("POST", gw+"/api-keys/"+k.ID+"/regenerate", fmt.Sprintf(`{"gracePeriodSeconds": %d}`, int(grace/time.Second)), bearer(tok))
 	if resp.StatusCode != 200 && resp.StatusCode != 201 {
 		t.Fatalf("regenerate with grace: %d %s", resp.StatusCode, b)
 	}
 	var r2 keyObject
-	_ = json.Unmarshal(b, &r2)
+	if err := json.Unmarshal(b, &r2); err != nil || r2.Key == "" {
+		t.Fatalf("regenerate answer %s: %v", b, err)
+	}
 	secrets = append(secrets, r2.Key)
-	graceEnd := time.Now().Add(2 * time.Second)
+	graceEnd := time.Now().Add(grace)
 	step("old key in grace", r1.Key, 200)
 	step("new key in grace", r2.Key, 200)
-	time.Sleep(time.Until(graceEnd) + 100*time.Millisecond)
+	if time.Now().After(graceEnd) {
+		t.Fatalf("the in-grace calls ended after the %v grace period: the test cannot tell", grace)
+	}
+	// The grace end was taken after the answer, so it is late by at most the
+	// answer's latency; a second of room covers the clocks' and Redis' view.
+	time.Sleep(time.Until(graceEnd) + time.Second)
 	step("old key after grace", r1.Key, 401)
 	step("new key after grace", r2.Key, 200)
 	// Expiry set in the near future.
-	patch(fmt.Sprintf(`{"expiresAt":%q}`, time.Now().Add(1500*time.Millisecond).UTC().Format(time.RFC3339Nano)))
+	expiry := time.Now().Add(expireIn)
+	patch(fmt.Sprintf(`{"expiresAt":%q}`, expiry.UTC().Format(time.RFC3339Nano)))
 	step("before expiry", r2.Key, 200)
-	time.Sleep(1600 * time.Millisecond)
+	if time.Now().After(expiry) {
+		t.Fatalf("the call before expiry ended after the %v expiry: the test cannot tell", expireIn)
+	}
+	time.Sleep(time.Until(expiry) + time.Second)
 	step("after expiry", r2.Key, 401)
 	patch(`{"expiresAt":null}`)
 	step("expiry cleared", r2.Key, 200)
@@ -76,7 +92,9 @@ func TestKeyLifecycle(t *testing.T) {
 	eventually(t, "lastUsedAt set", func() (bool, string) {
 		resp, b := s.do("GET", gw+"/api-keys/"+k.ID, nil, bearer(tok))
 		var got keyObject
-		_ = json.Unmarshal(b, &got)
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatalf("key answer %d %s: %v", resp.StatusCode, b, err)
+		}
 		return resp.StatusCode == 200 && got.LastUsedAt != nil && time.Since(*got.LastUsedAt) < time.Minute, string(b)
 	})
 	resp, _ = s.do("DELETE", gw+"/api-keys/"+k.ID, nil, bearer(tok))
@@ -100,22 +118,34 @@ func TestKeyLifecycle(t *testing.T) {
 }
 
 // TestRevocationAcrossGateways: a change through one gateway is enforced by
-// the other within one second (measured over 20 tries; the worst is printed).
+// the other within one second (measured over 20 tries; the worst is printed),
+// however long the probes themselves take.
 func TestRevocationAcrossGateways(t *testing.T) {
 	s := newStack(t, stackOpts{gateways: 2, noWorkers: true, pricing: testPricing})
 	a, b := s.gwURLs[0], s.gwURLs[1]
 	tok := s.login("user@example.com")
 	var worst time.Duration
+	// The product's bound is measured apart from the probes' own latency: a
+	// probe sent a second or more after the change that still sees the old
+	// state proves the bound broken; one sent earlier and answered later
+	// proves nothing. The propagation took at least as long as until the
+	// last probe that saw the old state was sent, and at most until the first
+	// that saw the new one was answered (that one includes its latency).
+	var worstAtLeast time.Duration
 	measure := func(name, secret string, want int) time.Duration {
 		t.Helper()
 		start := time.Now()
+		var lastOld time.Duration
 		for {
+			sent := time.Since(start)
 			got := s.status(b, secret)
 			if got == want {
+				worstAtLeast = max(worstAtLeast, lastOld)
 				return time.Since(start)
 			}
-			if time.Since(start) > time.Second {
-				t.Fatalf("%s: gateway B still answers %d after 1 s (want %d)", name, got, want)
+			lastOld = sent
+			if sent >= time.Second {
+				t.Fatalf("%s: a probe sent %v after the change still got %d from gateway B (want %d)", name, sent.Round(time.Millisecond), got, want)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -152,6 +182,6 @@ func TestRevocationAcrossGateways(t *testing.T) {
 			worst = d
 		}
 	}
-	t.Logf("revocation seen by the other gateway: worst of 20 = %v", worst)
-	fmt.Printf("REVOCATION worst-of-20 across two gateways: %v\n", worst)
+	t.Logf("revocation seen by the other gateway: worst of 20 = at most %v (probe latency included), at least %v", worst, worstAtLeast)
+	fmt.Printf("REVOCATION worst-of-20 across two gateways: %v (at least %v)\n", worst, worstAtLeast)
 }
