@@ -11,7 +11,7 @@ STACK := .ci/stack.sh
 PKGS = $(shell go list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)/|./|; s|$$|/...|')
 
 .PHONY: help run up down status test lint shellcheck build migrate proto bench bench-smoke \
-	replay events servers servers-stop compose-check rules clean distclean
+	replay reconcile events servers servers-stop compose-check rules clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -55,6 +55,9 @@ bench-smoke: ## the same harness with tiny durations (seconds), to check it stil
 
 replay: build ## verify the aggregates against the USAGE stream (bin/aggregator replay; ARGS=--from-start by default)
 	@$(STACK) exec bin/aggregator replay $(or $(ARGS),--from-start)
+
+reconcile: build ## compare the Redis balances of recently active keys with the ledger, correct drift, print a table (bin/gateway reconcile)
+	@$(STACK) exec bin/gateway reconcile
 
 events: build ## follow the usage events as JSON (bin/aggregator tail; ARGS=--from-start for the history)
 	@$(STACK) exec bin/aggregator tail $(ARGS)

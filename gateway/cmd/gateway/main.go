@@ -1,6 +1,7 @@
 // Command gateway is the Mana API gateway: the metered public edge and the
 // key management API in one binary. `gateway migrate` only applies the
-// database migrations.
+// database migrations; `gateway reconcile` corrects drifted Redis balances
+// once and prints what it found.
 package main
 
 import (
@@ -45,6 +46,9 @@ func run() error {
 		}
 		logger.Info("migrations applied")
 		return db.Close()
+	}
+	if len(os.Args) > 1 && os.Args[1] == "reconcile" {
+		return server.Reconcile(ctx, cfg, logger, os.Stdout)
 	}
 	if cfg.DevPepperWarning {
 		logger.Warn("API_KEY_PEPPER is unset: using the development pepper; set a secret in production")

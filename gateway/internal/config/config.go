@@ -14,29 +14,34 @@ import (
 
 // Config is every setting of the gateway binary.
 type Config struct {
-	Port             int
-	DatabaseURL      string
-	RedisAddr        string
-	RedisPassword    string
-	NATSURL          string
-	SearchURL        *url.URL
-	STTURL           *url.URL
-	TTSURL           *url.URL
-	AuthURL          *url.URL
-	JWTIssuer        string
-	JWTAudience      string
-	APIKeyPepper     string
-	PricingFile      string
-	SpoolDir         string
-	SpoolMaxBytes    int64
-	PublishTimeout   time.Duration
-	StreamMaxAge     time.Duration
-	GatewayID        string
-	LogLevel         string
-	ShutdownTimeout  time.Duration
-	RateWindow       time.Duration
-	DevMode          bool // DEV_MODE=1: the development pepper and the test-only settings are allowed
-	DevPepperWarning bool
+	Port            int
+	DatabaseURL     string
+	RedisAddr       string
+	RedisPassword   string
+	NATSURL         string
+	SearchURL       *url.URL
+	STTURL          *url.URL
+	TTSURL          *url.URL
+	AuthURL         *url.URL
+	JWTIssuer       string
+	JWTAudience     string
+	APIKeyPepper    string
+	PricingFile     string
+	SpoolDir        string
+	SpoolMaxBytes   int64
+	PublishTimeout  time.Duration
+	StreamMaxAge    time.Duration
+	GatewayID       string
+	LogLevel        string
+	ShutdownTimeout time.Duration
+	RateWindow      time.Duration
+	DevMode         bool // DEV_MODE=1: the development pepper and the test-only settings are allowed
+	// ReconcileInterval is how often one of the gateways compares the Redis
+	// balances of recently active keys with the ledger and corrects them;
+	// ReconcileActiveWindow is how recently a key must have been charged.
+	ReconcileInterval     time.Duration
+	ReconcileActiveWindow time.Duration
+	DevPepperWarning      bool
 	// DashboardPasswordLoginURL is the issuer's email+password endpoint
 	// the dashboard's sign-in form posts to; nil hides the form.
 	DashboardPasswordLoginURL *url.URL
@@ -80,27 +85,29 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	}
 	host, _ := os.Hostname()
 	c := Config{
-		Port:            int(parseInt("PORT", "3030")),
-		DatabaseURL:     get("DATABASE_URL", "postgres://postgres:postgres@localhost:5432/manacore?sslmode=disable"),
-		RedisAddr:       net.JoinHostPort(get("REDIS_HOST", "localhost"), get("REDIS_PORT", "6379")),
-		RedisPassword:   getenv("REDIS_PASSWORD"),
-		NATSURL:         get("NATS_URL", "nats://127.0.0.1:4222"),
-		SearchURL:       parseURL("SEARCH_SERVICE_URL", "http://localhost:3021"),
-		STTURL:          parseURL("STT_SERVICE_URL", "http://localhost:3020"),
-		TTSURL:          parseURL("TTS_SERVICE_URL", "http://localhost:3022"),
-		AuthURL:         parseURL("MANA_CORE_AUTH_URL", "http://localhost:3001"),
-		JWTIssuer:       get("JWT_ISSUER", "mana-core-auth"),
-		JWTAudience:     get("JWT_AUDIENCE", "mana-api-gateway"),
-		APIKeyPepper:    getenv("API_KEY_PEPPER"),
-		PricingFile:     getenv("PRICING_FILE"),
-		SpoolDir:        get("SPOOL_DIR", ".data/spool"),
-		SpoolMaxBytes:   parseInt("SPOOL_MAX_BYTES", strconv.Itoa(256<<20)),
-		PublishTimeout:  parseDur("PUBLISH_TIMEOUT", "5s"),
-		StreamMaxAge:    parseDur("USAGE_STREAM_MAX_AGE", "9600h"),
-		GatewayID:       get("GATEWAY_ID", host),
-		LogLevel:        get("LOG_LEVEL", "info"),
-		ShutdownTimeout: parseDur("SHUTDOWN_TIMEOUT", "20s"),
-		RateWindow:      time.Minute,
+		Port:                  int(parseInt("PORT", "3030")),
+		DatabaseURL:           get("DATABASE_URL", "postgres://postgres:postgres@localhost:5432/manacore?sslmode=disable"),
+		RedisAddr:             net.JoinHostPort(get("REDIS_HOST", "localhost"), get("REDIS_PORT", "6379")),
+		RedisPassword:         getenv("REDIS_PASSWORD"),
+		NATSURL:               get("NATS_URL", "nats://127.0.0.1:4222"),
+		SearchURL:             parseURL("SEARCH_SERVICE_URL", "http://localhost:3021"),
+		STTURL:                parseURL("STT_SERVICE_URL", "http://localhost:3020"),
+		TTSURL:                parseURL("TTS_SERVICE_URL", "http://localhost:3022"),
+		AuthURL:               parseURL("MANA_CORE_AUTH_URL", "http://localhost:3001"),
+		JWTIssuer:             get("JWT_ISSUER", "mana-core-auth"),
+		JWTAudience:           get("JWT_AUDIENCE", "mana-api-gateway"),
+		APIKeyPepper:          getenv("API_KEY_PEPPER"),
+		PricingFile:           getenv("PRICING_FILE"),
+		SpoolDir:              get("SPOOL_DIR", ".data/spool"),
+		SpoolMaxBytes:         parseInt("SPOOL_MAX_BYTES", strconv.Itoa(256<<20)),
+		PublishTimeout:        parseDur("PUBLISH_TIMEOUT", "5s"),
+		StreamMaxAge:          parseDur("USAGE_STREAM_MAX_AGE", "9600h"),
+		GatewayID:             get("GATEWAY_ID", host),
+		LogLevel:              get("LOG_LEVEL", "info"),
+		ShutdownTimeout:       parseDur("SHUTDOWN_TIMEOUT", "20s"),
+		RateWindow:            time.Minute,
+		ReconcileInterval:     parseDur("RECONCILE_INTERVAL", "30s"),
+		ReconcileActiveWindow: parseDur("RECONCILE_ACTIVE_WINDOW", "24h"),
 	}
 	switch dev := getenv("DEV_MODE"); dev {
 	case "1":

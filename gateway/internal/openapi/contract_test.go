@@ -115,7 +115,7 @@ func newGateway(t *testing.T) *gateway {
 	g.store = keys.NewStore(g.db)
 	g.hasher = keys.NewHasher([]byte("contract-test-pepper"))
 	resolver := keys.NewResolver(keys.ResolverConfig{Size: 1000, TTL: time.Minute, UnknownTTL: time.Second}, g.store, g.hasher)
-	q := quota.NewStore(rdb, quota.NewPGLoader(g.db, usage.NewStreamSpend(js, 5*time.Second), nil, logger))
+	q := quota.NewStore(rdb, quota.NewPGLoader(g.db, nil, nil, logger), nil)
 
 	g.searchURL = startSearch(t)
 	g.stt = startHandler(t, func() (http.Handler, error) { return stt.New(stt.Config{}, logger) })

@@ -69,7 +69,7 @@ func routerOnly(t *testing.T) *echo.Echo {
 	t.Cleanup(func() { _ = rdb.Close() })
 	h, err := mgmt.New(mgmt.Config{}, mgmt.Deps{
 		Store: keys.NewStore(db), DB: db, Hasher: keys.NewHasher([]byte("pepper")), Tiers: p,
-		State: quota.NewStore(rdb, quota.NewPGLoader(db, nil, nil, logger)),
+		State: quota.NewStore(rdb, quota.NewPGLoader(db, nil, nil, logger), nil),
 	}, logger)
 	if err != nil {
 		t.Fatal(err)

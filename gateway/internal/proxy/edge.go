@@ -49,10 +49,13 @@ type Resolver interface {
 	Resolve(ctx context.Context, secret string) (*keys.Key, []byte, error)
 }
 
-// Holds records credits held by calls in flight here (see package holds).
-// Safe for concurrent use.
+// Holds counts the credits held by calls in flight here (see package
+// holds); the quota store registers each hold around its script, the edge
+// moves it to the charge when the call is settled and releases it once the
+// call's event is durable or nothing was charged. Safe
+// for concurrent use.
 type Holds interface {
-	Hold(keyID, eventID string, credits int64)
+	Settle(keyID, eventID string, credits int64)
 	Release(keyID, eventID string)
 }
 
@@ -234,8 +237,8 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 			return err
 		}
 		if cl.held > 0 {
-			// Held until the event is durable or the hold is released.
-			e.holds.Hold(k.ID, cl.eventID, cl.held)
+			// The quota store registered the hold around its script; it
+			// counts until the event is durable or the hold is released.
 			cl.holding = true
 			defer e.releaseHold(cl)
 		}

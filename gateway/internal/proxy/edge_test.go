@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mana/apigw/gateway/internal/backlog"
 	"github.com/mana/apigw/gateway/internal/holds"
 	"github.com/mana/apigw/gateway/internal/keys"
 	"github.com/mana/apigw/gateway/internal/pricing"
@@ -165,10 +166,21 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...
 	ev.hasher = keys.NewHasher([]byte("test-pepper-0123456789"))
 	ev.resolver = keys.NewResolver(keys.ResolverConfig{Size: 1000, TTL: time.Minute, UnknownTTL: time.Second}, ev.store, ev.hasher)
 	hl := holds.NewLedger()
-	if _, err := hl.Serve(nc, logger); err != nil {
+	if _, err := hl.Serve(ctx, nc, "test", 100*time.Millisecond, logger); err != nil {
 		t.Fatal(err)
 	}
-	ev.q = quota.NewStore(ev.rdb, quota.NewPGLoader(ev.db, usage.NewStreamSpend(js, 5*time.Second), holds.NewQuery(nc, 50*time.Millisecond), logger))
+	presence, err := holds.NewPresence(nc, "test", time.Second, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail, err := backlog.New(backlog.Config{JS: js, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tctx, stopTail := context.WithCancel(ctx)
+	t.Cleanup(stopTail)
+	go tail.Run(tctx)
+	ev.q = quota.NewStore(ev.rdb, quota.NewPGLoader(ev.db, tail, holds.NewQuery(nc, presence, 300*time.Millisecond), logger), hl)
 	if err := ev.q.Preload(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -145,6 +145,10 @@ func (e *Edge) settle(ctx context.Context, cl *call, credits int64) error {
 		return nil
 	}
 	cl.decision.Credits += delta
+	if cl.holding {
+		// What is held from now on is the charge, not the estimate.
+		e.holds.Settle(cl.key.ID, cl.eventID, credits)
+	}
 	return nil
 }
 

@@ -9,38 +9,42 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/mana/apigw/gateway/internal/holds"
 )
 
-// Spender sums the credits a key was charged in a period according to the
-// event stream, which runs ahead of the ledger, and returns the IDs of the
-// events it counted. Safe for concurrent use.
-type Spender interface {
-	Spent(ctx context.Context, keyID, period string) (int64, map[string]bool, error)
+// Backlog returns the events on the usage stream that the billing worker
+// has not acknowledged yet, per key (every key for nil): key → event ID →
+// credits, read up to the end of the stream as of the call. Safe for
+// concurrent use.
+type Backlog interface {
+	Pending(ctx context.Context, keyIDs []string, period string) (map[string]map[string]int64, error)
+}
+
+// HoldCounter collects the credits held by calls in flight on every live
+// gateway (every key for nil), by the ID of the event each will publish.
+// It returns an error wrapping holds.ErrIncomplete, with what it got, when a
+// gateway did not answer. Safe for concurrent use.
+type HoldCounter interface {
+	Held(ctx context.Context, keyIDs []string) (holds.Answer, error)
 }
 
 // PGLoader rebuilds key state from Postgres: api_keys (the gateway's own
-// table) and credit_balances (read-only; the billing worker writes it).
-// The balance is grant − max(ledger, stream): a rebuild never grants a
-// credit that the ledger, or an event on its way to it, has spent. Holds of
-// calls still at a backend on other gateways at the moment Redis lost its
-// state are the only spend it cannot see (see docs/billing.md).
+// table) and the billing worker's ledger (read-only), plus what the ledger
+// does not have yet — the events on the stream the billing worker has not
+// applied, and the holds of calls in flight — each counted once by event ID.
 type PGLoader struct {
-	db     *sqlx.DB
-	spent  Spender
-	holds  HoldCounter
-	logger *slog.Logger
+	db      *sqlx.DB
+	backlog Backlog
+	holds   HoldCounter
+	logger  *slog.Logger
 }
 
-// HoldCounter collects the credits held by calls in flight on every
-// gateway, by the ID of the event each will publish. Safe for concurrent use.
-type HoldCounter interface {
-	Held(ctx context.Context, keyID string) (map[string]int64, error)
-}
-
-// NewPGLoader builds a loader; spent and holds may be nil (then the ledger
+// NewPGLoader builds a loader; backlog and holds may be nil (then the ledger
 // alone counts).
-func NewPGLoader(db *sqlx.DB, spent Spender, holds HoldCounter, logger *slog.Logger) *PGLoader {
-	return &PGLoader{db: db, spent: spent, holds: holds, logger: logger}
+func NewPGLoader(db *sqlx.DB, backlog Backlog, holds HoldCounter, logger *slog.Logger) *PGLoader {
+	return &PGLoader{db: db, backlog: backlog, holds: holds, logger: logger}
 }
 
 type keyRow struct {
@@ -57,35 +61,31 @@ type keyRow struct {
 	Used               int64        `db:"used"`
 }
 
+// Spend is what a key's balance of a period is made of, at one moment.
+type Spend struct {
+	Grant   int64 // the key's monthly grant
+	Ledger  int64 // charged in the ledger
+	Pending int64 // events on the stream the ledger does not have yet
+	Held    int64 // holds of calls in flight, neither on the stream nor in the ledger
+	// Exact: every part was known — every live gateway answered, the stream
+	// was read to its end, and no gateway had events waiting in its spool.
+	// Otherwise the balance may be too high by what could not be seen.
+	Exact bool
+}
+
+// Balance is grant − ledger − pending − held.
+func (s Spend) Balance() int64 { return s.Grant - s.Ledger - s.Pending - s.Held }
+
 // Load implements Loader.
 func (l *PGLoader) Load(ctx context.Context, keyID, period string) (State, int64, error) {
-	start, err := time.Parse("2006-01", period)
+	rows, spends, err := l.spend(ctx, []string{keyID}, period)
 	if err != nil {
-		return State{}, 0, fmt.Errorf("load key: period %q: %w", period, err)
+		return State{}, 0, err
 	}
-	// Holds first, then the stream: a call is either still held when its
-	// gateway answers, or its event is on the stream by the time it is
-	// scanned; a call that is both is counted once, by its event ID.
-	var held map[string]int64
-	if l.holds != nil {
-		if held, err = l.holds.Held(ctx, keyID); err != nil {
-			l.logger.WarnContext(ctx, "holds in flight unknown while rebuilding a balance", "key_id", keyID, "err", err)
-		}
-	}
-	var r keyRow
-	err = l.db.GetContext(ctx, &r, `
-		SELECT k.id, k.key_hash, k.prev_key_hash, k.prev_key_expires_at, k.active, k.deleted_at,
-		       k.expires_at, k.rate_limit_per_minute, k.monthly_credits, k.updated_at,
-		       COALESCE(b.used, 0) AS used
-		FROM api_gateway.api_keys k
-		LEFT JOIN api_gateway.credit_balances b ON b.key_id = k.id AND b.period = $2
-		WHERE k.id = $1`, keyID, start)
-	if errors.Is(err, sql.ErrNoRows) {
+	if len(rows) == 0 {
 		return State{}, 0, ErrNoKey
 	}
-	if err != nil {
-		return State{}, 0, fmt.Errorf("load key %s: %w", keyID, err)
-	}
+	r := rows[0]
 	st := State{
 		KeyID:              r.ID,
 		Version:            r.UpdatedAt.UnixMicro(),
@@ -98,26 +98,146 @@ func (l *PGLoader) Load(ctx context.Context, keyID, period string) (State, int64
 		RateLimitPerMinute: r.RateLimitPerMinute,
 		MonthlyCredits:     r.MonthlyCredits,
 	}
-	used := r.Used
-	var onStream map[string]bool
-	if l.spent != nil {
-		s, ids, err := l.spent.Spent(ctx, keyID, period)
+	return st, spends[r.ID].Balance(), nil
+}
+
+// Spends returns the spend of each key of the period that exists.
+func (l *PGLoader) Spends(ctx context.Context, keyIDs []string, period string) (map[string]Spend, error) {
+	_, spends, err := l.spend(ctx, keyIDs, period)
+	return spends, err
+}
+
+// manyKeys: above this many keys, holds and backlog are asked for every key
+// (one small answer) rather than listing the keys.
+const manyKeys = 64
+
+// spend reads, in this order, the holds in flight, the backlog and then the
+// ledger, and counts each call once by event ID. The order is what makes it
+// exact: a call not held when its gateway answered was on the stream by
+// then (a hold is released once its event is acknowledged), so the backlog
+// read after it sees it unless the billing worker applied it — and then the
+// ledger, read last, has it.
+func (l *PGLoader) spend(ctx context.Context, keyIDs []string, period string) ([]keyRow, map[string]Spend, error) {
+	start, err := time.Parse("2006-01", period)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load key: period %q: %w", period, err)
+	}
+	ask := keyIDs
+	if len(ask) > manyKeys {
+		ask = nil
+	}
+	exact := true
+	var held holds.Held
+	if l.holds == nil {
+		exact = false
+	} else {
+		a, err := l.holds.Held(ctx, ask)
+		switch {
+		case err == nil:
+			held = a.Holds
+		case errors.Is(err, holds.ErrIncomplete):
+			held, exact = a.Holds, false
+			l.logger.WarnContext(ctx, "holds of some gateways unknown while computing balances", "keys", len(keyIDs), "err", err)
+		default:
+			exact = false
+			l.logger.WarnContext(ctx, "holds in flight unknown while computing balances", "keys", len(keyIDs), "err", err)
+		}
+		if a.Spooled > 0 {
+			exact = false
+		}
+	}
+	var pending map[string]map[string]int64
+	if l.backlog == nil {
+		exact = false
+	} else if pending, err = l.backlog.Pending(ctx, ask, period); err != nil {
+		// The ledger alone still never grants a credit it has spent.
+		exact = false
+		l.logger.WarnContext(ctx, "stream backlog unknown while computing balances; using the ledger", "keys", len(keyIDs), "err", err)
+	}
+	var ids []string
+	for _, k := range keyIDs {
+		for id := range pending[k] {
+			ids = append(ids, id)
+		}
+		for id := range held[k] {
+			ids = append(ids, id)
+		}
+	}
+	// One snapshot for the balances and the ledger lookup, so an event the
+	// billing worker commits meanwhile is counted in both or in neither.
+	tx, err := l.db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return nil, nil, fmt.Errorf("load keys: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	var rows []keyRow
+	err = tx.SelectContext(ctx, &rows, `
+		SELECT k.id, k.key_hash, k.prev_key_hash, k.prev_key_expires_at, k.active, k.deleted_at,
+		       k.expires_at, k.rate_limit_per_minute, k.monthly_credits, k.updated_at,
+		       COALESCE(b.used, 0) AS used
+		FROM api_gateway.api_keys k
+		LEFT JOIN api_gateway.credit_balances b ON b.key_id = k.id AND b.period = $2
+		WHERE k.id = ANY($1::uuid[])`, pq.Array(keyIDs), start)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load keys: %w", err)
+	}
+	inLedger := map[string]bool{}
+	if len(ids) > 0 {
+		var found []string
+		if err := tx.SelectContext(ctx, &found, `SELECT event_id FROM api_gateway.credit_ledger WHERE event_id = ANY($1)`, pq.Array(ids)); err != nil {
+			return nil, nil, fmt.Errorf("load keys: ledger: %w", err)
+		}
+		for _, id := range found {
+			inLedger[id] = true
+		}
+	}
+	spends := make(map[string]Spend, len(rows))
+	for _, r := range rows {
+		s := Spend{Grant: r.MonthlyCredits, Ledger: r.Used, Exact: exact}
+		for id, c := range pending[r.ID] {
+			if !inLedger[id] {
+				s.Pending += c
+			}
+		}
+		for id, c := range held[r.ID] {
+			if _, onStream := pending[r.ID][id]; !onStream && !inLedger[id] {
+				s.Held += c
+			}
+		}
+		spends[r.ID] = s
+	}
+	return rows, spends, nil
+}
+
+// ActiveKeys returns the keys charged in the period within the last window
+// (by the ledger's balances), and those with events not applied yet.
+func (l *PGLoader) ActiveKeys(ctx context.Context, period string, window time.Duration) ([]string, error) {
+	start, err := time.Parse("2006-01", period)
+	if err != nil {
+		return nil, fmt.Errorf("active keys: period %q: %w", period, err)
+	}
+	var ids []string
+	if err := l.db.SelectContext(ctx, &ids, `
+		SELECT key_id::text FROM api_gateway.credit_balances
+		WHERE period = $1 AND updated_at > now() - make_interval(secs => $2)`, start, window.Seconds()); err != nil {
+		return nil, fmt.Errorf("active keys: %w", err)
+	}
+	if l.backlog != nil {
+		seen := make(map[string]bool, len(ids))
+		for _, id := range ids {
+			seen[id] = true
+		}
+		pending, err := l.backlog.Pending(ctx, nil, period)
 		if err != nil {
-			// The ledger alone still never grants a credit it has spent.
-			l.logger.WarnContext(ctx, "stream unavailable while rebuilding a balance; using the ledger alone", "key_id", keyID, "err", err)
-		} else {
-			onStream = ids
-			if s > used {
-				used = s
+			return nil, fmt.Errorf("active keys: %w", err)
+		}
+		for id := range pending {
+			if !seen[id] {
+				ids = append(ids, id)
 			}
 		}
 	}
-	for id, c := range held {
-		if !onStream[id] {
-			used += c
-		}
-	}
-	return st, r.MonthlyCredits - used, nil
+	return ids, nil
 }
 
 func timePtr(t sql.NullTime) *time.Time {

@@ -13,7 +13,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/mana/apigw/gateway/internal/keys"
 )
@@ -27,6 +29,10 @@ var (
 	syncSrc string
 	//go:embed adjust.lua
 	adjustSrc string
+	//go:embed snapshot.lua
+	snapshotSrc string
+	//go:embed correct.lua
+	correctSrc string
 )
 
 // Window is the rate limit's sliding window.
@@ -95,31 +101,57 @@ type Decision struct {
 	Window     time.Duration // the rate limit's window
 }
 
-// Store is the Redis face of quota. Safe for concurrent use.
-type Store struct {
-	window  time.Duration
-	rdb     redis.UniversalClient
-	loader  Loader
-	acquire *redis.Script
-	init    *redis.Script
-	sync    *redis.Script
-	adjust  *redis.Script
-	pipe    *pipeline // Acquire and Adjust, the calls of every request
+// Holds is told of each credit hold around the script that takes it: Begin
+// before the script runs, End when it answered (taken: the credits were
+// held). A rebuild on any gateway then counts a call whose script ran on the
+// state Redis lost. Safe for concurrent use.
+type Holds interface {
+	Begin(keyID, eventID string, credits int64)
+	End(keyID, eventID string, taken bool)
 }
 
-// NewStore wires a store; call Preload once at start.
-func NewStore(rdb redis.UniversalClient, loader Loader) *Store {
+// Store is the Redis face of quota. Safe for concurrent use.
+type Store struct {
+	window   time.Duration
+	rdb      redis.UniversalClient
+	loader   Loader
+	holds    Holds
+	acquire  *redis.Script
+	init     *redis.Script
+	sync     *redis.Script
+	adjust   *redis.Script
+	snapshot *redis.Script
+	correct  *redis.Script
+	pipe     *pipeline // Acquire and Adjust, the calls of every request
+	flight   *singleflight.Group
+	rebuilds prometheus.Histogram
+}
+
+// NewStore wires a store; call Preload once at start. holds may be nil.
+func NewStore(rdb redis.UniversalClient, loader Loader, holds Holds) *Store {
 	return &Store{
-		window:  Window,
-		rdb:     rdb,
-		loader:  loader,
-		acquire: redis.NewScript(acquireSrc),
-		init:    redis.NewScript(initSrc),
-		sync:    redis.NewScript(syncSrc),
-		adjust:  redis.NewScript(adjustSrc),
-		pipe:    newPipeline(rdb),
+		window:   Window,
+		rdb:      rdb,
+		loader:   loader,
+		holds:    holds,
+		acquire:  redis.NewScript(acquireSrc),
+		init:     redis.NewScript(initSrc),
+		sync:     redis.NewScript(syncSrc),
+		adjust:   redis.NewScript(adjustSrc),
+		snapshot: redis.NewScript(snapshotSrc),
+		correct:  redis.NewScript(correctSrc),
+		pipe:     newPipeline(rdb),
+		flight:   &singleflight.Group{},
+		rebuilds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "gateway_quota_rebuild_seconds",
+			Help:    "Time to rebuild a key's state after Redis lacked it (first use, flush, restart), per rebuild.",
+			Buckets: []float64{.001, .002, .004, .008, .016, .032, .064, .128, .256, .512, 1, 2, 5},
+		}),
 	}
 }
+
+// Collectors are the store's metrics, for registering.
+func (s *Store) Collectors() []prometheus.Collector { return []prometheus.Collector{s.rebuilds} }
 
 // WithWindow returns a copy of the store with another rate window (the
 // tiers are priced per minute; tests use a shorter one).
@@ -131,7 +163,7 @@ func (s *Store) WithWindow(w time.Duration) *Store {
 
 // Preload loads the scripts so that requests run them with EVALSHA alone.
 func (s *Store) Preload(ctx context.Context) error {
-	for _, sc := range []*redis.Script{s.acquire, s.init, s.sync, s.adjust} {
+	for _, sc := range []*redis.Script{s.acquire, s.init, s.sync, s.adjust, s.snapshot, s.correct} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("quota: load script: %w", err)
 		}
@@ -162,15 +194,10 @@ func (s *Store) Acquire(ctx context.Context, r Request) (Decision, error) {
 	keys := []string{stateKey(r.KeyID), rateKey(r.KeyID)}
 	hash := hex.EncodeToString(r.Hash)
 	for attempt := 0; attempt < 3; attempt++ {
-		res, err := s.pipe.eval(ctx, s.acquire, keys, hash, r.Cost, allowed, r.Member, s.window.Microseconds()).Slice()
-		if err != nil {
-			return Decision{}, fmt.Errorf("quota: acquire: %w", err)
-		}
-		d, err := parseDecision(res)
+		d, err := s.decide(ctx, r, keys, hash, allowed)
 		if err != nil {
 			return Decision{}, err
 		}
-		d.Window = s.window
 		if d.Outcome != noState {
 			return d, nil
 		}
@@ -184,17 +211,56 @@ func (s *Store) Acquire(ctx context.Context, r Request) (Decision, error) {
 	return Decision{}, errors.New("quota: key state vanished while loading")
 }
 
+// decide runs the script once, with the call's hold registered around it.
+func (s *Store) decide(ctx context.Context, r Request, keys []string, hash, allowed string) (Decision, error) {
+	holding := r.Cost > 0 && r.Allowed && s.holds != nil
+	if holding {
+		s.holds.Begin(r.KeyID, r.Member, r.Cost)
+	}
+	res, err := s.pipe.eval(ctx, s.acquire, keys, hash, r.Cost, allowed, r.Member, s.window.Microseconds()).Slice()
+	var d Decision
+	if err == nil {
+		d, err = parseDecision(res)
+	}
+	if holding {
+		s.holds.End(r.KeyID, r.Member, err == nil && d.Outcome == OK)
+	}
+	if err != nil {
+		return Decision{}, fmt.Errorf("quota: acquire: %w", err)
+	}
+	d.Window = s.window
+	return d, nil
+}
+
+// rebuildTimeout bounds one rebuild, which the calls waiting for it share.
+const rebuildTimeout = 5 * time.Second
+
+// rebuild loads the key's state once for every call that found it missing
+// at the same time: one rebuild per key and period at a time.
 func (s *Store) rebuild(ctx context.Context, keyID string, now time.Time) error {
 	period := now.UTC().Format("2006-01")
-	st, bal, err := s.loader.Load(ctx, keyID, period)
-	if err != nil {
-		return fmt.Errorf("quota: load key state: %w", err)
+	ch := s.flight.DoChan(keyID+"/"+period, func() (any, error) {
+		// Not the first caller's deadline: the others share the result.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rebuildTimeout)
+		defer cancel()
+		start := time.Now()
+		defer func() { s.rebuilds.Observe(time.Since(start).Seconds()) }()
+		st, bal, err := s.loader.Load(ctx, keyID, period)
+		if err != nil {
+			return nil, fmt.Errorf("quota: load key state: %w", err)
+		}
+		args := append(stateArgs(st), period, bal)
+		if err := run(ctx, s.rdb, s.init, []string{stateKey(keyID)}, args...).Err(); err != nil {
+			return nil, fmt.Errorf("quota: init key state: %w", err)
+		}
+		return nil, nil
+	})
+	select {
+	case res := <-ch:
+		return res.Err
+	case <-ctx.Done():
+		return fmt.Errorf("quota: rebuild: %w", ctx.Err())
 	}
-	args := append(stateArgs(st), period, bal)
-	if err := run(ctx, s.rdb, s.init, []string{stateKey(keyID)}, args...).Err(); err != nil {
-		return fmt.Errorf("quota: init key state: %w", err)
-	}
-	return nil
 }
 
 // Put writes a key's state after a management change (create, update,

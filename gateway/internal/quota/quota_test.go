@@ -57,7 +57,7 @@ func setup(t *testing.T, rate int, credits int64) (*Store, *staticLoader, *redis
 	l := &staticLoader{st: map[string]State{}, bal: map[string]int64{}}
 	l.st["k1"] = State{KeyID: "k1", Version: 1, Hash: hashOf("a"), Active: true, RateLimitPerMinute: rate, MonthlyCredits: credits}
 	l.bal["k1"] = credits
-	s := NewStore(rdb, l)
+	s := NewStore(rdb, l, nil)
 	if err := s.Preload(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mana/apigw/gateway/internal/backlog"
 	"github.com/mana/apigw/gateway/internal/config"
 	"github.com/mana/apigw/gateway/internal/dashboard"
 	"github.com/mana/apigw/gateway/internal/holds"
@@ -29,6 +30,7 @@ import (
 	"github.com/mana/apigw/gateway/internal/pricing"
 	"github.com/mana/apigw/gateway/internal/proxy"
 	"github.com/mana/apigw/gateway/internal/quota"
+	"github.com/mana/apigw/gateway/internal/reconcile"
 	"github.com/mana/apigw/gateway/internal/usage"
 	"github.com/mana/apigw/migrations"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
@@ -50,7 +52,12 @@ type App struct {
 	holds    *holds.Ledger
 	holdsSub *nats.Subscription
 	deps     *depProber
-	Echo     *echo.Echo
+	presence *holds.Presence
+	backlog  *backlog.Tail
+	truth    *quota.PGLoader
+	// reconciler repairs drifted Redis balances every ReconcileInterval.
+	reconciler *reconcile.Reconciler
+	Echo       *echo.Echo
 }
 
 // OpenDB opens Postgres and applies the migrations, retrying while the
@@ -118,15 +125,6 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	if _, err := usagev1.EnsureStream(sctx, a.js, cfg.StreamMaxAge); err != nil {
 		logger.WarnContext(ctx, "usage stream not ensured yet (NATS down?); events spool until it is", "err", err)
 	}
-	q := quota.NewStore(a.rdb, quota.NewPGLoader(db, usage.NewStreamSpend(a.js, 5*time.Second), holds.NewQuery(a.nc, 100*time.Millisecond), logger)).WithWindow(cfg.RateWindow)
-	a.quota = q
-	if err := q.Preload(sctx); err != nil {
-		logger.WarnContext(ctx, "redis scripts not preloaded; they load on first use", "err", err)
-	}
-	a.holds = holds.NewLedger()
-	if a.holdsSub, err = a.holds.Serve(a.nc, logger); err != nil {
-		return nil, err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.spool, err = usage.OpenSpool(cfg.SpoolDir, cfg.SpoolMaxBytes, logger)
@@ -134,6 +132,25 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		return nil, err
 	}
 	reg.MustRegister(a.spool.Collectors()...)
+	a.holds = holds.NewLedger()
+	a.holds.Spooled = a.spool.Size
+	if a.holdsSub, err = a.holds.Serve(ctx, a.nc, cfg.GatewayID, holdSettle, logger); err != nil {
+		return nil, err
+	}
+	a.truth, a.backlog, a.presence, err = balanceTruth(db, a.nc, a.js, cfg.GatewayID, logger)
+	if err != nil {
+		return nil, err
+	}
+	q := quota.NewStore(a.rdb, a.truth, a.holds).WithWindow(cfg.RateWindow)
+	a.quota = q
+	reg.MustRegister(q.Collectors()...)
+	if err := q.Preload(sctx); err != nil {
+		logger.WarnContext(ctx, "redis scripts not preloaded; they load on first use", "err", err)
+	}
+	if a.reconciler, err = reconcile.New(reconcile.Config{Interval: cfg.ReconcileInterval, ActiveWindow: cfg.ReconcileActiveWindow, Owner: cfg.GatewayID},
+		a.rdb, q, a.truth, logger, reg); err != nil {
+		return nil, err
+	}
 	a.pub, err = usage.NewPublisher(usage.PublisherConfig{AckTimeout: 2 * time.Second, DrainInterval: time.Second, GatewayID: cfg.GatewayID}, a.nc, a.js, a.spool, logger, reg)
 	if err != nil {
 		return nil, err
@@ -178,6 +195,28 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	return a, nil
 }
 
+// How long a hold query waits: each gateway for its tentative holds to
+// settle (one Redis round trip), the asker for every live gateway's answer.
+const (
+	holdSettle   = 200 * time.Millisecond
+	holdDeadline = 400 * time.Millisecond
+)
+
+// balanceTruth wires what a balance is computed from besides Redis: the
+// ledger in Postgres, the stream's unapplied backlog and the holds of every
+// live gateway (gatewayID announces this one; empty only listens).
+func balanceTruth(db *sqlx.DB, nc *nats.Conn, js jetstream.JetStream, gatewayID string, logger *slog.Logger) (*quota.PGLoader, *backlog.Tail, *holds.Presence, error) {
+	presence, err := holds.NewPresence(nc, gatewayID, time.Second, logger)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tail, err := backlog.New(backlog.Config{JS: js, Logger: logger})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return quota.NewPGLoader(db, tail, holds.NewQuery(nc, presence, holdDeadline), logger), tail, presence, nil
+}
+
 // MgmtDeps is what the management API is built from.
 type MgmtDeps struct {
 	DB      *sqlx.DB
@@ -195,9 +234,12 @@ func (a *App) Run(ctx context.Context) error {
 	srv := NewHTTPServer(addr, a.Echo, a.logger)
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(7)
 	go func() { defer wg.Done(); a.pub.Run(bg) }()
 	go func() { defer wg.Done(); a.deps.Run(bg, 5*time.Second) }()
+	go func() { defer wg.Done(); a.presence.Run(bg) }()
+	go func() { defer wg.Done(); a.backlog.Run(bg) }()
+	go func() { defer wg.Done(); a.reconciler.Run(bg) }()
 	go func() { defer wg.Done(); a.last.Run(bg) }()
 	go func() { defer wg.Done(); resync(bg, a.store, a.quota.Sync, 2*time.Second, 1000, a.logger) }()
 	l, err := Listen(addr)

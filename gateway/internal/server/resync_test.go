@@ -22,7 +22,7 @@ func TestResyncCatchesAMissedPropagation(t *testing.T) {
 	defer db.Close()
 	rdb := testenv.StartRedis(t).Client()
 	store := keys.NewStore(db)
-	q := quota.NewStore(rdb, quota.NewPGLoader(db, nil, nil, testenv.Logger(t)))
+	q := quota.NewStore(rdb, quota.NewPGLoader(db, nil, nil, testenv.Logger(t)), nil)
 	hasher := keys.NewHasher([]byte("pepper-0123456789abcdef"))
 	secret, _ := keys.Generate()
 	k := &keys.Key{OwnerID: "o", Name: "n", Prefix: keys.Prefix(secret), Tier: "free", Active: true,
@@ -68,7 +68,7 @@ func TestResyncProgressesPastAFullPage(t *testing.T) {
 	defer db.Close()
 	rdb := testenv.StartRedis(t).Client()
 	store := keys.NewStore(db)
-	q := quota.NewStore(rdb, quota.NewPGLoader(db, nil, nil, testenv.Logger(t)))
+	q := quota.NewStore(rdb, quota.NewPGLoader(db, nil, nil, testenv.Logger(t)), nil)
 	hasher := keys.NewHasher([]byte("pepper-0123456789abcdef"))
 	ks := make([]*keys.Key, n)
 	for i := range ks {

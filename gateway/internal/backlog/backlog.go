@@ -1,0 +1,387 @@
+// Package backlog keeps the part of the USAGE stream that the billing worker
+// has not applied to the ledger yet: one reader per gateway, started at the
+// `billing` consumer's acknowledgement floor, indexes every event after it by
+// key, and forgets what the floor passes. A balance is then the ledger plus
+// this backlog plus the holds in flight, whatever the key, with work bounded
+// by the billing worker's lag and not by the month, and no consumer per key.
+package backlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+)
+
+// Config configures a Tail.
+type Config struct {
+	JS     jetstream.JetStream
+	Logger *slog.Logger
+	// FloorInterval is how often the billing consumer's floor is read to
+	// forget what it applied (default 1s).
+	FloorInterval time.Duration
+	// CatchUp bounds the wait of Pending for the reader to reach the end of
+	// the stream (default 2s).
+	CatchUp time.Duration
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	var errs []error
+	if c.JS == nil {
+		errs = append(errs, errors.New("backlog: JS is required"))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("backlog: Logger is required"))
+	}
+	if c.FloorInterval < 0 || c.CatchUp < 0 {
+		errs = append(errs, errors.New("backlog: durations must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// entry is one unapplied event.
+type entry struct {
+	credits int64
+	period  string
+	seq     uint64
+}
+
+type ref struct{ key, event string }
+
+// msg is the index entries of one stream message, for forgetting in order.
+type msg struct {
+	seq  uint64
+	refs []ref
+}
+
+// Tail is the backlog reader. Safe for concurrent use; Run must be running
+// for Pending to answer.
+type Tail struct {
+	cfg    Config
+	logger *slog.Logger
+
+	mu      sync.Mutex
+	keys    map[string]map[string]entry // key → event ID → entry
+	order   []msg                       // by stream sequence
+	read    uint64                      // last stream sequence indexed
+	floor   uint64                      // billing's acknowledgement floor, as last read
+	running bool
+	moved   chan struct{} // closed (and renewed) whenever read advances
+
+	probeMu sync.Mutex
+	next    *probe // the end-of-stream probe not sent yet, joined by callers
+}
+
+// New builds a Tail; start it with Run.
+func New(cfg Config) (*Tail, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.FloorInterval == 0 {
+		cfg.FloorInterval = time.Second
+	}
+	if cfg.CatchUp == 0 {
+		cfg.CatchUp = 2 * time.Second
+	}
+	return &Tail{cfg: cfg, logger: cfg.Logger, keys: map[string]map[string]entry{}, moved: make(chan struct{})}, nil
+}
+
+// Run reads the stream until ctx ends, starting again (from where it was)
+// when NATS or the stream goes away.
+func (t *Tail) Run(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := t.run(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		t.logger.WarnContext(ctx, "usage backlog reader stopped; starting again", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (t *Tail) run(ctx context.Context) error {
+	stream, err := t.cfg.JS.Stream(ctx, usagev1.StreamName)
+	if err != nil {
+		return fmt.Errorf("backlog: %w", err)
+	}
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{usagev1.SubjectWildcard}}
+	t.mu.Lock()
+	from := t.read + 1
+	t.mu.Unlock()
+	if from == 1 {
+		// First start: from the billing worker's floor, or, before it ever
+		// ran, from the start of last month (a balance is of this month;
+		// events are published after they occur).
+		if floor, err := t.billingFloor(ctx, stream); err == nil {
+			from = floor + 1
+			t.setFloor(floor)
+			t.advance(floor) // nothing at or below it is read
+		} else {
+			now := time.Now().UTC()
+			start := time.Date(now.Year(), now.Month()-1, 1, 0, 0, 0, 0, time.UTC)
+			occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+		}
+	}
+	if occ.DeliverPolicy == jetstream.DeliverAllPolicy {
+		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
+	}
+	cons, err := stream.OrderedConsumer(ctx, occ)
+	if err != nil {
+		return fmt.Errorf("backlog: %w", err)
+	}
+	if occ.OptStartTime != nil {
+		// Nothing stored since the start time: what is stored now is read.
+		if info, err := cons.Info(ctx); err == nil && info.NumPending == 0 {
+			t.advance(stream.CachedInfo().State.LastSeq)
+		}
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("backlog: %w", err)
+	}
+	defer it.Stop()
+	t.mu.Lock()
+	t.running = true
+	close(t.moved)
+	t.moved = make(chan struct{})
+	t.mu.Unlock()
+	defer func() { t.mu.Lock(); t.running = false; t.mu.Unlock() }()
+
+	floorCtx, stopFloor := context.WithCancel(ctx)
+	defer stopFloor()
+	go t.followFloor(floorCtx, stream)
+	go func() { <-ctx.Done(); it.Stop() }()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			return fmt.Errorf("backlog: %w", err)
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			continue
+		}
+		t.index(meta.Sequence.Stream, m.Subject(), m.Data())
+	}
+}
+
+// index adds the events of one message.
+func (t *Tail) index(seq uint64, subject string, data []byte) {
+	dm, derr := usagev1.DecodeMessage(subject, data)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq <= t.read {
+		return
+	}
+	if derr == nil && seq > t.floor {
+		// Invalid events are dead-lettered by the billing worker, never
+		// charged: DecodeMessage leaves them out, as the worker does.
+		m := msg{seq: seq, refs: make([]ref, 0, len(dm.Events))}
+		for _, ev := range dm.Events {
+			k := ev.GetKeyId()
+			evs := t.keys[k]
+			if evs == nil {
+				evs = map[string]entry{}
+				t.keys[k] = evs
+			}
+			if _, dup := evs[ev.GetEventId()]; dup {
+				continue // republished, or a duplicate the ledger drops too
+			}
+			evs[ev.GetEventId()] = entry{credits: ev.GetCredits(), period: ev.GetPeriod(), seq: seq}
+			m.refs = append(m.refs, ref{k, ev.GetEventId()})
+		}
+		t.order = append(t.order, m)
+	}
+	t.read = seq
+	close(t.moved)
+	t.moved = make(chan struct{})
+}
+
+// advance marks every message up to seq as read.
+func (t *Tail) advance(seq uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq > t.read {
+		t.read = seq
+		close(t.moved)
+		t.moved = make(chan struct{})
+	}
+}
+
+// followFloor forgets, every FloorInterval, what the billing worker applied.
+func (t *Tail) followFloor(ctx context.Context, stream jetstream.Stream) {
+	tk := time.NewTicker(t.cfg.FloorInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		if floor, err := t.billingFloor(ctx, stream); err == nil {
+			t.setFloor(floor)
+		}
+	}
+}
+
+func (t *Tail) billingFloor(ctx context.Context, stream jetstream.Stream) (uint64, error) {
+	cons, err := stream.Consumer(ctx, usagev1.BillingConsumer)
+	if err != nil {
+		return 0, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.AckFloor.Stream, nil
+}
+
+// setFloor forgets the events at or below floor: the billing worker
+// acknowledges a message only after the ledger transaction holding its
+// events committed.
+func (t *Tail) setFloor(floor uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if floor <= t.floor {
+		return
+	}
+	t.floor = floor
+	n := 0
+	for n < len(t.order) && t.order[n].seq <= floor {
+		for _, r := range t.order[n].refs {
+			if evs := t.keys[r.key]; evs != nil {
+				delete(evs, r.event)
+				if len(evs) == 0 {
+					delete(t.keys, r.key)
+				}
+			}
+		}
+		n++
+	}
+	if n > 0 {
+		t.order = append(t.order[:0:0], t.order[n:]...)
+	}
+}
+
+// Pending returns the credits of the events of the period on the stream
+// that the billing worker has not acknowledged yet, for the keys asked
+// (every key when keyIDs is nil): key → event ID → credits. Some may be in
+// the ledger already (applied, not yet acknowledged): the caller dedupes by
+// event ID. It first waits until the reader has read every message stored
+// when it was called, so an event acknowledged to its gateway before the call
+// is counted here or is in the ledger.
+func (t *Tail) Pending(ctx context.Context, keyIDs []string, period string) (map[string]map[string]int64, error) {
+	last, err := t.end(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.CatchUp)
+	defer cancel()
+	for {
+		t.mu.Lock()
+		read, running, moved := t.read, t.running, t.moved
+		t.mu.Unlock()
+		if read >= last {
+			break
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			if !running {
+				return nil, errors.New("backlog: the stream reader is not running")
+			}
+			return nil, fmt.Errorf("backlog: reader at %d of %d: %w", read, last, ctx.Err())
+		}
+	}
+	out := map[string]map[string]int64{}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	add := func(k string, evs map[string]entry) {
+		for id, e := range evs {
+			if e.period != period {
+				continue
+			}
+			m := out[k]
+			if m == nil {
+				m = map[string]int64{}
+				out[k] = m
+			}
+			m[id] = e.credits
+		}
+	}
+	if keyIDs == nil {
+		for k, evs := range t.keys {
+			add(k, evs)
+		}
+	} else {
+		for _, k := range keyIDs {
+			add(k, t.keys[k])
+		}
+	}
+	return out, nil
+}
+
+// Size is the number of unapplied events indexed.
+func (t *Tail) Size() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, evs := range t.keys {
+		n += len(evs)
+	}
+	return n
+}
+
+// probe is one request for the stream's last sequence, shared by the callers
+// that joined it before it was sent.
+type probe struct {
+	done chan struct{}
+	last uint64
+	err  error
+}
+
+// end returns the stream's last sequence, read after the call began.
+// Concurrent callers share one request, which is sent only after all of them
+// joined.
+func (t *Tail) end(ctx context.Context) (uint64, error) {
+	t.probeMu.Lock()
+	p := t.next
+	if p == nil {
+		p = &probe{done: make(chan struct{})}
+		t.next = p
+		go t.send(context.WithoutCancel(ctx))
+	}
+	t.probeMu.Unlock()
+	select {
+	case <-p.done:
+		return p.last, p.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("backlog: %w", ctx.Err())
+	}
+}
+
+func (t *Tail) send(ctx context.Context) {
+	t.probeMu.Lock()
+	p := t.next
+	t.next = nil
+	t.probeMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.CatchUp)
+	defer cancel()
+	defer close(p.done)
+	stream, err := t.cfg.JS.Stream(ctx, usagev1.StreamName)
+	if err != nil {
+		p.err = fmt.Errorf("backlog: stream end: %w", err)
+		return
+	}
+	p.last = stream.CachedInfo().State.LastSeq
+}
