@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -175,16 +176,23 @@ func TestRedisFlushUnderLoad(t *testing.T) {
 	slices.Sort(around)
 	pct := func(p float64) time.Duration { return around[int(p*float64(len(around)-1))] }
 	t.Logf("%d calls around the flush: p50 %v, p99 %v, max %v", len(around), pct(.5), pct(.99), around[len(around)-1])
-	if worst := around[len(around)-1]; worst > time.Second {
-		t.Errorf("a call around the flush took %v; a rebuild must not hold a call a second", worst)
+	// A second is the bound; binaries built with the race detector run
+	// several times slower, and there it is 5 s (a bucket of the histogram).
+	bound, bucket := time.Second, "1"
+	if os.Getenv("TEST_BUILD_RACE") != "" {
+		bound, bucket = 5*time.Second, "5"
+	}
+	if worst := around[len(around)-1]; worst > bound {
+		t.Errorf("a call around the flush took %v; a rebuild must not hold a call %v", worst, bound)
 	}
 	// The gateways' own measure of each rebuild (first uses and the flush).
 	for _, gw := range s.gwURLs {
 		total := s.metric(gw+"/metrics", "gateway_quota_rebuild_seconds_count")
-		within := s.metric(gw+"/metrics", `gateway_quota_rebuild_seconds_bucket{le="1"}`)
-		t.Logf("%s: %.0f rebuilds, %.0f within 1 s", gw, total, within)
+		within1 := s.metric(gw+"/metrics", `gateway_quota_rebuild_seconds_bucket{le="1"}`)
+		within := s.metric(gw+"/metrics", `gateway_quota_rebuild_seconds_bucket{le="`+bucket+`"}`)
+		t.Logf("%s: %.0f rebuilds, %.0f within 1 s, %.0f within %v", gw, total, within1, within, bound)
 		if total == 0 || within != total {
-			t.Errorf("%s: %.0f of %.0f rebuilds within 1 s", gw, within, total)
+			t.Errorf("%s: %.0f of %.0f rebuilds within %v", gw, within, total, bound)
 		}
 	}
 

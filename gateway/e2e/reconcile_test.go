@@ -82,7 +82,7 @@ func TestReconcileCommandPrintsItsTable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin(t, "./gateway/cmd/gateway"), "reconcile")
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+s.dsn, "REDIS_HOST="+host, "REDIS_PORT="+port, "NATS_URL="+s.nats.URL, "LOG_LEVEL=error")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+s.dsn, "REDIS_HOST="+host, "REDIS_PORT="+port, "NATS_URL="+s.nats.URL, "API_KEY_PEPPER=e2e-pepper-0123456789", "LOG_LEVEL=error")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
