@@ -186,6 +186,18 @@ func (h *Handler) summary(c echo.Context) error {
 	return c.JSON(http.StatusOK, s)
 }
 
+// requireFinance lets only the finance and admin roles through.
+func requireFinance(c echo.Context) error {
+	who, err := caller(c)
+	if err != nil {
+		return err
+	}
+	if !who.IsFinance() {
+		return problem.New(http.StatusForbidden, "the finance or admin role is required")
+	}
+	return nil
+}
+
 type billingRow struct {
 	Date     string `json:"date"`
 	KeyID    string `json:"keyId"`
@@ -202,12 +214,8 @@ var csvHeader = []string{"date", "key_id", "owner_id", "endpoint", "requests", "
 // billingDaily streams every key's daily rows (finance and admin only) as
 // JSON {"data": [...]} or, with format=csv, as CSV with a header row.
 func (h *Handler) billingDaily(c echo.Context) error {
-	who, err := caller(c)
-	if err != nil {
+	if err := requireFinance(c); err != nil {
 		return err
-	}
-	if !who.IsFinance() {
-		return problem.New(http.StatusForbidden, "the finance or admin role is required")
 	}
 	format := c.QueryParam("format")
 	if format != "" && format != "json" && format != "csv" {
@@ -342,12 +350,8 @@ type billingKey struct {
 // billingKeys answers the keys with usage in from..to (finance and admin
 // only), most credits first, at most limit of them (default 10, at most 100).
 func (h *Handler) billingKeys(c echo.Context) error {
-	who, err := caller(c)
-	if err != nil {
+	if err := requireFinance(c); err != nil {
 		return err
-	}
-	if !who.IsFinance() {
-		return problem.New(http.StatusForbidden, "the finance or admin role is required")
 	}
 	limit, err := queryLimit(c, 10, 100)
 	if err != nil {
