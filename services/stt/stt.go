@@ -14,8 +14,8 @@
 //	GET  /languages    the languages on offer
 //	GET  /health       liveness
 //
-// The WAV header parser lives in package wav so the gateway can price a
-// transcription from the same header before proxying it.
+// The WAV header parser lives in package wav; durations are counted in
+// frames, as real decoders count them.
 package stt
 
 import (

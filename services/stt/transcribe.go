@@ -147,6 +147,8 @@ func (s *service) readAudio(part io.Reader, t *Transcript) error {
 	}
 	h, err := wav.ParseHeader(br)
 	switch {
+	case errors.Is(err, wav.ErrUnsupported):
+		return badRequest(http.StatusUnsupportedMediaType, "Unsupported Audio Format", "%v", err)
 	case errors.Is(err, wav.ErrNotWAV):
 		return badRequest(http.StatusUnsupportedMediaType, "Unsupported Audio Format", "the file is not a RIFF/WAVE file; only WAV is accepted")
 	case errors.Is(err, wav.ErrMalformed):
@@ -158,12 +160,15 @@ func (s *service) readAudio(part io.Reader, t *Transcript) error {
 	if err != nil {
 		return fmt.Errorf("read samples: %w", err)
 	}
+	// Like a real decoder: the declared size, unless it is open (0, or more
+	// than arrived, as streaming writers leave it), then all that arrived.
 	dataBytes := n
-	if h.DataSize != 0 && h.DataSize != math.MaxUint32 && int64(h.DataSize) < n {
+	if h.DataSize != 0 && int64(h.DataSize) < n {
 		dataBytes = int64(h.DataSize) // trailing chunks after the data
 	}
-	d := wav.BytesDuration(dataBytes, h.ByteRate)
-	t.DurationSeconds = math.Round(d.Seconds()*1000) / 1000
+	d := h.BytesDuration(dataBytes)
+	// Milliseconds, rounded up: any audio at all is a non-zero duration.
+	t.DurationSeconds = math.Ceil(d.Seconds()*1000) / 1000
 	if dataBytes > 0 {
 		t.Text = fmt.Sprintf("This is a stand-in transcript of %.2f seconds of %d Hz audio with %d channel(s).",
 			d.Seconds(), h.SampleRate, h.Channels)

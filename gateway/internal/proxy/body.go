@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"math"
 	"mime"
 	"mime/multipart"
 	"net/http"
@@ -13,8 +12,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/mana/apigw/gateway/internal/audio"
 	"github.com/mana/apigw/gateway/internal/problem"
-	"github.com/mana/apigw/services/stt/wav"
 )
 
 // readJSONBody reads a small JSON body within limit.
@@ -136,19 +135,35 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 	if _, err := pr.Peek(1); err != nil {
 		return nil, 0, problem.New(http.StatusBadRequest, "the file is empty")
 	}
-	hdr, err := wav.ParseHeader(pr)
-	if err != nil {
+	hdr, err := audio.ParseWAV(pr)
+	switch {
+	case errors.Is(err, audio.ErrNotWAV):
 		return nil, 0, problem.New(http.StatusUnsupportedMediaType, "the file must be a WAV (RIFF/WAVE) audio file")
+	case errors.Is(err, audio.ErrUnpriceable):
+		return nil, 0, problem.New(http.StatusUnsupportedMediaType, err.Error())
+	case err != nil:
+		return nil, 0, problem.New(http.StatusUnprocessableEntity, err.Error())
 	}
-	declared := int64(hdr.DataSize)
-	if declared == 0 || declared >= 0xFFFFFF00 {
-		// A WAV written to a pipe leaves its data size open (0 or ~4 GiB).
-		// The request's length then bounds the audio instead.
-		if req.ContentLength <= 0 {
-			return nil, 0, problem.New(http.StatusLengthRequired, "a WAV without a data size needs a Content-Length")
+	// One file per call: a second one would be audio nobody priced.
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			break // the end of the form, or of the 64 KiB looked at
 		}
-		declared = req.ContentLength
+		if p.FormName() == "file" {
+			return nil, 0, problem.New(http.StatusBadRequest, "the form holds more than one field \"file\"")
+		}
 	}
-	seconds := int64(math.Ceil(wav.BytesDuration(declared, hdr.ByteRate).Seconds()))
-	return &meteredBody{r: br, closer: req.Body, max: declared + uploadSlack}, seconds, nil
+	// The audio is at most what the body can carry after the header, and
+	// at most the declared size unless that is left open: the hold covers
+	// every frame a decoder can be made to read.
+	audioBytes := int64(hdr.DataSize)
+	if req.ContentLength > 0 {
+		if carried := req.ContentLength - hdr.DataOffset; hdr.Open() || carried < audioBytes {
+			audioBytes = carried
+		}
+	} else if hdr.Open() {
+		return nil, 0, problem.New(http.StatusLengthRequired, "a WAV without a data size needs a Content-Length")
+	}
+	return &meteredBody{r: br, closer: req.Body, max: hdr.DataOffset + audioBytes + uploadSlack}, hdr.Seconds(audioBytes), nil
 }

@@ -1,9 +1,12 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -184,5 +187,114 @@ func TestInputLimitsAreTheBackends(t *testing.T) {
 			}
 			t.Logf("at the limit: 200, %d credits; one past it: 400 at the gateway (%s)", tc.credits, body)
 		})
+	}
+}
+
+// wavFile is a WAV header as a client may write it, with dataBytes of
+// samples after it.
+func wavFile(format, channels uint16, rate, byteRate uint32, align, bits uint16, declared uint32, dataBytes int, ext []byte) []byte {
+	fmtChunk := binary.LittleEndian.AppendUint16(nil, format)
+	fmtChunk = binary.LittleEndian.AppendUint16(fmtChunk, channels)
+	fmtChunk = binary.LittleEndian.AppendUint32(fmtChunk, rate)
+	fmtChunk = binary.LittleEndian.AppendUint32(fmtChunk, byteRate)
+	fmtChunk = binary.LittleEndian.AppendUint16(fmtChunk, align)
+	fmtChunk = binary.LittleEndian.AppendUint16(fmtChunk, bits)
+	fmtChunk = append(fmtChunk, ext...)
+	var b bytes.Buffer
+	b.WriteString("RIFF")
+	_ = binary.Write(&b, binary.LittleEndian, uint32(0xFFFFFFFF))
+	b.WriteString("WAVEfmt ")
+	_ = binary.Write(&b, binary.LittleEndian, uint32(len(fmtChunk)))
+	b.Write(fmtChunk)
+	b.WriteString("data")
+	_ = binary.Write(&b, binary.LittleEndian, declared)
+	b.Write(bytes.Repeat([]byte{0x3e}, dataBytes))
+	return b.Bytes()
+}
+
+// extensibleFloat is WAVE_FORMAT_EXTENSIBLE's extension for IEEE float.
+func extensibleFloat(bits uint16) []byte {
+	ext := binary.LittleEndian.AppendUint16(nil, 22)
+	ext = binary.LittleEndian.AppendUint16(ext, bits)
+	ext = binary.LittleEndian.AppendUint32(ext, 0)
+	ext = binary.LittleEndian.AppendUint16(ext, 3)
+	return append(ext, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71)
+}
+
+func form(t *testing.T, files ...[]byte) (string, []byte) {
+	t.Helper()
+	var b bytes.Buffer
+	mw := multipart.NewWriter(&b)
+	for _, f := range files {
+		fw, err := mw.CreateFormFile("file", "a.wav")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = fw.Write(f)
+	}
+	_ = mw.Close()
+	return mw.FormDataContentType(), b.Bytes()
+}
+
+// TestSTTIsPricedFromFrames: an upload is priced from its frame size and
+// the bytes it carries, as the real decoder behind the STT stand-in counts
+// them, for every accepted encoding, whatever the header's byte rate says;
+// what cannot be priced is refused before anything is held.
+func TestSTTIsPricedFromFrames(t *testing.T) {
+	b := realBackends(t)
+	ev := newEnv(t, b.search, b.stt, b.tts, withTimeoutCap(time.Minute))
+	secret, k := ev.key("pro")
+	if resp, body := ev.do("GET", "/v1/key", secret, "", ""); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	const lie = 0xFFFFFFFF
+	for _, tc := range []struct {
+		name    string
+		file    []byte
+		credits int64
+	}{
+		{"float32, 3 min at 16 kHz, byte rate 0xFFFFFFFF", wavFile(3, 1, 16000, lie, 4, 32, 180*64000, 180*64000, nil), 30},
+		{"extensible float32 stereo, 1 min", wavFile(0xFFFE, 2, 16000, 1, 8, 32, 60*128000, 60*128000, extensibleFloat(32)), 10},
+		{"µ-law, 2 min at 8 kHz, byte rate 1", wavFile(7, 1, 8000, 1, 1, 8, 120*8000, 120*8000, nil), 20},
+		{"A-law, 1 min", wavFile(6, 1, 8000, 1, 1, 8, 60*8000, 60*8000, nil), 10},
+		{"PCM written to a pipe, 10 s, size 0x7FFFFFFF", wavFile(1, 1, 16000, 32000, 2, 16, 0x7FFFFFFF, 10*32000, nil), 2},
+		{"PCM written to a pipe, 10 s, size 0", wavFile(1, 1, 16000, 32000, 2, 16, 0, 10*32000, nil), 2},
+		{"2 bytes of data at byte rate 0xFFFFFFFF", wavFile(1, 1, 16000, lie, 2, 16, 2, 2, nil), 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := ev.balance(k)
+			ct, body := form(t, tc.file)
+			resp, out := ev.do("POST", "/v1/stt/transcribe", secret, ct, string(body))
+			if resp.StatusCode != 200 {
+				t.Fatalf("%d %s", resp.StatusCode, out)
+			}
+			charged := before - ev.balance(k)
+			t.Logf("%d bytes: %s; charged %d credits", len(body), out, charged)
+			if charged != tc.credits {
+				t.Fatalf("charged %d credits, want %d", charged, tc.credits)
+			}
+		})
+	}
+	calls := b.sttN.Load()
+	pcm := wavFile(1, 1, 16000, 32000, 2, 16, 32000, 32000, nil)
+	for _, tc := range []struct {
+		name   string
+		files  [][]byte
+		status int
+	}{
+		{"IMA ADPCM", [][]byte{wavFile(0x11, 1, 16000, 4055, 256, 4, 1024, 1024, nil)}, 415},
+		{"MP3 in a WAV", [][]byte{wavFile(0x55, 1, 16000, 4000, 1, 0, 1024, 1024, nil)}, 415},
+		{"block align that is not the frame", [][]byte{wavFile(1, 2, 16000, 64000, 1, 16, 1024, 1024, nil)}, 422},
+		{"float with 16-bit samples", [][]byte{wavFile(3, 1, 16000, 32000, 2, 16, 1024, 1024, nil)}, 422},
+		{"two files", [][]byte{pcm, pcm}, 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ct, body := form(t, tc.files...)
+			resp, out := ev.do("POST", "/v1/stt/transcribe", secret, ct, string(body))
+			isProblem(t, resp, out, tc.status)
+		})
+	}
+	if n := b.sttN.Load() - calls; n != 0 {
+		t.Fatalf("the backend saw %d refused uploads", n)
 	}
 }

@@ -1,8 +1,9 @@
-// Package wav reads the header of a RIFF/WAVE file: its format chunk and the
-// size of its data chunk, from which the audio's duration follows. It never
-// reads the samples, so it works on a stream of any length. The STT stand-in
-// uses it to answer durationSeconds; the gateway uses it to price a
-// transcription before it is proxied.
+// Package wav reads the header of a RIFF/WAVE file for the stand-ins: its
+// format chunk and the size of its data chunk. Durations are computed as
+// real decoders compute them, from the frames: bytes / block align / sample
+// rate, whatever the header's byte rate says. It never reads the samples,
+// so it works on a stream of any length. The STT stand-in uses it to answer
+// durationSeconds; the gateway prices uploads with a parser of its own.
 package wav
 
 import (
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -20,6 +22,8 @@ import (
 var (
 	ErrNotWAV    = errors.New("wav: not a RIFF/WAVE file")
 	ErrMalformed = errors.New("wav: malformed header")
+	// ErrUnsupported: a WAV in an encoding the service does not decode.
+	ErrUnsupported = errors.New("wav: unsupported encoding")
 )
 
 // maxChunksBeforeData bounds how many chunks (LIST, fact, bext, ...) are
@@ -32,10 +36,10 @@ const maxSkippedBytes = 16 << 20
 
 // Header is what a WAV file declares about itself.
 type Header struct {
-	AudioFormat   uint16 // 1 = PCM, 3 = IEEE float, 0xFFFE = extensible, ...
+	AudioFormat   uint16 // 1 = PCM, 3 = IEEE float, 6 = A-law, 7 = µ-law, 0xFFFE = extensible
 	Channels      uint16
 	SampleRate    uint32 // frames per second
-	ByteRate      uint32 // bytes per second of audio
+	ByteRate      uint32 // bytes per second, as declared; decoders ignore it
 	BlockAlign    uint16 // bytes per frame
 	BitsPerSample uint16
 	// DataSize is the size of the data chunk as declared by the header. It is
@@ -46,20 +50,21 @@ type Header struct {
 	DataOffset int64
 }
 
-// Duration is DataSize / ByteRate, rounded down to the nanosecond.
+// Duration is how long the declared data plays.
 func (h Header) Duration() time.Duration {
-	return BytesDuration(int64(h.DataSize), h.ByteRate)
+	return h.BytesDuration(int64(h.DataSize))
 }
 
-// BytesDuration is how long n bytes of audio at byteRate bytes per second
-// play; 0 when byteRate is 0.
-func BytesDuration(n int64, byteRate uint32) time.Duration {
-	if byteRate == 0 || n <= 0 {
+// BytesDuration is how long n bytes of samples play: whole frames of
+// BlockAlign bytes at SampleRate frames per second; 0 for a header without
+// either.
+func (h Header) BytesDuration(n int64) time.Duration {
+	if h.BlockAlign == 0 || h.SampleRate == 0 || n <= 0 {
 		return 0
 	}
-	secs := n / int64(byteRate)
-	rem := n % int64(byteRate)
-	return time.Duration(secs)*time.Second + time.Duration(rem)*time.Second/time.Duration(byteRate)
+	frames := n / int64(h.BlockAlign)
+	rate := int64(h.SampleRate)
+	return time.Duration(frames/rate)*time.Second + time.Duration(frames%rate)*time.Second/time.Duration(rate)
 }
 
 // Duration reads a WAV header from r and returns the duration it declares.
@@ -118,7 +123,7 @@ func ParseHeader(r io.Reader) (Header, error) {
 			h.ByteRate = binary.LittleEndian.Uint32(buf[8:12])
 			h.BlockAlign = binary.LittleEndian.Uint16(buf[12:14])
 			h.BitsPerSample = binary.LittleEndian.Uint16(buf[14:16])
-			if err := h.validateFormat(); err != nil {
+			if err := h.validateFormat(buf[16:size]); err != nil {
 				return h, err
 			}
 			haveFmt = true
@@ -144,7 +149,27 @@ func ParseHeader(r io.Reader) (Header, error) {
 	return h, fmt.Errorf("%w: no data chunk within the first %d chunks", ErrMalformed, maxChunksBeforeData)
 }
 
-func (h Header) validateFormat() error {
+func (h *Header) validateFormat(ext []byte) error {
+	format := h.AudioFormat
+	if format == 0xFFFE {
+		// WAVE_FORMAT_EXTENSIBLE: the real encoding is the sub-format GUID's
+		// first two bytes.
+		if len(ext) < 24 {
+			return fmt.Errorf("%w: extensible format without its extension", ErrMalformed)
+		}
+		format = binary.LittleEndian.Uint16(ext[8:10])
+	}
+	var bits []uint16
+	switch format {
+	case 1:
+		bits = []uint16{8, 16, 24, 32}
+	case 3:
+		bits = []uint16{32, 64}
+	case 6, 7:
+		bits = []uint16{8}
+	default:
+		return fmt.Errorf("%w: format 0x%04x", ErrUnsupported, format)
+	}
 	var errs []error
 	if h.Channels == 0 {
 		errs = append(errs, errors.New("zero channels"))
@@ -152,25 +177,12 @@ func (h Header) validateFormat() error {
 	if h.SampleRate == 0 {
 		errs = append(errs, errors.New("zero sample rate"))
 	}
-	if h.ByteRate == 0 {
-		errs = append(errs, errors.New("zero byte rate"))
+	if !slices.Contains(bits, h.BitsPerSample) {
+		errs = append(errs, fmt.Errorf("%d bits per sample for format 0x%04x", h.BitsPerSample, format))
 	}
-	if h.BlockAlign == 0 {
-		errs = append(errs, errors.New("zero block align"))
-	}
-	// For PCM the byte rate is fully determined; a header that disagrees
-	// would let a client make a long file look short.
-	if h.AudioFormat == 1 && (h.BitsPerSample == 0 || h.BitsPerSample > 64) {
-		errs = append(errs, fmt.Errorf("PCM with %d bits per sample", h.BitsPerSample))
-	}
-	if h.AudioFormat == 1 && h.BitsPerSample != 0 && h.Channels != 0 {
-		frame := uint64(h.Channels) * uint64((h.BitsPerSample+7)/8)
-		if uint64(h.BlockAlign) != frame {
-			errs = append(errs, fmt.Errorf("block align %d, want %d", h.BlockAlign, frame))
-		}
-		if uint64(h.ByteRate) != uint64(h.SampleRate)*frame {
-			errs = append(errs, fmt.Errorf("byte rate %d, want %d", h.ByteRate, uint64(h.SampleRate)*frame))
-		}
+	// A decoder reads frames of channels × sample bytes.
+	if frame := uint64(h.Channels) * uint64(h.BitsPerSample/8); uint64(h.BlockAlign) != frame || frame == 0 {
+		errs = append(errs, fmt.Errorf("block align %d, want %d", h.BlockAlign, frame))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrMalformed, errors.Join(errs...))

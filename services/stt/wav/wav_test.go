@@ -83,8 +83,15 @@ func TestParseHeader(t *testing.T) {
 		{name: "no chunks", input: riff(), withError: isErr(ErrMalformed)},
 		{name: "data before fmt", input: append(riff(), dataHeader(10)...), withError: isErr(ErrMalformed)},
 		{name: "fmt chunk too small", input: append(riff(chunk("fmt ", []byte{1, 0, 1, 0})), dataHeader(10)...), withError: isErr(ErrMalformed)},
-		{name: "zero byte rate", input: append(riff(chunk("fmt ", fmtBody(3, 1, 16000, 0, 2, 16))), dataHeader(10)...), withError: isErr(ErrMalformed)},
-		{name: "PCM with a lying byte rate", input: append(riff(chunk("fmt ", fmtBody(1, 1, 16000, 1_000_000, 2, 16))), dataHeader(10)...), withError: isErr(ErrMalformed)},
+		// Decoders ignore the byte rate: the frames count.
+		{name: "PCM with a lying byte rate", input: append(riff(chunk("fmt ", fmtBody(1, 1, 16000, 1_000_000, 2, 16))), dataHeader(32000)...), want: time.Second, wantRate: 16000},
+		{name: "float with byte rate 0xFFFFFFFF, 3 min", input: append(riff(chunk("fmt ", fmtBody(3, 1, 16000, 0xFFFFFFFF, 4, 32))), dataHeader(180*64000)...), want: 3 * time.Minute, wantRate: 16000},
+		{name: "µ-law 8 kHz, zero byte rate", input: append(riff(chunk("fmt ", fmtBody(7, 1, 8000, 0, 1, 8))), dataHeader(8000)...), want: time.Second, wantRate: 8000},
+		{name: "extensible float stereo", input: append(riff(chunk("fmt ", extensible(fmtBody(0xFFFE, 2, 48000, 1, 8, 32), 3))), dataHeader(384000)...), want: time.Second, wantRate: 48000},
+		{name: "float with 16-bit samples", input: append(riff(chunk("fmt ", fmtBody(3, 1, 16000, 0, 2, 16))), dataHeader(10)...), withError: isErr(ErrMalformed)},
+		{name: "block align that is not the frame", input: append(riff(chunk("fmt ", fmtBody(1, 2, 16000, 64000, 1, 16))), dataHeader(10)...), withError: isErr(ErrMalformed)},
+		{name: "IMA ADPCM", input: append(riff(chunk("fmt ", fmtBody(0x11, 1, 16000, 4055, 256, 4))), dataHeader(10)...), withError: isErr(ErrUnsupported)},
+		{name: "extensible MP3", input: append(riff(chunk("fmt ", extensible(fmtBody(0xFFFE, 1, 16000, 1, 1, 8), 0x55))), dataHeader(10)...), withError: isErr(ErrUnsupported)},
 		{name: "truncated fmt chunk", input: riff(chunk("fmt ", pcm16k))[:20+8], withError: isErr(ErrMalformed)},
 		{name: "truncated skipped chunk", input: append(riff(chunk("fmt ", pcm16k)), []byte("LIST\xff\xff\x00\x00abc")...), withError: isErr(ErrMalformed)},
 		{name: "huge skipped chunk", input: append(riff(chunk("fmt ", pcm16k)), []byte("LIST\xff\xff\xff\x7f")...), withError: isErr(ErrMalformed)},
@@ -146,21 +153,36 @@ func TestDuration(t *testing.T) {
 	}
 }
 
+// extensible appends WAVE_FORMAT_EXTENSIBLE's extension with the sub-format.
+func extensible(base []byte, sub uint16) []byte {
+	var b bytes.Buffer
+	b.Write(base)
+	_ = binary.Write(&b, binary.LittleEndian, uint16(22))
+	_ = binary.Write(&b, binary.LittleEndian, binary.LittleEndian.Uint16(base[14:16]))
+	_ = binary.Write(&b, binary.LittleEndian, uint32(0))
+	_ = binary.Write(&b, binary.LittleEndian, sub)
+	b.Write([]byte{0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71})
+	return b.Bytes()
+}
+
 func TestBytesDuration(t *testing.T) {
 	tests := []struct {
-		n    int64
-		rate uint32
-		want time.Duration
+		n     int64
+		rate  uint32
+		align uint16
+		want  time.Duration
 	}{
-		{0, 32000, 0},
-		{32000, 0, 0},
-		{16000, 32000, 500 * time.Millisecond},
-		{1 << 32, 1, (1 << 32) * time.Second},
-		{1, 3, 333333333},
+		{0, 16000, 2, 0},
+		{32000, 0, 2, 0},
+		{16000, 16000, 2, 500 * time.Millisecond},
+		{1 << 32, 1, 1, (1 << 32) * time.Second},
+		{1, 3, 1, 333333333},
+		{3, 1, 4, 0}, // less than a frame
 	}
 	for _, tt := range tests {
-		if got := BytesDuration(tt.n, tt.rate); got != tt.want {
-			t.Errorf("BytesDuration(%d, %d) = %v, want %v", tt.n, tt.rate, got, tt.want)
+		h := Header{SampleRate: tt.rate, BlockAlign: tt.align}
+		if got := h.BytesDuration(tt.n); got != tt.want {
+			t.Errorf("BytesDuration(%d) at %d Hz, %d-byte frames = %v, want %v", tt.n, tt.rate, tt.align, got, tt.want)
 		}
 	}
 }
@@ -176,13 +198,13 @@ func FuzzParseHeader(f *testing.F) {
 			t.Fatalf("DataOffset %d outside the %d-byte input", h.DataOffset, len(in))
 		}
 		if err != nil {
-			if !errors.Is(err, ErrNotWAV) && !errors.Is(err, ErrMalformed) {
+			if !errors.Is(err, ErrNotWAV) && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrUnsupported) {
 				t.Fatalf("unclassified error %v", err)
 			}
 			return
 		}
-		if h.ByteRate == 0 || h.Channels == 0 || h.SampleRate == 0 {
-			t.Fatalf("accepted a header with zero rate or channels: %+v", h)
+		if h.BlockAlign == 0 || h.Channels == 0 || h.SampleRate == 0 {
+			t.Fatalf("accepted a header with zero frame size, rate or channels: %+v", h)
 		}
 		if d := h.Duration(); d < 0 {
 			t.Fatalf("negative duration %v", d)

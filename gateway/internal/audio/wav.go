@@ -1,0 +1,189 @@
+// Package audio reads what the gateway needs to price an audio upload before
+// it is proxied: the format and data chunk of a RIFF/WAVE header. A duration
+// follows from the frame size and the sample rate, as real decoders compute
+// it, never from the header's byte rate, which a client can set to anything.
+// It reads no samples, so it works on a stream of any length.
+package audio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Errors of ParseWAV. ErrNotWAV and ErrUnpriceable mean the upload is not
+// audio the gateway can price (415); ErrMalformed that it claims to be a WAV
+// whose header does not hold together (422). Each wraps the detail.
+var (
+	ErrNotWAV      = errors.New("not a RIFF/WAVE file")
+	ErrUnpriceable = errors.New("WAV encoding whose duration cannot be priced")
+	ErrMalformed   = errors.New("malformed WAV header")
+)
+
+// Format codes the gateway prices: each has a fixed frame size, so the
+// duration of n bytes is n / (sample rate × block align).
+const (
+	FormatPCM        = 0x0001
+	FormatFloat      = 0x0003
+	FormatALaw       = 0x0006
+	FormatMuLaw      = 0x0007
+	FormatExtensible = 0xFFFE
+)
+
+// Limits of a header the gateway accepts.
+const (
+	MaxChannels   = 32
+	MaxSampleRate = 768_000
+	// maxChunksBeforeData and maxSkippedBytes bound the chunks (LIST,
+	// fact, bext, …) skipped on the way to the data chunk.
+	maxChunksBeforeData = 64
+	maxSkippedBytes     = 16 << 10
+)
+
+// Header is what a WAV file declares about its samples.
+type Header struct {
+	Format        uint16 // the effective format: an extensible header's sub-format
+	Channels      uint16
+	SampleRate    uint32 // frames per second
+	BlockAlign    uint16 // bytes per frame
+	BitsPerSample uint16
+	// DataSize is the data chunk's declared size (see Open).
+	DataSize uint32
+	// DataOffset is how many bytes precede the first sample.
+	DataOffset int64
+}
+
+// Open reports whether the data size is left open, as writers to a pipe
+// leave it: 0, 0xFFFFFFFF, or the 0x7FFFFFFF placeholder of streaming
+// writers. The audio then runs to the end of the file.
+func (h Header) Open() bool {
+	return h.DataSize == 0 || h.DataSize == 0xFFFFFFFF || h.DataSize == 0x7FFFFFFF
+}
+
+// Seconds is how long n bytes of samples play, in whole seconds rounded up:
+// a partial frame counts as a frame, and any audio at all as a second.
+func (h Header) Seconds(n int64) int64 {
+	if n <= 0 || h.BlockAlign == 0 || h.SampleRate == 0 {
+		return 0
+	}
+	frames := (n + int64(h.BlockAlign) - 1) / int64(h.BlockAlign)
+	return (frames + int64(h.SampleRate) - 1) / int64(h.SampleRate)
+}
+
+// ParseWAV reads a RIFF/WAVE header from r up to the first sample.
+func ParseWAV(r io.Reader) (Header, error) {
+	var h Header
+	read := func(b []byte) error {
+		n, err := io.ReadFull(r, b)
+		h.DataOffset += int64(n)
+		return err
+	}
+	var riff [12]byte
+	if err := read(riff[:]); err != nil || string(riff[0:4]) != "RIFF" || string(riff[8:12]) != "WAVE" {
+		return h, ErrNotWAV
+	}
+	haveFmt := false
+	var skipped int64
+	for range maxChunksBeforeData {
+		var ch [8]byte
+		if err := read(ch[:]); err != nil {
+			return h, fmt.Errorf("%w: truncated before the data chunk", ErrMalformed)
+		}
+		id, size := string(ch[0:4]), binary.LittleEndian.Uint32(ch[4:8])
+		switch id {
+		case "fmt ":
+			if haveFmt {
+				return h, fmt.Errorf("%w: two fmt chunks", ErrMalformed)
+			}
+			if size < 16 || size > 1024 {
+				return h, fmt.Errorf("%w: fmt chunk of %d bytes", ErrMalformed, size)
+			}
+			buf := make([]byte, size+size%2)
+			if err := read(buf); err != nil {
+				return h, fmt.Errorf("%w: truncated fmt chunk", ErrMalformed)
+			}
+			if err := h.readFormat(buf[:size]); err != nil {
+				return h, err
+			}
+			haveFmt = true
+		case "data":
+			if !haveFmt {
+				return h, fmt.Errorf("%w: data chunk before the fmt chunk", ErrMalformed)
+			}
+			h.DataSize = size
+			return h, nil
+		default:
+			pad := int64(size) + int64(size%2)
+			if skipped += pad; skipped > maxSkippedBytes {
+				return h, fmt.Errorf("%w: more than %d bytes of chunks before the data chunk", ErrMalformed, maxSkippedBytes)
+			}
+			n, err := io.CopyN(io.Discard, r, pad)
+			h.DataOffset += n
+			if err != nil {
+				return h, fmt.Errorf("%w: truncated %q chunk", ErrMalformed, id)
+			}
+		}
+	}
+	return h, fmt.Errorf("%w: no data chunk within the first %d chunks", ErrMalformed, maxChunksBeforeData)
+}
+
+// extensibleSuffix is the GUID tail of every KSDATAFORMAT_SUBTYPE whose first
+// two bytes are a format code.
+var extensibleSuffix = [14]byte{0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71}
+
+func (h *Header) readFormat(b []byte) error {
+	h.Format = binary.LittleEndian.Uint16(b[0:2])
+	h.Channels = binary.LittleEndian.Uint16(b[2:4])
+	h.SampleRate = binary.LittleEndian.Uint32(b[4:8])
+	// b[8:12] is the byte rate: not used, a decoder ignores it too.
+	h.BlockAlign = binary.LittleEndian.Uint16(b[12:14])
+	h.BitsPerSample = binary.LittleEndian.Uint16(b[14:16])
+	if h.Format == FormatExtensible {
+		if len(b) < 40 || binary.LittleEndian.Uint16(b[16:18]) < 22 {
+			return fmt.Errorf("%w: extensible format without its 22-byte extension", ErrMalformed)
+		}
+		if valid := binary.LittleEndian.Uint16(b[18:20]); valid > h.BitsPerSample {
+			return fmt.Errorf("%w: %d valid bits in %d-bit samples", ErrMalformed, valid, h.BitsPerSample)
+		}
+		if [14]byte(b[26:40]) != extensibleSuffix {
+			return fmt.Errorf("%w: extensible sub-format %x", ErrUnpriceable, b[24:40])
+		}
+		h.Format = binary.LittleEndian.Uint16(b[24:26])
+		if h.Format == FormatExtensible {
+			return fmt.Errorf("%w: extensible sub-format %x", ErrUnpriceable, b[24:40])
+		}
+	}
+	var bits []uint16
+	switch h.Format {
+	case FormatPCM:
+		bits = []uint16{8, 16, 24, 32}
+	case FormatFloat:
+		bits = []uint16{32, 64}
+	case FormatALaw, FormatMuLaw:
+		bits = []uint16{8}
+	default:
+		return fmt.Errorf("%w: format 0x%04x (accepted: PCM, IEEE float, A-law, µ-law, or extensible of those)", ErrUnpriceable, h.Format)
+	}
+	var errs []error
+	if h.Channels == 0 || h.Channels > MaxChannels {
+		errs = append(errs, fmt.Errorf("%d channels (1 to %d)", h.Channels, MaxChannels))
+	}
+	if h.SampleRate == 0 || h.SampleRate > MaxSampleRate {
+		errs = append(errs, fmt.Errorf("sample rate %d (1 to %d)", h.SampleRate, MaxSampleRate))
+	}
+	okBits := false
+	for _, b := range bits {
+		okBits = okBits || h.BitsPerSample == b
+	}
+	if !okBits {
+		errs = append(errs, fmt.Errorf("%d bits per sample for format 0x%04x (want one of %v)", h.BitsPerSample, h.Format, bits))
+	}
+	if want := uint32(h.Channels) * uint32(h.BitsPerSample/8); okBits && uint32(h.BlockAlign) != want {
+		errs = append(errs, fmt.Errorf("block align %d, want channels × bytes per sample = %d", h.BlockAlign, want))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrMalformed, errors.Join(errs...))
+	}
+	return nil
+}
