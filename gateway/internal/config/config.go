@@ -47,6 +47,10 @@ type Config struct {
 	DashboardPasswordLoginURL *url.URL
 	// DashboardLoginURL is the issuer's sign-in page the dashboard links to.
 	DashboardLoginURL *url.URL
+	// UnknownKeysPerAddress and UnknownKeysTotal cap, per minute, the
+	// presented keys that pass the checksum but match no key (each costs a
+	// Postgres lookup), per client address and over all of them.
+	UnknownKeysPerAddress, UnknownKeysTotal int
 }
 
 // DevPepper is the pepper used when API_KEY_PEPPER is unset and DEV_MODE=1.
@@ -109,6 +113,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		ReconcileInterval:     parseDur("RECONCILE_INTERVAL", "30s"),
 		ReconcileActiveWindow: parseDur("RECONCILE_ACTIVE_WINDOW", "24h"),
 	}
+	c.UnknownKeysPerAddress = int(parseInt("UNKNOWN_KEYS_PER_ADDRESS", "600"))
+	c.UnknownKeysTotal = int(parseInt("UNKNOWN_KEYS_TOTAL", "12000"))
 	switch dev := getenv("DEV_MODE"); dev {
 	case "1":
 		c.DevMode = true
@@ -139,6 +145,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		c.RateWindow = parseDur("RATE_LIMIT_WINDOW", "60s")
 	case getenv("RATE_LIMIT_WINDOW") != "":
 		errs = append(errs, errors.New("RATE_LIMIT_WINDOW is a test setting, read only with DEV_MODE=1"))
+	}
+	if c.UnknownKeysPerAddress < 10 || c.UnknownKeysTotal < c.UnknownKeysPerAddress {
+		errs = append(errs, errors.New("UNKNOWN_KEYS_PER_ADDRESS must be at least 10 and UNKNOWN_KEYS_TOTAL at least as large"))
 	}
 	if c.Port <= 0 || c.Port > 65535 {
 		errs = append(errs, errors.New("PORT must be a TCP port"))

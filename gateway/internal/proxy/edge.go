@@ -46,7 +46,7 @@ type Publisher interface {
 
 // Resolver maps a secret to its key (see keys.Resolver).
 type Resolver interface {
-	Resolve(ctx context.Context, secret string) (*keys.Key, []byte, error)
+	Resolve(ctx context.Context, secret, addr string) (*keys.Key, []byte, error)
 }
 
 // Holds counts the credits held by calls in flight here (see package
@@ -184,12 +184,16 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 		if secret == "" {
 			return unauthorized("missing X-API-Key header")
 		}
-		k, hash, err := e.resolver.Resolve(req.Context(), secret)
+		k, hash, err := e.resolver.Resolve(req.Context(), secret, clientAddr(req))
+		var throttled *keys.ThrottledError
 		switch {
 		case errors.Is(err, keys.ErrMalformed):
 			return unauthorized("malformed API key")
 		case errors.Is(err, keys.ErrNotFound):
 			return unauthorized("unknown API key")
+		case errors.As(err, &throttled):
+			c.Response().Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(throttled.RetryAfter.Seconds()))))
+			return problem.New(http.StatusTooManyRequests, "too many unknown API keys from this address; retry later")
 		case err != nil:
 			e.logger.ErrorContext(req.Context(), "resolve api key", "request_id", cl.requestID, "err", err)
 			c.Response().Header().Set("Retry-After", "5")

@@ -68,6 +68,8 @@ type envOpts struct {
 	metrics    prometheus.Registerer
 	clock      func() time.Time
 	timeoutCap time.Duration
+	// unknownPerAddr caps unknown keys per address and minute (0: none).
+	unknownPerAddr int
 }
 
 func withSpoolBytes(n int64) envOpt { return func(o *envOpts) { o.spoolBytes = n } }
@@ -79,6 +81,9 @@ func withTimeoutCap(d time.Duration) envOpt { return func(o *envOpts) { o.timeou
 
 // withClock gives the gateway a clock of its own (Redis keeps the real one).
 func withClock(now func() time.Time) envOpt { return func(o *envOpts) { o.clock = now } }
+
+// withUnknownKeysPerAddress caps the unknown keys per client address and minute.
+func withUnknownKeysPerAddress(n int) envOpt { return func(o *envOpts) { o.unknownPerAddr = n } }
 
 // capture is a backend that records what it received and answers as told.
 type capture struct {
@@ -164,7 +169,8 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...
 	}
 	ev.store = keys.NewStore(ev.db)
 	ev.hasher = keys.NewHasher([]byte("test-pepper-0123456789"))
-	ev.resolver = keys.NewResolver(keys.ResolverConfig{Size: 1000, TTL: time.Minute, UnknownTTL: time.Second}, ev.store, ev.hasher)
+	ev.resolver = keys.NewResolver(keys.ResolverConfig{Size: 1000, TTL: time.Minute, UnknownTTL: time.Second,
+		UnknownPerAddress: o.unknownPerAddr}, ev.store, ev.hasher)
 	hl := holds.NewLedger()
 	if _, err := hl.Serve(ctx, nc, "test", 100*time.Millisecond, logger); err != nil {
 		t.Fatal(err)
@@ -638,7 +644,7 @@ func TestInventedKeysCostNoLookups(t *testing.T) {
 		return "sk_live_" + string(b)
 	}
 	for i := 0; i < 1_000_000; i++ {
-		if _, _, err := ev.resolver.Resolve(ctx, invent()); !errors.Is(err, keys.ErrMalformed) {
+		if _, _, err := ev.resolver.Resolve(ctx, invent(), "192.0.2.1"); !errors.Is(err, keys.ErrMalformed) {
 			// A random string passes a 6-character checksum with odds of 62^-6.
 			if err == nil || !errors.Is(err, keys.ErrNotFound) {
 				t.Fatalf("invented key: %v", err)
@@ -658,6 +664,49 @@ func TestInventedKeysCostNoLookups(t *testing.T) {
 	t.Logf("1,010,000 invented keys: %d Postgres statements, %d Redis commands", pg, rd)
 	if pg != 0 || rd != 0 || ev.resolver.Lookups() != 0 {
 		t.Fatalf("%d Postgres statements, %d Redis commands, %d lookups", pg, rd, ev.resolver.Lookups())
+	}
+}
+
+// TestUnknownKeysFromOneAddressGet429: once an address has used up its
+// unknown keys, its next invented key (one that passes the checksum) is
+// refused with 429 problem+json and Retry-After, without a Postgres
+// statement; another address and a key in use still get through.
+func TestUnknownKeysFromOneAddressGet429(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture", withUnknownKeysPerAddress(60)) // burst 6
+	secret, _ := ev.key("free")
+	send := func(key, addr string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("GET", "/v1/search/engines", nil)
+		req.RemoteAddr = addr
+		req.Header.Set("X-API-Key", key)
+		rec := httptest.NewRecorder()
+		ev.echo.ServeHTTP(rec, req)
+		return rec
+	}
+	if rec := send(secret, "192.0.2.7:1000"); rec.Code != 200 {
+		t.Fatalf("key in use: %d %s", rec.Code, rec.Body)
+	}
+	var codes []int
+	for i := 0; i < 6; i++ {
+		invented, _ := keys.Generate()
+		codes = append(codes, send(invented, "192.0.2.7:1000").Code)
+	}
+	pg0 := ev.pgCount.Load()
+	invented, _ := keys.Generate()
+	rec := send(invented, "192.0.2.7:1001")
+	t.Logf("6 unknown keys: %v; the 7th: %d, Retry-After %q, %d Postgres statements", codes, rec.Code, rec.Header().Get("Retry-After"), ev.pgCount.Load()-pg0)
+	if rec.Code != 429 || rec.Header().Get("Retry-After") == "" || rec.Header().Get("Content-Type") != "application/problem+json" || ev.pgCount.Load() != pg0 {
+		t.Fatalf("7th unknown key: %d %q %s, %d statements", rec.Code, rec.Header().Get("Retry-After"), rec.Body, ev.pgCount.Load()-pg0)
+	}
+	for _, c := range codes {
+		if c != 401 {
+			t.Fatalf("the first unknown keys: %v, want 401s", codes)
+		}
+	}
+	if rec := send(secret, "192.0.2.7:1002"); rec.Code != 200 {
+		t.Fatalf("key in use from the throttled address: %d %s", rec.Code, rec.Body)
+	}
+	if rec := send(invented, "[2001:db8::1]:1000"); rec.Code != 401 {
+		t.Fatalf("unknown key from another address: %d %s", rec.Code, rec.Body)
 	}
 }
 

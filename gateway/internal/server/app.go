@@ -156,7 +156,8 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		return nil, err
 	}
 	hasher := keys.NewHasher([]byte(cfg.APIKeyPepper))
-	resolver := keys.NewResolver(keys.ResolverConfig{Size: 100_000, TTL: 10 * time.Minute, UnknownTTL: 10 * time.Second}, store, hasher)
+	resolver := keys.NewResolver(keys.ResolverConfig{Size: 100_000, TTL: 10 * time.Minute, UnknownTTL: 10 * time.Second,
+		UnknownPerAddress: cfg.UnknownKeysPerAddress, UnknownTotal: cfg.UnknownKeysTotal}, store, hasher)
 	a.last = proxy.NewLastUsed(store, 5*time.Second, logger)
 	edge, err := proxy.New(proxy.Config{
 		Backends:       map[string]*url.URL{proxy.BackendSearch: cfg.SearchURL, proxy.BackendSTT: cfg.STTURL, proxy.BackendTTS: cfg.TTSURL},
