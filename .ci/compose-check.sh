@@ -32,4 +32,15 @@ fi
 
 log "${compose[*]} -f compose.yaml config -q"
 "${compose[@]}" -f compose.yaml config -q
+log "${compose[*]} -f compose.yaml --profile monitoring config -q"
+"${compose[@]}" -f compose.yaml --profile monitoring config -q
+# The monitoring profile's services, and the files they mount from deploy/.
+services=$("${compose[@]}" -f compose.yaml --profile monitoring config --services)
+for s in prometheus grafana; do
+	grep -qx "$s" <<<"$services" || die "the monitoring profile has no $s service"
+done
+for f in deploy/prometheus/prometheus.yml deploy/prometheus/alerts.yml deploy/grafana/provisioning \
+	deploy/grafana/dashboards/mana.json; do
+	[[ -e $f ]] || die "compose.yaml mounts $f, which is missing"
+done
 log "compose.yaml is valid ($("${compose[@]}" version --short 2>/dev/null || true))"

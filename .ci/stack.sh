@@ -9,6 +9,9 @@
 #        .ci/stack.sh status     what runs
 #        .ci/stack.sh exec CMD…  run CMD with the servers up and their settings exported
 # STACK_SKIP_BUILD=1 uses bin/ as it is; READY_TIMEOUT (seconds, default 90).
+# MONITORING=1 (run, up) also starts Prometheus from Debian's package on
+# 127.0.0.1:9090 (59090 if taken), scraping every binary with the alert rules
+# of deploy/prometheus loaded; its data lives in .data/prometheus.
 # Logs go to .data/logs/<name>.log, pid files to .data/run/<name>.pid.
 set -euo pipefail
 # shellcheck source=.ci/lib.sh
@@ -113,6 +116,7 @@ start_apps() {
 		if [[ $name == authdev ]]; then wait_port "$name" 3001; fi
 	done
 	wait_ready
+	if [[ ${MONITORING:-} == 1 ]]; then start_monitoring; fi
 }
 
 wait_port() { # NAME PORT
@@ -178,8 +182,50 @@ wait_ready() {
 	fail "the gateway was not ready within ${READY_TIMEOUT}s (last /ready status: $code)" gateway
 }
 
+# start_monitoring starts Prometheus on loopback, scraping the binaries that
+# serve /metrics, with the alert rules loaded.
+start_monitoring() {
+	local port conf=$DATA/monitoring/prometheus.yml pid i
+	ensure_cmd prometheus prometheus
+	mkdir -p "$DATA/monitoring" "$DATA/prometheus" "$RUN" "$LOGS"
+	port=$(free_port 9090 59090) || die "no free port for Prometheus"
+	cat >"$conf" <<EOF
+# written by .ci/stack.sh (MONITORING=1); rewritten on every start
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+rule_files:
+  - $ROOT/deploy/prometheus/alerts.yml
+scrape_configs:
+  - job_name: gateway
+    static_configs: [{targets: ["127.0.0.1:3030"]}]
+  - job_name: billing-worker
+    static_configs: [{targets: ["127.0.0.1:9101"]}]
+  - job_name: aggregator
+    static_configs: [{targets: ["127.0.0.1:9102"]}]
+EOF
+	if [[ -f $LOGS/prometheus.log ]]; then mv -f "$LOGS/prometheus.log" "$LOGS/prometheus.log.prev"; fi
+	setsid prometheus --config.file="$conf" --storage.tsdb.path="$DATA/prometheus" \
+		--web.listen-address="127.0.0.1:$port" >>"$LOGS/prometheus.log" 2>&1 </dev/null &
+	pid=$!
+	echo "$pid" >"$RUN/prometheus.pid"
+	for ((i = 0; i < READY_TIMEOUT * 4; i++)); do
+		if [[ $(http_status "http://127.0.0.1:$port/-/ready") == 200 ]]; then
+			echo "$port" >"$RUN/prometheus.port"
+			log "started Prometheus (pid $pid, log .data/logs/prometheus.log): http://127.0.0.1:$port"
+			return 0
+		fi
+		pid_alive "$RUN/prometheus.pid" || break
+		sleep 0.25
+	done
+	tail -n 20 "$LOGS/prometheus.log" >&2 || true
+	fail "Prometheus did not become ready on 127.0.0.1:$port"
+}
+
 stop_apps() {
 	local i name
+	stop_pidfile "$RUN/prometheus.pid" Prometheus
+	rm -f "$RUN/prometheus.port"
 	for ((i = ${#APPS[@]} - 1; i >= 0; i--)); do
 		name=$(app_field "${APPS[$i]}" 0)
 		stop_pidfile "$RUN/$name.pid" "$name" 30
@@ -203,6 +249,11 @@ Mana API Gateway is up.
   search       http://127.0.0.1:3021   stt http://127.0.0.1:3020   tts http://127.0.0.1:3022   (stand-ins)
   workers      billing-worker http://127.0.0.1:9101/metrics   aggregator http://127.0.0.1:9102/metrics
   logs         .data/logs/*.log
+EOF
+	if [[ -s $RUN/prometheus.port ]]; then
+		printf '  prometheus   http://127.0.0.1:%s   (MONITORING=1; alerts at /alerts)\n' "$(<"$RUN/prometheus.port")"
+	fi
+	cat <<'EOF'
 
 Dev users (password "password" for all):
   user@example.com, other@example.com, finance@example.com (role finance), admin@example.com (role admin)
@@ -253,6 +304,9 @@ cmd_status() {
 			echo "$name: stopped"
 		fi
 	done
+	if pid_alive "$RUN/prometheus.pid"; then
+		echo "prometheus: running on http://127.0.0.1:$(cat "$RUN/prometheus.port" 2>/dev/null) (pid $(<"$RUN/prometheus.pid"))"
+	fi
 }
 
 case ${1:-} in

@@ -168,3 +168,40 @@ func TestEveryExpressionParses(t *testing.T) {
 		}
 	}
 }
+
+// TestComposePrometheusConfigPassesPromtool: the Prometheus configuration of
+// the compose monitoring profile passes `promtool check config`, with its
+// rule file (mounted at /etc/prometheus in the container) read from here.
+func TestComposePrometheusConfigPassesPromtool(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(root, "deploy", "prometheus", "prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alerts, err := filepath.Abs(filepath.Join(root, AlertsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.ReplaceAll(string(b), "/etc/prometheus/alerts.yml", alerts)
+	if conf == string(b) {
+		t.Fatal("prometheus.yml does not load /etc/prometheus/alerts.yml")
+	}
+	path := filepath.Join(t.TempDir(), "prometheus.yml")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := promtool(t, "check", "config", path)
+	for _, want := range []string{"SUCCESS: 1 rule files found", "SUCCESS: " + strconv.Itoa(len(mustRules(t))) + " rules found"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("promtool check config: no %q in\n%s", want, out)
+		}
+	}
+}
+
+func mustRules(t *testing.T) []promcheck.Rule {
+	t.Helper()
+	rules, err := promcheck.Rules(filepath.Join(root, AlertsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rules
+}
