@@ -195,7 +195,9 @@ func TestYAMLToJSON(t *testing.T) {
 }
 
 // FuzzYAMLToJSON: whatever the input, the converter returns valid JSON or an
-// error, and never panics or loops.
+// error, and never panics or loops; and it is idempotent: JSON is YAML, and
+// converting its own output gives that output back byte for byte (keys in
+// order, every scalar as written).
 func FuzzYAMLToJSON(f *testing.F) {
 	f.Add(Spec())
 	f.Add([]byte("a: &x [*x]"))
@@ -205,8 +207,18 @@ func FuzzYAMLToJSON(f *testing.F) {
 			return
 		}
 		out, err := yamlToJSON(in)
-		if err == nil && !json.Valid(out) {
+		if err != nil {
+			return
+		}
+		if !json.Valid(out) {
 			t.Fatalf("invalid JSON %q from %q", out, in)
+		}
+		again, err := yamlToJSON(out)
+		if err != nil {
+			t.Fatalf("its own output %q (from %q) does not convert: %v", out, in, err)
+		}
+		if !bytes.Equal(again, out) {
+			t.Fatalf("not idempotent: %q gives %q, which gives %q", in, out, again)
 		}
 	})
 }

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	stdjson "encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func ttsUnits(b []byte) (int64, error)  { n, _, err := parseJSON[ttsBody](b); return n, err }
@@ -109,4 +111,55 @@ func TestJSONBodiesAreForwardedAsValidated(t *testing.T) {
 			t.Errorf("%.60s: forwards %.60s (%v), want an error with %q", tc.in, out, err, tc.detail)
 		}
 	}
+}
+
+// FuzzBodyUnits checks the units the gateway prices against an independent
+// count of what a backend decodes: the standard library's encoding/json (as
+// the backends' own parsers read a body) and utf8.RuneCountInString for TTS
+// characters, len for bulk URLs. A body built from the fuzzed text must be
+// priced at exactly its characters (or refused for being empty or too long);
+// any raw body the gateway accepts must decode to the same count.
+func FuzzBodyUnits(f *testing.F) {
+	f.Add("Hello, world!", []byte(`{"text":"日本語","voice":"en-US-1"}`))
+	f.Add("😀é\u0301", []byte(`{"urls":["https://a.example","http://b.example/x"]}`))
+	f.Add("", []byte(`{"text":"a\u00e9\ud83d\ude00"}`))
+	f.Fuzz(func(t *testing.T, text string, raw []byte) {
+		body, err := stdjson.Marshal(map[string]string{"text": text, "voice": "en-US-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sent struct{ Text string }
+		if err := stdjson.Unmarshal(body, &sent); err != nil {
+			t.Fatal(err)
+		}
+		want := int64(utf8.RuneCountInString(sent.Text))
+		got, err := ttsUnits(body)
+		switch {
+		case err == nil && got != want:
+			t.Fatalf("%s priced at %d characters; a backend reads %d", body, got, want)
+		case err != nil && want > 0 && want <= MaxTTSCharacters:
+			t.Fatalf("%s (%d characters) refused: %v", body, want, err)
+		case err == nil && (want == 0 || want > MaxTTSCharacters):
+			t.Fatalf("%s (%d characters) accepted", body, want)
+		}
+
+		if n, err := ttsUnits(raw); err == nil {
+			var m map[string]any
+			if err := stdjson.Unmarshal(raw, &m); err != nil {
+				t.Fatalf("TTS body %q accepted at %d units, but a backend cannot decode it: %v", raw, n, err)
+			}
+			if s, ok := m["text"].(string); !ok || int64(utf8.RuneCountInString(s)) != n {
+				t.Fatalf("TTS body %q priced at %d units; a backend reads text %q", raw, n, m["text"])
+			}
+		}
+		if n, err := bulkUnits(raw); err == nil {
+			var m map[string]any
+			if err := stdjson.Unmarshal(raw, &m); err != nil {
+				t.Fatalf("bulk body %q accepted at %d units, but a backend cannot decode it: %v", raw, n, err)
+			}
+			if urls, ok := m["urls"].([]any); !ok || int64(len(urls)) != n {
+				t.Fatalf("bulk body %q priced at %d units; a backend reads urls %v", raw, n, m["urls"])
+			}
+		}
+	})
 }

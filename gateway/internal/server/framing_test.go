@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -50,11 +51,32 @@ func TestFramingTracker(t *testing.T) {
 func FuzzFramingTracker(f *testing.F) {
 	f.Add([]byte("POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"))
 	f.Add([]byte("POST /a HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello"))
+	f.Add([]byte("POST /c HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPOST /d HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"))
+	// The property: the verdict does not depend on how TCP cut the stream.
+	// Fed whole, byte by byte, or in two reads split anywhere, the tracker
+	// ends in the same state and flags a conflict the same way.
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c := &framingConn{}
-		c.feed(b)
-		if len(c.buf) > maxTrackedHeader+len(b) {
+		whole := &framingConn{}
+		whole.feed(b)
+		if len(whole.buf) > maxTrackedHeader+len(b) {
 			t.Fatal("unbounded buffer")
+		}
+		verdict := func(c *framingConn) string {
+			return fmt.Sprintf("conflict=%v state=%d remain=%d", c.conflict.Load(), c.state, c.remain)
+		}
+		bytewise := &framingConn{}
+		for i := range b {
+			bytewise.feed(b[i : i+1])
+		}
+		if got, want := verdict(bytewise), verdict(whole); got != want {
+			t.Fatalf("byte by byte: %s, whole: %s, for %q", got, want, b)
+		}
+		cut := len(b) / 3
+		split := &framingConn{}
+		split.feed(b[:cut])
+		split.feed(b[cut:])
+		if got, want := verdict(split), verdict(whole); got != want {
+			t.Fatalf("split at %d: %s, whole: %s, for %q", cut, got, want, b)
 		}
 	})
 }
