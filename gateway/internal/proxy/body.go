@@ -9,6 +9,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/labstack/echo/v4"
 
@@ -78,6 +79,8 @@ type meteredBody struct {
 	r      io.Reader
 	closer io.Closer
 	n, max int64
+	mu     sync.Mutex
+	err    error // the client's body could not be read (framing broken, connection lost)
 }
 
 func (m *meteredBody) Read(p []byte) (int, error) {
@@ -86,7 +89,23 @@ func (m *meteredBody) Read(p []byte) (int, error) {
 	if m.n > m.max {
 		return n, errUploadOverDeclared
 	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		m.mu.Lock()
+		m.err = err
+		m.mu.Unlock()
+	}
 	return n, err
+}
+
+// readErr is the error that reading the client's body met, if any: the
+// client's doing, not the backend's.
+func (m *meteredBody) readErr() error {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.err
 }
 
 func (m *meteredBody) Close() error { return m.closer.Close() }

@@ -1,12 +1,15 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -296,5 +299,42 @@ func TestSTTIsPricedFromFrames(t *testing.T) {
 	}
 	if n := b.sttN.Load() - calls; n != 0 {
 		t.Fatalf("the backend saw %d refused uploads", n)
+	}
+}
+
+// TestMalformedUploadIsBadInput: a chunked upload whose framing breaks
+// after the first 64 KiB is the client's bad input: 400, nothing charged,
+// and no backend failure recorded.
+func TestMalformedUploadIsBadInput(t *testing.T) {
+	b := realBackends(t)
+	ev := newEnv(t, b.search, b.stt, b.tts, withTimeoutCap(time.Minute))
+	secret, k := ev.key("pro")
+	if resp, body := ev.do("GET", "/v1/key", secret, "", ""); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	ct, body := form(t, wavFile(1, 1, 16000, 32000, 2, 16, 10*32000, 10*32000, nil))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ev.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/stt/transcribe HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n", secret, ct)
+	first := body[:128<<10]
+	fmt.Fprintf(conn, "%x\r\n%s\r\nzz-not-a-chunk-size\r\n", len(first), first)
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	t.Logf("%d %s", resp.StatusCode, out)
+	isProblem(t, resp, out, 400)
+	if got := ev.balance(k); got != 5000 {
+		t.Fatalf("balance %d, want 5000", got)
+	}
+	for _, e := range ev.events() {
+		if e.Endpoint == "/v1/stt/transcribe" && (e.Status >= 500 || e.Credits != 0) {
+			t.Fatalf("event %+v: a malformed upload recorded as a backend failure or charged", e)
+		}
 	}
 }

@@ -192,6 +192,10 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		status, detail = http.StatusRequestEntityTooLarge, "request body too large"
 	case errors.Is(err, errUploadOverDeclared):
 		status, detail = http.StatusBadRequest, errUploadOverDeclared.Error()
+	case cl.body.readErr() != nil && r.Context().Err() == nil:
+		// The client's upload broke off or its framing is invalid: bad
+		// input, not a backend failure.
+		status, detail = http.StatusBadRequest, "the upload could not be read: its body is malformed or was cut off"
 	case errors.As(err, &unbillable):
 		status, detail = http.StatusServiceUnavailable, "usage cannot be recorded right now; nothing was charged"
 		if unbillable.uncertain {
