@@ -34,7 +34,7 @@ import (
 // Quota is the Redis side of a decision. Safe for concurrent use.
 type Quota interface {
 	Acquire(ctx context.Context, r quota.Request) (quota.Decision, error)
-	Adjust(ctx context.Context, keyID, period string, delta int64) error
+	Adjust(ctx context.Context, keyID, period, op string, delta int64) error
 }
 
 // Publisher makes usage events durable. Publish must be safe for concurrent
@@ -167,6 +167,7 @@ type call struct {
 	decision  quota.Decision
 	body      *meteredBody // STT uploads
 	settled   bool         // the hold was settled (charged or released)
+	settles   int          // settlements so far; names each one's adjustment
 	charged   int64        // what the settlement charged
 	holding   bool         // the hold is counted in e.holds
 }

@@ -116,9 +116,9 @@ func (t *timedQuota) Acquire(ctx context.Context, r quota.Request) (quota.Decisi
 }
 
 // Adjust implements Quota.
-func (t *timedQuota) Adjust(ctx context.Context, keyID, period string, delta int64) error {
+func (t *timedQuota) Adjust(ctx context.Context, keyID, period, op string, delta int64) error {
 	start := time.Now()
-	err := t.q.Adjust(ctx, keyID, period, delta)
+	err := t.q.Adjust(ctx, keyID, period, op, delta)
 	observe(t.adjOK, t.adjErr, err, start)
 	return err
 }

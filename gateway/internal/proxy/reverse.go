@@ -126,6 +126,9 @@ func (e *Edge) modifyResponse(resp *http.Response) error {
 	return nil
 }
 
+// settleBudget bounds the tries of one settlement.
+const settleBudget = 10 * time.Second
+
 // settle moves the key's balance from the hold to the final charge. It may
 // run twice (charge, then release when the event cannot be made durable).
 func (e *Edge) settle(ctx context.Context, cl *call, credits int64) error {
@@ -138,9 +141,23 @@ func (e *Edge) settle(ctx context.Context, cl *call, credits int64) error {
 	if delta == 0 || cl.decision.Credits < 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	cl.settles++
+	op := cl.eventID + ":" + strconv.Itoa(cl.settles)
+	// Retried with backoff: the adjustment is idempotent per op, so a try
+	// whose answer was lost cannot move the balance twice.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleBudget)
 	defer cancel()
-	if err := e.quota.Adjust(ctx, cl.key.ID, cl.decision.Period, delta); err != nil {
+	var err error
+	for wait := 50 * time.Millisecond; ; wait *= 2 {
+		if err = e.quota.Adjust(ctx, cl.key.ID, cl.decision.Period, op, delta); err == nil {
+			break
+		}
+		e.logger.WarnContext(ctx, "credit settlement failed; retrying", "key_id", cl.key.ID, "event_id", cl.eventID, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+			continue
+		}
 		e.logger.ErrorContext(ctx, "credit settlement failed; the balance heals on the next rebuild", "key_id", cl.key.ID, "event_id", cl.eventID, "err", err)
 		return nil
 	}

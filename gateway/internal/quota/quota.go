@@ -275,12 +275,15 @@ func (s *Store) Put(ctx context.Context, st State) error {
 
 // Adjust moves a key's balance after the backend answered: delta > 0 gives a
 // hold back (failed call, or actual cost below the hold), delta < 0 takes more.
-// It does nothing if the credit month changed meanwhile.
-func (s *Store) Adjust(ctx context.Context, keyID, period string, delta int64) error {
+// It does nothing if the credit month changed meanwhile. op names the
+// adjustment (unique per call and settlement): an op applied once is never
+// applied again, so a caller may retry an Adjust whose outcome it did not
+// learn (a timeout) without moving the balance twice.
+func (s *Store) Adjust(ctx context.Context, keyID, period, op string, delta int64) error {
 	if delta == 0 {
 		return nil
 	}
-	err := s.pipe.eval(ctx, s.adjust, []string{stateKey(keyID)}, period, delta).Err()
+	err := s.pipe.eval(ctx, s.adjust, []string{stateKey(keyID), "gw:{" + keyID + "}:adj:" + op}, period, delta).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("quota: adjust balance: %w", err)
 	}

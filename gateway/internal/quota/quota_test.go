@@ -184,7 +184,11 @@ func TestCreditsNeverOverdraw(t *testing.T) {
 		t.Fatalf("balance %d, want 1", bal)
 	}
 	// A refund gives the hold back.
-	if err := s.Adjust(ctx, "k1", time.Now().UTC().Format("2006-01"), 3); err != nil {
+	if err := s.Adjust(ctx, "k1", time.Now().UTC().Format("2006-01"), "refund-1", 3); err != nil {
+		t.Fatal(err)
+	}
+	// The same adjustment retried changes nothing.
+	if err := s.Adjust(ctx, "k1", time.Now().UTC().Format("2006-01"), "refund-1", 3); err != nil {
 		t.Fatal(err)
 	}
 	if d := acquire(t, s, req(4)); d.Outcome != OK || d.Credits != 0 {
@@ -315,7 +319,7 @@ func TestMonthRolloverGrantsAFreshMonth(t *testing.T) {
 		t.Fatalf("new month: %+v %v", d, err)
 	}
 	// Adjustments for a past month are ignored.
-	if err := s.Adjust(ctx, "k1", "2000-01", 50); err != nil {
+	if err := s.Adjust(ctx, "k1", "2000-01", "old-month", 50); err != nil {
 		t.Fatal(err)
 	}
 	bal := balance(t, s, "k1", d.Period)
