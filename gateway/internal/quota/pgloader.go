@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -34,17 +35,96 @@ type HoldCounter interface {
 // table) and the billing worker's ledger (read-only), plus what the ledger
 // does not have yet — the events on the stream the billing worker has not
 // applied, and the holds of calls in flight — each counted once by event ID.
+//
+// Loads of different keys that arrive while one is being computed are
+// computed together in the next (one holds query, one backlog read, one
+// Postgres snapshot for all of them), the way the usage publisher
+// group-commits events: a key joins a batch that has not started, so every
+// part of its balance is still read after its load began.
 type PGLoader struct {
 	db      *sqlx.DB
 	backlog Backlog
 	holds   HoldCounter
 	logger  *slog.Logger
+
+	mu      sync.Mutex // guards open, running
+	open    *loadBatch // not started; joined by new loads
+	running bool
+}
+
+// loadBatch is one computation shared by the loads of several keys.
+type loadBatch struct {
+	period string
+	keys   []string
+	done   chan struct{}
+	rows   map[string]keyRow
+	spends map[string]Spend
+	err    error
 }
 
 // NewPGLoader builds a loader; backlog and holds may be nil (then the ledger
 // alone counts).
 func NewPGLoader(db *sqlx.DB, backlog Backlog, holds HoldCounter, logger *slog.Logger) *PGLoader {
 	return &PGLoader{db: db, backlog: backlog, holds: holds, logger: logger}
+}
+
+// batchTimeout bounds one shared computation.
+const batchTimeout = 5 * time.Second
+
+// join adds the key to the open batch of the period (or computes it alone
+// at a month's turn, when the open batch is of the other month) and waits
+// for its result.
+func (l *PGLoader) join(ctx context.Context, keyID, period string) (keyRow, Spend, bool, error) {
+	l.mu.Lock()
+	b := l.open
+	if b != nil && b.period != period {
+		l.mu.Unlock()
+		rows, spends, err := l.spend(ctx, []string{keyID}, period)
+		if err != nil || len(rows) == 0 {
+			return keyRow{}, Spend{}, false, err
+		}
+		return rows[0], spends[keyID], true, nil
+	}
+	if b == nil {
+		b = &loadBatch{period: period, done: make(chan struct{})}
+		l.open = b
+	}
+	b.keys = append(b.keys, keyID)
+	l.startLocked(ctx)
+	l.mu.Unlock()
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		return keyRow{}, Spend{}, false, fmt.Errorf("load key %s: %w", keyID, ctx.Err())
+	}
+	if b.err != nil {
+		return keyRow{}, Spend{}, false, b.err
+	}
+	r, ok := b.rows[keyID]
+	return r, b.spends[keyID], ok, nil
+}
+
+// startLocked starts the open batch when none is running. l.mu is held.
+func (l *PGLoader) startLocked(ctx context.Context) {
+	if l.running || l.open == nil {
+		return
+	}
+	b := l.open
+	l.open, l.running = nil, true
+	go func() {
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), batchTimeout)
+		defer cancel()
+		rows, spends, err := l.spend(bctx, b.keys, b.period)
+		b.rows, b.spends, b.err = make(map[string]keyRow, len(rows)), spends, err
+		for _, r := range rows {
+			b.rows[r.ID] = r
+		}
+		close(b.done)
+		l.mu.Lock()
+		l.running = false
+		l.startLocked(ctx)
+		l.mu.Unlock()
+	}()
 }
 
 type keyRow struct {
@@ -78,14 +158,13 @@ func (s Spend) Balance() int64 { return s.Grant - s.Ledger - s.Pending - s.Held 
 
 // Load implements Loader.
 func (l *PGLoader) Load(ctx context.Context, keyID, period string) (State, int64, error) {
-	rows, spends, err := l.spend(ctx, []string{keyID}, period)
+	r, sp, ok, err := l.join(ctx, keyID, period)
 	if err != nil {
 		return State{}, 0, err
 	}
-	if len(rows) == 0 {
+	if !ok {
 		return State{}, 0, ErrNoKey
 	}
-	r := rows[0]
 	st := State{
 		KeyID:              r.ID,
 		Version:            r.UpdatedAt.UnixMicro(),
@@ -98,7 +177,7 @@ func (l *PGLoader) Load(ctx context.Context, keyID, period string) (State, int64
 		RateLimitPerMinute: r.RateLimitPerMinute,
 		MonthlyCredits:     r.MonthlyCredits,
 	}
-	return st, spends[r.ID].Balance(), nil
+	return st, sp.Balance(), nil
 }
 
 // Spends returns the spend of each key of the period that exists.
