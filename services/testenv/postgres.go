@@ -57,8 +57,19 @@ func StartPostgres(t testing.TB) *Postgres {
 	if out, err := p.cmd("initdb", "-D", p.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "-N").CombinedOutput(); err != nil {
 		t.Fatalf("postgres: initdb: %v\n%s", err, out)
 	}
-	p.port = FreePort(t)
-	p.Start()
+	// The port was free a moment ago; another test's server may take it
+	// first, and then the cluster starts on another one.
+	for attempt := 1; ; attempt++ {
+		p.port = FreePort(t)
+		err := p.start()
+		if err == nil {
+			break
+		}
+		if attempt == 10 || !strings.Contains(err.Error(), "Address already in use") {
+			t.Fatalf("postgres: %v", err)
+		}
+		t.Logf("postgres: port %d taken; trying another", p.port)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	db, err := sql.Open("postgres", p.URL())
@@ -81,12 +92,26 @@ func (p *Postgres) URL() string {
 // connections (pg_ctl -w).
 func (p *Postgres) Start() {
 	p.t.Helper()
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off", p.port, p.root)
-	out, err := p.cmd("pg_ctl", "-D", p.data(), "-l", filepath.Join(p.root, "postgres.log"), "-w", "-t", "60", "-o", opts, "start").CombinedOutput()
-	if err != nil {
-		log, _ := os.ReadFile(filepath.Join(p.root, "postgres.log"))
-		p.t.Fatalf("postgres: start on port %d: %v\n%s\n%s", p.port, err, out, lastLines(string(log), 20))
+	if err := p.start(); err != nil {
+		p.t.Fatalf("postgres: %v", err)
 	}
+}
+
+// start runs pg_ctl start once; its error carries the server log's tail,
+// which tells a port taken ("Address already in use").
+func (p *Postgres) start() error {
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off", p.port, p.root)
+	logFile := filepath.Join(p.root, "postgres.log")
+	var from int
+	if b, err := os.ReadFile(logFile); err == nil {
+		from = len(b)
+	}
+	out, err := p.cmd("pg_ctl", "-D", p.data(), "-l", logFile, "-w", "-t", "60", "-o", opts, "start").CombinedOutput()
+	if err != nil {
+		log, _ := os.ReadFile(logFile)
+		return fmt.Errorf("start on port %d: %w\n%s\n%s", p.port, err, out, lastLines(string(log[min(from, len(log)):]), 20))
+	}
+	return nil
 }
 
 // Stop shuts the server down (fast mode: sessions are disconnected) and

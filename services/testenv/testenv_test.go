@@ -97,3 +97,20 @@ func TestNATSRestartRetriesThePort(t *testing.T) {
 	}
 	nc.Close()
 }
+
+// TestPostgresTellsATakenPort: a cluster started on a port another listener
+// holds fails with the error StartPostgres retries on another port for.
+func TestPostgresTellsATakenPort(t *testing.T) {
+	p := StartPostgres(t)
+	p.Stop()
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.start()
+	_ = l.Close()
+	if err == nil || !strings.Contains(err.Error(), "Address already in use") {
+		t.Fatalf("start on a taken port: %v", err)
+	}
+	p.Start()
+}
