@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -177,6 +178,45 @@ type callKey struct{}
 func callFrom(ctx context.Context) *call { c, _ := ctx.Value(callKey{}).(*call); return c }
 
 func (e *Edge) handler(rt Route) echo.HandlerFunc {
+	h := e.decide(rt)
+	if rt.Body != BodyMultipart {
+		return h
+	}
+	return func(c echo.Context) error {
+		err := h(c)
+		if err == nil || c.Response().Committed || problem.From(err).Status >= 500 {
+			return err // server errors go to the error handler, which logs them
+		}
+		return answerUnread(c, err)
+	}
+}
+
+// maxDrain bounds how much of a refused upload is read and dropped so that
+// the client, still sending, can read the answer.
+const maxDrain = 32 << 20
+
+// answerUnread answers a refused upload whose body was not read. Most
+// clients send the whole body before they read an answer and do not send
+// "Expect: 100-continue"; closing under their upload would reach them as a
+// connection reset, not the problem. So the answer is written and flushed,
+// and a bounded rest of the body read and dropped within a deadline, as
+// nginx's lingering close does.
+func answerUnread(c echo.Context, cause error) error {
+	req := c.Request()
+	if err := problem.Write(c, problem.From(cause)); err != nil {
+		return err
+	}
+	if req.Header.Get("Expect") != "" || req.ContentLength > maxDrain {
+		return nil // the client waits for a 100 Continue, or too much to wait for
+	}
+	rc := http.NewResponseController(c.Response().Writer)
+	_ = rc.Flush()
+	_ = rc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, _ = io.Copy(io.Discard, io.LimitReader(req.Body, maxDrain))
+	return nil
+}
+
+func (e *Edge) decide(rt Route) echo.HandlerFunc {
 	op := e.pricing.Operations[rt.Op]
 	return func(c echo.Context) error {
 		req := c.Request()

@@ -338,3 +338,39 @@ func TestMalformedUploadIsBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusedUploadIsReadable: a client that sends no "Expect:
+// 100-continue" writes its whole upload before it reads; a 402 answered
+// before the body is read still reaches it as the problem, not as a reset.
+func TestRefusedUploadIsReadable(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture")
+	secret, k := ev.key("pro")
+	ev.do("GET", "/v1/key", secret, "", "") // loads the key's state
+	if err := ev.rdb.HSet(context.Background(), "gw:{"+k.ID+"}:s", "bal", 3).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// 8 minutes of 16 kHz 8-bit mono: 7.7 MB, 80 credits.
+	ct, body := form(t, wavFile(1, 1, 16000, 16000, 1, 8, 480*16000, 480*16000, nil))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ev.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := fmt.Fprintf(conn, "POST /v1/stt/transcribe HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", secret, ct, len(body)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(body); err != nil {
+		t.Fatalf("writing the %d-byte upload: %v", len(body), err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading the answer after the upload: %v", err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	t.Logf("%d-byte upload without Expect: %d %s", len(body), resp.StatusCode, out)
+	isProblem(t, resp, out, 402)
+	if ev.capture.calls.Load() != 0 {
+		t.Fatal("the backend was called")
+	}
+}
