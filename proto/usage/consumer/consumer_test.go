@@ -568,31 +568,33 @@ func TestRecreate(t *testing.T) {
 	t.Parallel()
 	js, stream := startStream(t)
 	store := newMemStore()
-	c, _ := runConsumer(t, stream, consumer.Config{Store: store, JS: js, StaleAfter: time.Minute})
+	// A short AckWait: a pull that expires on the client while the server
+	// delivers must be redelivered in seconds on a busy machine, not 30 s.
+	c, _ := runConsumer(t, stream, consumer.Config{Store: store, JS: js, StaleAfter: time.Minute, AckWait: 2 * time.Second})
 	applied := func(n int) func() bool {
 		return func() bool { got, _, _ := store.snapshot(); return got == n }
 	}
 	publishBatch(t, js, batchID(1), events(0, 10)...)
-	waitFor(t, 10*time.Second, "first batch applied", applied(10))
+	waitFor(t, 30*time.Second, "first batch applied", applied(10))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if err := js.DeleteConsumer(ctx, usagev1.StreamName, "test"); err != nil {
 		t.Fatal(err)
 	}
 	publishBatch(t, js, batchID(2), events(10, 10)...)
-	waitFor(t, 15*time.Second, "batch after the consumer was deleted applied", applied(20))
+	waitFor(t, 30*time.Second, "batch after the consumer was deleted applied", applied(20))
 
 	if err := js.DeleteStream(ctx, usagev1.StreamName); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "stream re-created", func() bool {
+	waitFor(t, 30*time.Second, "stream re-created", func() bool {
 		_, err := js.Stream(ctx, usagev1.StreamName)
 		return err == nil
 	})
 	publishBatch(t, js, batchID(3), events(20, 10)...)
 	publishEvents(t, js, event(30))
-	waitFor(t, 15*time.Second, "events after the stream was deleted applied", applied(31))
+	waitFor(t, 30*time.Second, "events after the stream was deleted applied", applied(31))
 	if err := c.Health(); err != nil {
 		t.Errorf("health after recovery: %v", err)
 	}
