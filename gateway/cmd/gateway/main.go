@@ -15,6 +15,7 @@ import (
 
 	"github.com/mana/apigw/gateway/internal/config"
 	"github.com/mana/apigw/gateway/internal/server"
+	"github.com/mana/apigw/gateway/internal/tracing"
 )
 
 func main() {
@@ -33,7 +34,7 @@ func run() error {
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("service", "gateway")
+	logger := slog.New(tracing.LogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))).With("service", "gateway")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

@@ -14,22 +14,24 @@ import (
 
 // Config is every setting of the gateway binary.
 type Config struct {
-	Port            int
-	DatabaseURL     string
-	RedisAddr       string
-	RedisPassword   string
-	NATSURL         string
-	SearchURL       *url.URL
-	STTURL          *url.URL
-	TTSURL          *url.URL
-	AuthURL         *url.URL
-	JWTIssuer       string
-	JWTAudience     string
-	APIKeyPepper    string
-	PricingFile     string
-	SpoolDir        string
-	SpoolMaxBytes   int64
-	PublishTimeout  time.Duration
+	Port           int
+	DatabaseURL    string
+	RedisAddr      string
+	RedisPassword  string
+	NATSURL        string
+	SearchURL      *url.URL
+	STTURL         *url.URL
+	TTSURL         *url.URL
+	AuthURL        *url.URL
+	JWTIssuer      string
+	JWTAudience    string
+	APIKeyPepper   string
+	PricingFile    string
+	SpoolDir       string
+	SpoolMaxBytes  int64
+	PublishTimeout time.Duration
+	// OTLPEndpoint receives the traces (OTLP/HTTP); empty: tracing is off.
+	OTLPEndpoint    string
 	StreamMaxAge    time.Duration
 	GatewayID       string
 	LogLevel        string
@@ -105,6 +107,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		SpoolDir:              get("SPOOL_DIR", ".data/spool"),
 		SpoolMaxBytes:         parseInt("SPOOL_MAX_BYTES", strconv.Itoa(256<<20)),
 		PublishTimeout:        parseDur("PUBLISH_TIMEOUT", "5s"),
+		OTLPEndpoint:          get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
 		StreamMaxAge:          parseDur("USAGE_STREAM_MAX_AGE", "9600h"),
 		GatewayID:             get("GATEWAY_ID", host),
 		LogLevel:              get("LOG_LEVEL", "info"),
@@ -157,6 +160,11 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.SpoolMaxBytes < 1<<20 {
 		errs = append(errs, errors.New("SPOOL_MAX_BYTES must be at least 1 MiB"))
+	}
+	if e := c.OTLPEndpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, errors.New("OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL (OTLP/HTTP, e.g. http://collector:4318)"))
+		}
 	}
 	if c.StreamMaxAge < 24*time.Hour {
 		errs = append(errs, errors.New("USAGE_STREAM_MAX_AGE must be at least 24h"))

@@ -22,6 +22,9 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -72,6 +75,9 @@ type Config struct {
 	TimeoutCap time.Duration
 	// Metrics, if not nil, registers the backend and Redis histograms.
 	Metrics prometheus.Registerer
+	// Tracer, if not nil, makes child spans of the request's span for the
+	// Redis decisions, the backend call and the durability wait.
+	Tracer trace.Tracer
 	// Clock is the gateway's own clock (latencies, event times); nil means
 	// time.Now. Credit months come from Redis's clock, never from this one.
 	Clock func() time.Time
@@ -114,7 +120,10 @@ func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publish
 	if err := errors.Join(cfg.Validate(), p.RequireOperations(Ops())); err != nil {
 		return nil, err
 	}
-	m, err := newMetrics(cfg.Metrics)
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("")
+	}
+	m, err := newMetrics(cfg.Metrics, cfg.Tracer)
 	if err != nil {
 		return nil, err
 	}
@@ -241,6 +250,8 @@ func (e *Edge) decide(rt Route) echo.HandlerFunc {
 			return problem.New(http.StatusServiceUnavailable, "API keys cannot be checked right now; try again shortly")
 		}
 		cl.key = k
+		span := trace.SpanFromContext(req.Context())
+		span.SetAttributes(attribute.String("mana.key_id", k.ID), attribute.String("mana.tier", k.Tier))
 		tier, ok := e.pricing.Tiers[k.Tier]
 		if !ok {
 			return fmt.Errorf("key %s has tier %q that the pricing file lacks", k.ID, k.Tier)
@@ -278,6 +289,7 @@ func (e *Edge) decide(rt Route) echo.HandlerFunc {
 			return e.withoutRedis(c, cl, tier, err)
 		}
 		cl.decision = d
+		span.SetAttributes(attribute.String("mana.decision", decisionNames[d.Outcome]), attribute.Int64("mana.credits_held", cl.held))
 		if err := e.refusal(c, d); err != nil {
 			return err
 		}
@@ -521,5 +533,19 @@ func (e *Edge) event(cl *call, status int, units, credits int64) *usagev1.UsageE
 		Period:         period,
 		MonthlyCredits: cl.key.MonthlyCredits,
 		GatewayId:      e.cfg.GatewayID,
+		TraceId:        traceID(cl.ec.Request().Context()),
 	}
+}
+
+// decisionNames name the quota outcomes on the request's span.
+var decisionNames = map[quota.Outcome]string{quota.OK: "ok", quota.Unknown: "unknown_key", quota.Deleted: "deleted",
+	quota.Expired: "expired", quota.Inactive: "inactive", quota.RateLimited: "rate_limited",
+	quota.Insufficient: "insufficient_credits", quota.Forbidden: "forbidden"}
+
+// traceID is the trace of ctx's span, empty when tracing is off.
+func traceID(ctx context.Context) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
+		return sc.TraceID().String()
+	}
+	return ""
 }

@@ -26,6 +26,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/mana/apigw/gateway/internal/backlog"
 	"github.com/mana/apigw/gateway/internal/holds"
@@ -70,6 +72,7 @@ type envOpts struct {
 	timeoutCap time.Duration
 	// unknownPerAddr caps unknown keys per address and minute (0: none).
 	unknownPerAddr int
+	tracer         trace.TracerProvider
 }
 
 func withSpoolBytes(n int64) envOpt { return func(o *envOpts) { o.spoolBytes = n } }
@@ -78,6 +81,9 @@ func withMetrics(reg prometheus.Registerer) envOpt { return func(o *envOpts) { o
 
 // withTimeoutCap caps every route's backend timeout (1 s unless told).
 func withTimeoutCap(d time.Duration) envOpt { return func(o *envOpts) { o.timeoutCap = d } }
+
+// withTracer traces the edge's calls with tp.
+func withTracer(tp trace.TracerProvider) envOpt { return func(o *envOpts) { o.tracer = tp } }
 
 // withClock gives the gateway a clock of its own (Redis keeps the real one).
 func withClock(now func() time.Time) envOpt { return func(o *envOpts) { o.clock = now } }
@@ -128,7 +134,7 @@ func (c cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 
 func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...envOpt) *env {
 	t.Helper()
-	o := envOpts{spoolBytes: 1 << 20, timeoutCap: time.Second}
+	o := envOpts{spoolBytes: 1 << 20, timeoutCap: time.Second, tracer: noop.NewTracerProvider()}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -206,11 +212,12 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...
 		TimeoutCap:     o.timeoutCap,
 		Metrics:        o.metrics,
 		Clock:          o.clock,
+		Tracer:         o.tracer.Tracer("test"),
 	}, p, ev.resolver, ev.q, pub, proxy.NewLastUsed(ev.store, time.Hour, logger), hl, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := server.NewEcho(logger, prometheus.NewRegistry(), nil, false)
+	e := server.NewEcho(logger, prometheus.NewRegistry(), nil, false, server.Traced(o.tracer))
 	edge.Register(e)
 	ev.echo = e
 	srv := httptest.NewUnstartedServer(e)

@@ -12,6 +12,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/mana/apigw/gateway/internal/problem"
 	"github.com/mana/apigw/gateway/internal/usage"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
@@ -174,7 +178,13 @@ func (e *Edge) settle(ctx context.Context, cl *call, credits int64) error {
 func (e *Edge) publish(ctx context.Context, ev *usagev1.UsageEvent) error {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.PublishTimeout)
 	defer cancel()
-	return e.pub.Publish(pctx, ev)
+	pctx, span := e.cfg.Tracer.Start(pctx, "usage.durability_wait", trace.WithAttributes(attribute.String("mana.event_id", ev.EventId)))
+	defer span.End()
+	err := e.pub.Publish(pctx, ev)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return err
 }
 
 type errBadBackendAnswer struct{ err error }

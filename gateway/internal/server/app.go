@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mana/apigw/gateway/internal/backlog"
 	"github.com/mana/apigw/gateway/internal/config"
@@ -31,6 +32,7 @@ import (
 	"github.com/mana/apigw/gateway/internal/proxy"
 	"github.com/mana/apigw/gateway/internal/quota"
 	"github.com/mana/apigw/gateway/internal/reconcile"
+	"github.com/mana/apigw/gateway/internal/tracing"
 	"github.com/mana/apigw/gateway/internal/usage"
 	"github.com/mana/apigw/migrations"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
@@ -52,6 +54,8 @@ type App struct {
 	holds    *holds.Ledger
 	holdsSub *nats.Subscription
 	deps     *depProber
+	tp       trace.TracerProvider
+	stopTP   func(context.Context) error
 	presence *holds.Presence
 	backlog  *backlog.Tail
 	truth    *quota.PGLoader
@@ -159,11 +163,15 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	resolver := keys.NewResolver(keys.ResolverConfig{Size: 100_000, TTL: 10 * time.Minute, UnknownTTL: 10 * time.Second,
 		UnknownPerAddress: cfg.UnknownKeysPerAddress, UnknownTotal: cfg.UnknownKeysTotal}, store, hasher)
 	a.last = proxy.NewLastUsed(store, 5*time.Second, logger)
+	if a.tp, a.stopTP, err = tracing.Setup(ctx, cfg.OTLPEndpoint, "mana-gateway"); err != nil {
+		return nil, err
+	}
 	edge, err := proxy.New(proxy.Config{
 		Backends:       map[string]*url.URL{proxy.BackendSearch: cfg.SearchURL, proxy.BackendSTT: cfg.STTURL, proxy.BackendTTS: cfg.TTSURL},
 		GatewayID:      cfg.GatewayID,
 		PublishTimeout: cfg.PublishTimeout,
 		Metrics:        reg,
+		Tracer:         a.tp.Tracer(tracing.Name),
 	}, p, resolver, q, a.pub, a.last, a.holds, logger)
 	if err != nil {
 		return nil, err
@@ -180,7 +188,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		}},
 	}
 	a.deps = newDepProber(reg, checks)
-	a.Echo = NewEcho(logger, reg, checks, cfg.LogLevel == "debug")
+	a.Echo = NewEcho(logger, reg, checks, cfg.LogLevel == "debug", Traced(a.tp))
 	edge.Register(a.Echo)
 	openapi.Register(a.Echo)
 	dash, err := dashboard.New(dashboard.Config{PasswordLoginURL: cfg.DashboardPasswordLoginURL, IssuerLoginURL: cfg.DashboardLoginURL}, dashboard.Assets())
@@ -277,6 +285,9 @@ func (a *App) Run(ctx context.Context) error {
 		}
 	}
 	_ = a.spool.Close()
+	if err := a.stopTP(sctx); err != nil {
+		a.logger.Warn("trace export at shutdown", "err", err)
+	}
 	a.nc.Close()
 	_ = a.rdb.Close()
 	_ = a.db.Close()

@@ -20,8 +20,10 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mana/apigw/gateway/internal/problem"
+	"github.com/mana/apigw/gateway/internal/tracing"
 )
 
 // Check is one readiness probe (Postgres, Redis, NATS).
@@ -109,7 +111,12 @@ func accessLog(logger *slog.Logger) echo.MiddlewareFunc {
 
 // NewEcho builds the Echo instance with the system endpoints; the caller
 // registers the edge and the management API on it.
-func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, accessLogs bool) *echo.Echo {
+// With a tracer provider (Traced), every request gets a server span.
+func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, accessLogs bool, opts ...EchoOption) *echo.Echo {
+	var o echoOpts
+	for _, opt := range opts {
+		opt(&o)
+	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = problem.ErrorHandler(logger)
@@ -123,6 +130,9 @@ func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, acce
 	e.Use(refuseConflictingFraming)
 	e.Use(requestID)
 	e.Use(newHTTPMetrics(reg).middleware)
+	if o.tp != nil {
+		e.Use(tracing.Middleware(o.tp.Tracer(tracing.Name)))
+	}
 	if accessLogs {
 		e.Use(accessLog(logger))
 	}
@@ -160,6 +170,14 @@ func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, acce
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 	return e
 }
+
+// EchoOption adds to what NewEcho builds.
+type EchoOption func(*echoOpts)
+
+type echoOpts struct{ tp trace.TracerProvider }
+
+// Traced starts a server span per request from tp (see package tracing).
+func Traced(tp trace.TracerProvider) EchoOption { return func(o *echoOpts) { o.tp = tp } }
 
 // Listen opens the gateway's listener; its connections are checked for
 // conflicting request framing (see framing.go).

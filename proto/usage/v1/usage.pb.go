@@ -56,7 +56,10 @@ type UsageEvent struct {
 	// The key's monthly grant at the time of the call.
 	MonthlyCredits int64 `protobuf:"varint,14,opt,name=monthly_credits,json=monthlyCredits,proto3" json:"monthly_credits,omitempty"`
 	// Which gateway instance served it.
-	GatewayId     string `protobuf:"bytes,15,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	GatewayId string `protobuf:"bytes,15,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	// The W3C trace ID (32 hex digits) of the call's trace; empty when tracing
+	// is off. Leads from a ledger or usage row back to the trace.
+	TraceId       string `protobuf:"bytes,16,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -196,6 +199,13 @@ func (x *UsageEvent) GetGatewayId() string {
 	return ""
 }
 
+func (x *UsageEvent) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
+	}
+	return ""
+}
+
 // UsageBatch is one JetStream message of the group commit: the events that
 // one gateway instance made durable together (one when it is idle, dozens
 // under load), so the stream's fsync is paid once per batch. Its batch_id is
@@ -278,7 +288,7 @@ var File_usage_v1_usage_proto protoreflect.FileDescriptor
 
 const file_usage_v1_usage_proto_rawDesc = "" +
 	"\n" +
-	"\x14usage/v1/usage.proto\x12\rmana.usage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x03\n" +
+	"\x14usage/v1/usage.proto\x12\rmana.usage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x03\n" +
 	"\n" +
 	"UsageEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
@@ -300,7 +310,8 @@ const file_usage_v1_usage_proto_rawDesc = "" +
 	"\x06period\x18\r \x01(\tR\x06period\x12'\n" +
 	"\x0fmonthly_credits\x18\x0e \x01(\x03R\x0emonthlyCredits\x12\x1d\n" +
 	"\n" +
-	"gateway_id\x18\x0f \x01(\tR\tgatewayId\"\xb2\x01\n" +
+	"gateway_id\x18\x0f \x01(\tR\tgatewayId\x12\x19\n" +
+	"\btrace_id\x18\x10 \x01(\tR\atraceId\"\xb2\x01\n" +
 	"\n" +
 	"UsageBatch\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x1d\n" +
