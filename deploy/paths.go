@@ -21,7 +21,7 @@ const (
 // they are missing and refuses them once exported, so that this list only
 // ever shrinks.
 var Planned = map[string]string{
-	"mana_reconcile_drift_credits_total": "the gateway's balance reconciler (not on main yet)",
+	"gateway_reconcile_credits_corrected_total": "the gateway's reconciler: a counter vector, absent until a pass corrects a key",
 }
 
 // Exprs are the PromQL expressions of the alert rules and of every
