@@ -77,15 +77,25 @@ var errUploadOverDeclared = errors.New("the upload is larger than its WAV header
 // credits held for the declared duration then cover all the audio sent.
 type meteredBody struct {
 	r      io.Reader
-	closer io.Closer
+	src    io.ReadCloser // the client's body
 	n, max int64
 	mu     sync.Mutex
 	err    error // the client's body could not be read (framing broken, connection lost)
+	// refused: the upload was cut off for its size while the client may
+	// still be sending; the body stays open so that the rest can be drained
+	// after the answer (the server closes it when the call ends).
+	refused bool
 }
 
 func (m *meteredBody) Read(p []byte) (int, error) {
 	n, err := m.r.Read(p)
 	m.n += int64(n)
+	var mbe *http.MaxBytesError
+	if m.n > m.max || errors.As(err, &mbe) {
+		m.mu.Lock()
+		m.refused = true
+		m.mu.Unlock()
+	}
 	if m.n > m.max {
 		return n, errUploadOverDeclared
 	}
@@ -108,7 +118,23 @@ func (m *meteredBody) readErr() error {
 	return m.err
 }
 
-func (m *meteredBody) Close() error { return m.closer.Close() }
+func (m *meteredBody) Close() error {
+	m.mu.Lock()
+	refused := m.refused
+	m.mu.Unlock()
+	if refused {
+		return nil
+	}
+	return m.src.Close()
+}
+
+// rest is the client's body past what was metered, to be drained.
+func (m *meteredBody) rest() io.Reader {
+	if m == nil {
+		return http.NoBody
+	}
+	return m.src
+}
 
 // peekSize is how much of an upload is looked at to find the WAV header.
 const peekSize = 64 << 10
@@ -184,5 +210,5 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 	} else if hdr.Open() {
 		return nil, 0, problem.New(http.StatusLengthRequired, "a WAV without a data size needs a Content-Length")
 	}
-	return &meteredBody{r: br, closer: req.Body, max: hdr.DataOffset + audioBytes + uploadSlack}, hdr.Seconds(audioBytes), nil
+	return &meteredBody{r: br, src: req.Body, max: hdr.DataOffset + audioBytes + uploadSlack}, hdr.Seconds(audioBytes), nil
 }

@@ -192,11 +192,14 @@ func (e *Edge) handler(rt Route) echo.HandlerFunc {
 		return h
 	}
 	return func(c echo.Context) error {
+		req := c.Request()
+		body := &touchedBody{ReadCloser: req.Body}
+		req.Body = body
 		err := h(c)
 		if err == nil || c.Response().Committed || problem.From(err).Status >= 500 {
 			return err // server errors go to the error handler, which logs them
 		}
-		return answerUnread(c, err)
+		return answerUnread(c, err, body.touched)
 	}
 }
 
@@ -210,19 +213,44 @@ const maxDrain = 32 << 20
 // connection reset, not the problem. So the answer is written and flushed,
 // and a bounded rest of the body read and dropped within a deadline, as
 // nginx's lingering close does.
-func answerUnread(c echo.Context, cause error) error {
+//
+// A client that sent "Expect: 100-continue" is told to continue by the
+// first read of the body; until then it sends nothing, and once it is told
+// it sends everything, so it is drained exactly when the body was touched.
+func answerUnread(c echo.Context, cause error, touched bool) error {
 	req := c.Request()
 	if err := problem.Write(c, problem.From(cause)); err != nil {
 		return err
 	}
-	if req.Header.Get("Expect") != "" || req.ContentLength > maxDrain {
+	if (req.Header.Get("Expect") != "" && !touched) || req.ContentLength > maxDrain {
 		return nil // the client waits for a 100 Continue, or too much to wait for
 	}
-	rc := http.NewResponseController(c.Response().Writer)
+	linger(c.Response().Writer, req.ContentLength, req.Body)
+	return nil
+}
+
+// linger flushes the answer already written and reads and drops a bounded
+// rest of the request body within a deadline, so that a client still
+// sending reads the answer instead of a connection reset.
+func linger(w http.ResponseWriter, contentLength int64, body io.Reader) {
+	if contentLength > maxDrain {
+		return
+	}
+	rc := http.NewResponseController(w)
 	_ = rc.Flush()
 	_ = rc.SetReadDeadline(time.Now().Add(30 * time.Second))
-	_, _ = io.Copy(io.Discard, io.LimitReader(req.Body, maxDrain))
-	return nil
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, maxDrain))
+}
+
+// touchedBody records whether the handler read the request body at all.
+type touchedBody struct {
+	io.ReadCloser
+	touched bool
+}
+
+func (b *touchedBody) Read(p []byte) (int, error) {
+	b.touched = true
+	return b.ReadCloser.Read(p)
 }
 
 func (e *Edge) decide(rt Route) echo.HandlerFunc {

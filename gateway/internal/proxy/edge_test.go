@@ -818,7 +818,7 @@ func TestUploadWithExpectContinue(t *testing.T) {
 		t.Fatalf("backend received Expect: %q", expect)
 	}
 	// More audio than the header declares: refused with its own status.
-	ct, body = wavUpload(t, 8000, 2<<20)
+	ct, body = wavUpload(t, 8000, 8<<20) // well past what the server discards by itself
 	resp, b = ev.do("POST", "/v1/stt/transcribe", secret, ct, string(body), "Expect", "100-continue")
 	isProblem(t, resp, b, 400)
 	if resp.Header.Get("X-RateLimit-Limit") == "" || resp.Header.Get("X-Credits-Remaining") != "4989" {

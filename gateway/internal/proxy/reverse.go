@@ -251,6 +251,9 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("X-Credits-Remaining", strconv.FormatInt(cl.decision.Credits, 10))
 	}
 	_ = problem.Write(cl.ec, problem.New(status, detail))
+	if status == http.StatusBadRequest || status == http.StatusRequestEntityTooLarge {
+		linger(w, r.ContentLength, cl.body.rest()) // the client may still be sending the upload
+	}
 }
 
 func isTimeout(err error) bool {
