@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -490,30 +491,71 @@ func TestBadInputIsAClear4xxAndCostsNothing(t *testing.T) {
 	_ = k
 }
 
+// quotaHeaders fails the test unless resp carries every header the contract
+// promises on a /v1 answer to a known key, with the given credit balance.
+func quotaHeaders(t *testing.T, what string, resp *http.Response, limit string, credits int64) {
+	t.Helper()
+	h := resp.Header
+	if h.Get("X-Request-Id") == "" {
+		t.Errorf("%s: no X-Request-Id", what)
+	}
+	if h.Get("X-RateLimit-Limit") != limit {
+		t.Errorf("%s: X-RateLimit-Limit %q, want %s", what, h.Get("X-RateLimit-Limit"), limit)
+	}
+	if _, err := strconv.Atoi(h.Get("X-RateLimit-Remaining")); err != nil {
+		t.Errorf("%s: X-RateLimit-Remaining %q", what, h.Get("X-RateLimit-Remaining"))
+	}
+	if reset, err := strconv.ParseInt(h.Get("X-RateLimit-Reset"), 10, 64); err != nil || reset < time.Now().Add(-time.Minute).Unix() || reset > time.Now().Add(2*time.Minute).Unix() {
+		t.Errorf("%s: X-RateLimit-Reset %q is not Unix seconds within the window", what, h.Get("X-RateLimit-Reset"))
+	}
+	if got := h.Get("X-Credits-Remaining"); got != strconv.FormatInt(credits, 10) {
+		t.Errorf("%s: X-Credits-Remaining %q, want %d", what, got, credits)
+	}
+	if vs := h.Values("X-Credits-Remaining"); len(vs) > 1 {
+		t.Errorf("%s: X-Credits-Remaining sent %d times: %q", what, len(vs), vs)
+	}
+}
+
+// TestFailedBackendCallsCostNothing: a backend's 4xx and 5xx are passed
+// through, a backend that is down is 502, one too slow 504; each answer
+// carries the rate-limit, credit and request-ID headers, and none costs a
+// credit (in the events and in Redis).
 func TestFailedBackendCallsCostNothing(t *testing.T) {
 	ev := newEnv(t, "capture", "http://127.0.0.1:1", "capture")
 	secret, k := ev.key("pro")
-	// 500 from the backend is passed through, not charged.
-	ev.capture.status.Store(500)
-	resp, _ := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"a"}`)
-	if resp.StatusCode != 500 || resp.Header.Get("X-Credits-Remaining") != "5000" {
-		t.Fatalf("500 passthrough: %d credits %q", resp.StatusCode, resp.Header.Get("X-Credits-Remaining"))
+	for _, st := range []int{400, 404, 409, 422, 429, 500, 503} {
+		ev.capture.status.Store(int64(st))
+		resp, b := ev.do("POST", "/v1/search", secret, "application/json", `{"query":"a"}`)
+		if resp.StatusCode != st {
+			t.Fatalf("backend %d passed through as %d: %s", st, resp.StatusCode, b)
+		}
+		quotaHeaders(t, fmt.Sprintf("backend %d", st), resp, "100", 5000)
+		// A held bulk extract (3 credits) that the backend refuses is released.
+		resp, b = ev.do("POST", "/v1/extract/bulk", secret, "application/json", `{"urls":["https://a.example","https://b.example","https://c.example"]}`)
+		if resp.StatusCode != st {
+			t.Fatalf("bulk: backend %d passed through as %d: %s", st, resp.StatusCode, b)
+		}
+		quotaHeaders(t, fmt.Sprintf("bulk, backend %d", st), resp, "100", 5000)
 	}
 	// A backend that is down: 502.
 	resp, b := ev.do("GET", "/v1/stt/models", secret, "", "")
 	isProblem(t, resp, b, 502)
+	quotaHeaders(t, "502", resp, "100", 5000)
+	// A held call to a backend that is down: 502, and the hold is released.
+	ct, body := wavUpload(t, 61*8000, 61*8000)
+	resp, b = ev.do("POST", "/v1/stt/transcribe", secret, ct, string(body))
+	isProblem(t, resp, b, 502)
+	quotaHeaders(t, "502 upload", resp, "100", 5000)
 	ev.capture.status.Store(200)
 	// A backend slower than the route's timeout (capped at 1 s here): 504.
 	ev.capture.delay.Store(1500)
 	resp, b = ev.do("POST", "/v1/search", secret, "application/json", `{"query":"slow"}`)
 	isProblem(t, resp, b, 504)
-	if resp.Header.Get("X-Credits-Remaining") != "5000" {
-		t.Fatalf("504 credits %q", resp.Header.Get("X-Credits-Remaining"))
-	}
+	quotaHeaders(t, "504", resp, "100", 5000)
 	ev.capture.delay.Store(0)
 	evs := ev.events()
-	if len(evs) != 3 {
-		t.Fatalf("%d events, want 3 (one per backend call)", len(evs))
+	if want := 7*2 + 3; len(evs) != want {
+		t.Fatalf("%d events, want %d (one per backend call)", len(evs), want)
 	}
 	for _, e := range evs {
 		if e.Credits != 0 {
@@ -590,6 +632,44 @@ func TestKeyIntrospection(t *testing.T) {
 	}
 	if strings.Contains(string(b), secret) {
 		t.Fatal("introspection echoes the secret")
+	}
+	// The period: the calendar month (UTC) of the call, as RFC 3339 strings
+	// in UTC with no fraction, so any client's date-time parser reads them.
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	period := map[string]time.Time{}
+	for _, name := range []string{"periodStart", "periodEnd"} {
+		var s string
+		if err := json.Unmarshal(raw[name], &s); err != nil {
+			t.Fatalf("%s is %s, not a string", name, raw[name])
+		}
+		ts, err := time.Parse(time.RFC3339, s)
+		if err != nil || !strings.HasSuffix(s, "-01T00:00:00Z") {
+			t.Fatalf("%s %q: want the first of a month at 00:00:00Z (%v)", name, s, err)
+		}
+		period[name] = ts
+	}
+	start, end := period["periodStart"], period["periodEnd"]
+	if !end.Equal(start.AddDate(0, 1, 0)) {
+		t.Fatalf("period %s – %s is not one calendar month", start, end)
+	}
+	if now := time.Now().UTC(); now.Before(start.Add(-time.Minute)) || !now.Before(end.Add(time.Minute)) {
+		t.Fatalf("period %s – %s does not hold now (%s)", start, end, now)
+	}
+	// A 402 is told to come back at the period end.
+	if err := ev.rdb.HSet(context.Background(), "gw:{"+k.ID+"}:s", "bal", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	resp, b = ev.do("POST", "/v1/search", secret, "application/json", `{"query":"a"}`)
+	isProblem(t, resp, b, 402)
+	ra, err := strconv.ParseInt(resp.Header.Get("Retry-After"), 10, 64)
+	if err != nil {
+		t.Fatalf("402 Retry-After %q", resp.Header.Get("Retry-After"))
+	}
+	if back := time.Now().Add(time.Duration(ra) * time.Second); back.Before(end.Add(-time.Minute)) || back.After(end.Add(time.Minute)) {
+		t.Fatalf("402 Retry-After %ds points at %s, not the period end %s", ra, back.UTC(), end)
 	}
 }
 

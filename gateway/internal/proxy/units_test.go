@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -162,4 +163,26 @@ func FuzzBodyUnits(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestPeriodEndIsTheNextMonthInUTC(t *testing.T) {
+	for _, tc := range []struct{ now, want string }{
+		{"2026-12-31T23:59:59.999Z", "2027-01-01T00:00:00Z"},
+		{"2027-01-01T00:00:00Z", "2027-02-01T00:00:00Z"},
+		{"2027-01-31T12:00:00Z", "2027-02-01T00:00:00Z"},
+		{"2028-02-29T23:00:00Z", "2028-03-01T00:00:00Z"},
+		// Local midnight of 1 March east of UTC is still February in UTC.
+		{"2027-03-01T00:30:00+01:00", "2027-03-01T00:00:00Z"},
+		// Late on 31 May west of UTC is already June in UTC.
+		{"2027-05-31T22:00:00-05:00", "2027-07-01T00:00:00Z"},
+	} {
+		now, err := time.Parse(time.RFC3339Nano, tc.now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := periodEnd(now)
+		if got.Format(time.RFC3339) != tc.want || got.Location() != time.UTC {
+			t.Errorf("periodEnd(%s) = %s, want %s", tc.now, got, tc.want)
+		}
+	}
 }
