@@ -1,7 +1,8 @@
 // Package mgmt owns the management API: owners create, list, change,
 // regenerate and delete their API keys and read their usage; finance reads
 // every key's daily usage and the keys that used the most; every caller may
-// read who the token says they are and the tiers. Callers are identified by the auth middleware;
+// read who the token says they are and the tiers; owners register webhook
+// endpoints and see and retry their deliveries. Callers are identified by the auth middleware;
 // a key of another owner is indistinguishable from one that does not exist.
 package mgmt
 
@@ -101,7 +102,7 @@ func (c *Config) defaults() {
 // Deps are the handlers' collaborators.
 type Deps struct {
 	Store  *keys.Store
-	DB     *sqlx.DB // read-only queries of api_usage_daily and credit_balances
+	DB     *sqlx.DB // usage and balances (read), webhook endpoints and deliveries
 	Hasher keys.Hasher
 	Tiers  TierLookup
 	State  KeyState
@@ -169,6 +170,13 @@ func (h *Handler) Register(e *echo.Echo, authMW echo.MiddlewareFunc) {
 		{http.MethodGet, "/billing/keys", h.billingKeys},
 		{http.MethodGet, "/me", h.me},
 		{http.MethodGet, "/tiers", h.tiers},
+		{http.MethodPost, "/webhooks", h.createEndpoint},
+		{http.MethodGet, "/webhooks", h.listEndpoints},
+		{http.MethodGet, "/webhooks/:id", h.getEndpoint},
+		{http.MethodPatch, "/webhooks/:id", h.updateEndpoint},
+		{http.MethodDelete, "/webhooks/:id", h.deleteEndpoint},
+		{http.MethodGet, "/webhooks/:id/deliveries", h.listDeliveries},
+		{http.MethodPost, "/webhooks/:id/deliveries/:deliveryId/retry", h.retryDelivery},
 	}
 	for _, r := range routes {
 		e.Add(r.method, r.path, h.unavailable(r.handle), authMW)

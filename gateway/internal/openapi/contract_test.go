@@ -631,6 +631,27 @@ func TestResponsesMatchTheDocument(t *testing.T) {
 	g.do(g.bearer(jsonCall(http.MethodGet, "/billing/keys?limit=0", nil, http.StatusBadRequest), "finance-1", "finance").invalid())
 	g.do(g.bearer(jsonCall(http.MethodGet, "/billing/daily?format=xml", nil, http.StatusBadRequest), "finance-1", "finance").invalid())
 
+	// Webhook endpoints and their deliveries.
+	_, body = g.do(g.bearer(jsonCall(http.MethodPost, "/webhooks", map[string]any{"url": "https://hooks.example.com/mana",
+		"events": []string{"credits.threshold"}, "thresholds": []int{80, 100}, "description": "contract"}, http.StatusCreated), owner, ""))
+	hook := decode[struct{ ID, Secret string }](t, body)
+	hookPath := "/webhooks/" + hook.ID
+	g.do(g.bearer(jsonCall(http.MethodGet, "/webhooks", nil, http.StatusOK), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodGet, hookPath, nil, http.StatusOK), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodGet, hookPath, nil, http.StatusNotFound), "someone-else", ""))
+	g.do(g.bearer(jsonCall(http.MethodPatch, hookPath, map[string]any{"enabled": false}, http.StatusOK), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodPatch, hookPath, map[string]any{"thresholds": []int{0}}, http.StatusUnprocessableEntity), owner, "").invalid())
+	g.do(g.bearer(jsonCall(http.MethodPost, "/webhooks", map[string]any{"url": "ftp://x"}, http.StatusUnprocessableEntity), owner, ""))
+	g.exec(`INSERT INTO api_gateway.webhook_events (id, owner_id, type, payload) VALUES ('msg_contract', $1, 'credits.threshold', '{}')`, owner)
+	g.exec(`INSERT INTO api_gateway.webhook_deliveries (endpoint_id, event_id, status, attempts, last_status_code, last_attempt_at)
+		VALUES ($1, 'msg_contract', 'failed', 8, 500, now())`, hook.ID)
+	g.do(g.bearer(jsonCall(http.MethodPost, hookPath+"/deliveries/msg_contract/retry", nil, http.StatusConflict), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodPatch, hookPath, map[string]any{"enabled": true}, http.StatusOK), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodPost, hookPath+"/deliveries/msg_contract/retry", nil, http.StatusAccepted), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodPost, hookPath+"/deliveries/msg_other/retry", nil, http.StatusNotFound), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodGet, hookPath+"/deliveries", nil, http.StatusOK), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodDelete, hookPath, nil, http.StatusNoContent), owner, ""))
+
 	// Regenerate, then delete; the old secrets stop working.
 	_, body = g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/regenerate", nil, http.StatusOK), owner, ""))
 	regenerated := decode[struct{ Key string }](t, body)

@@ -1,0 +1,165 @@
+package mgmt
+
+import (
+	"encoding/base64"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/mana/apigw/proto/webhook"
+)
+
+func (en *env) createEndpoint(sub string, body map[string]any) endpointView {
+	en.t.Helper()
+	r := en.do(sub, "", http.MethodPost, "/webhooks", body)
+	if r.code != http.StatusCreated {
+		en.t.Fatalf("create endpoint: %d %s", r.code, r.body)
+	}
+	var v endpointView
+	r.json(en.t, &v)
+	return v
+}
+
+func TestWebhookEndpointLifecycle(t *testing.T) {
+	en := newEnv(t)
+	r := en.do("alice", "", http.MethodPost, "/webhooks", map[string]any{
+		"url": "https://hooks.example.com/mana", "events": []string{"key.created", "credits.threshold", "key.created"},
+		"thresholds": []int{100, 80}, "description": "ops"})
+	if r.code != http.StatusCreated || r.header.Get("Cache-Control") != "no-store" || !strings.HasPrefix(r.header.Get("Location"), "/webhooks/") {
+		t.Fatalf("create: %d %v %s", r.code, r.header, r.body)
+	}
+	var created endpointView
+	r.json(t, &created)
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(created.Secret, "whsec_"))
+	if !strings.HasPrefix(created.Secret, "whsec_") || err != nil || len(key) < 24 {
+		t.Fatalf("secret %q is not whsec_ + base64 of enough bytes (%v)", created.Secret, err)
+	}
+	if strings.Join(created.Events, ",") != "credits.threshold,key.created" || len(created.Thresholds) != 2 ||
+		created.Thresholds[0] != 80 || !created.Enabled || created.Description != "ops" {
+		t.Fatalf("created %+v", created)
+	}
+	path := "/webhooks/" + created.ID
+
+	// The secret is shown once: never in a read or a list.
+	for _, p := range []string{path, "/webhooks"} {
+		r := en.do("alice", "", http.MethodGet, p, nil)
+		if r.code != http.StatusOK || strings.Contains(string(r.body), created.Secret) || strings.Contains(string(r.body), "secret") {
+			t.Fatalf("GET %s: %d %s", p, r.code, r.body)
+		}
+	}
+	// Defaults: every event, 50/80/100.
+	def := en.createEndpoint("alice", map[string]any{"url": "http://127.0.0.1:9999/hook"})
+	if len(def.Events) != 0 || len(def.Thresholds) != 3 || def.Thresholds[0] != 50 {
+		t.Fatalf("defaults %+v", def)
+	}
+
+	// Another owner learns nothing: 404 everywhere, before validation.
+	for _, c := range []struct {
+		method, path string
+		body         any
+	}{
+		{http.MethodGet, path, nil},
+		{http.MethodPatch, path, map[string]any{"url": "ftp://nope"}},
+		{http.MethodDelete, path, nil},
+		{http.MethodGet, path + "/deliveries", nil},
+		{http.MethodPost, path + "/deliveries/msg_x/retry", nil},
+	} {
+		wantProblem(t, en.do("mallory", "", c.method, c.path, c.body), http.StatusNotFound)
+	}
+	var list struct{ Data []endpointView }
+	en.do("mallory", "", http.MethodGet, "/webhooks", nil).json(t, &list)
+	if len(list.Data) != 0 {
+		t.Fatalf("mallory lists %+v", list.Data)
+	}
+
+	// Change, disable and re-enable.
+	r = en.do("alice", "", http.MethodPatch, path, map[string]any{"url": "https://hooks.example.com/v2", "thresholds": []int{90}, "enabled": false})
+	var changed endpointView
+	r.json(t, &changed)
+	if r.code != http.StatusOK || changed.URL != "https://hooks.example.com/v2" || changed.Enabled || changed.DisabledAt == nil ||
+		changed.DisabledReason == nil || len(changed.Thresholds) != 1 {
+		t.Fatalf("patch: %d %s", r.code, r.body)
+	}
+	r = en.do("alice", "", http.MethodPatch, path, map[string]any{"enabled": true})
+	r.json(t, &changed)
+	if !changed.Enabled || changed.DisabledAt != nil || changed.DisabledReason != nil {
+		t.Fatalf("re-enable: %s", r.body)
+	}
+
+	// Delete is idempotent; the endpoint is gone afterwards.
+	for range 2 {
+		if r := en.do("alice", "", http.MethodDelete, path, nil); r.code != http.StatusNoContent {
+			t.Fatalf("delete: %d %s", r.code, r.body)
+		}
+	}
+	wantProblem(t, en.do("alice", "", http.MethodGet, path, nil), http.StatusNotFound)
+}
+
+func TestWebhookEndpointValidation(t *testing.T) {
+	en := newEnv(t)
+	for name, body := range map[string]any{
+		"no url":             map[string]any{"events": []string{"key.created"}},
+		"relative url":       map[string]any{"url": "/hook"},
+		"ftp":                map[string]any{"url": "ftp://example.com/x"},
+		"credentials":        map[string]any{"url": "https://u:p@example.com/x"},
+		"unknown event":      map[string]any{"url": "https://example.com", "events": []string{"key.exploded"}},
+		"threshold 0":        map[string]any{"url": "https://example.com", "thresholds": []int{0}},
+		"threshold 101":      map[string]any{"url": "https://example.com", "thresholds": []int{101}},
+		"no thresholds":      map[string]any{"url": "https://example.com", "thresholds": []int{}},
+		"control characters": map[string]any{"url": "https://example.com", "description": "a\nb"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			wantProblem(t, en.do("alice", "", http.MethodPost, "/webhooks", body), http.StatusUnprocessableEntity)
+		})
+	}
+	wantProblem(t, en.do("alice", "", http.MethodPost, "/webhooks", `{"url":"https://example.com","secret":"mine"}`), http.StatusBadRequest)
+	v := en.createEndpoint("alice", map[string]any{"url": "https://example.com"})
+	wantProblem(t, en.do("alice", "", http.MethodPatch, "/webhooks/"+v.ID, map[string]any{}), http.StatusUnprocessableEntity)
+	wantProblem(t, en.do("alice", "", http.MethodPatch, "/webhooks/"+v.ID, map[string]any{"url": nil}), http.StatusUnprocessableEntity)
+	wantProblem(t, en.do("alice", "", http.MethodGet, "/webhooks/not-a-uuid", nil), http.StatusNotFound)
+
+	// An owner has a bounded number of endpoints.
+	for range maxEndpoints - 1 {
+		en.createEndpoint("alice", map[string]any{"url": "https://example.com"})
+	}
+	wantProblem(t, en.do("alice", "", http.MethodPost, "/webhooks", map[string]any{"url": "https://example.com"}), http.StatusConflict)
+}
+
+func TestWebhookDeliveriesListAndRetry(t *testing.T) {
+	en := newEnv(t)
+	all := en.createEndpoint("alice", map[string]any{"url": "https://example.com/all"})
+	only80 := en.createEndpoint("alice", map[string]any{"url": "https://example.com/80", "events": []string{"credits.threshold"}, "thresholds": []int{80}})
+	en.createEndpoint("bob", map[string]any{"url": "https://example.com/bob"})
+
+	id := webhook.NewID()
+	if err := webhook.Enqueue(t.Context(), en.db, webhook.Event{ID: id, OwnerID: "alice", Type: webhook.CreditsThreshold,
+		Threshold: 50, Data: map[string]any{"threshold": 50}}); err != nil {
+		t.Fatal(err)
+	}
+	// Enqueueing the same event again changes nothing.
+	if err := webhook.Enqueue(t.Context(), en.db, webhook.Event{ID: id, OwnerID: "alice", Type: webhook.CreditsThreshold, Threshold: 50}); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := en.db.Get(&n, `SELECT count(*) FROM api_gateway.webhook_deliveries`); err != nil || n != 1 {
+		t.Fatalf("%d deliveries (%v), want 1: only the endpoint with every event and threshold 50", n, err)
+	}
+	var got struct{ Data []deliveryView }
+	en.do("alice", "", http.MethodGet, "/webhooks/"+all.ID+"/deliveries", nil).json(t, &got)
+	if len(got.Data) != 1 || got.Data[0].ID != id || got.Data[0].Status != "pending" || got.Data[0].Type != webhook.CreditsThreshold {
+		t.Fatalf("deliveries %+v", got.Data)
+	}
+	en.do("alice", "", http.MethodGet, "/webhooks/"+only80.ID+"/deliveries", nil).json(t, &got)
+	if len(got.Data) != 0 {
+		t.Fatalf("the 80%% endpoint got %+v", got.Data)
+	}
+
+	en.exec(`UPDATE api_gateway.webhook_deliveries SET status = 'failed', attempts = 8, next_attempt_at = NULL`)
+	r := en.do("alice", "", http.MethodPost, "/webhooks/"+all.ID+"/deliveries/"+id+"/retry", nil)
+	var d deliveryView
+	r.json(t, &d)
+	if r.code != http.StatusAccepted || d.Status != "pending" || d.NextAttemptAt == nil {
+		t.Fatalf("retry: %d %s", r.code, r.body)
+	}
+	wantProblem(t, en.do("alice", "", http.MethodPost, "/webhooks/"+only80.ID+"/deliveries/"+id+"/retry", nil), http.StatusNotFound)
+}
