@@ -39,6 +39,7 @@ type stack struct {
 	js       jetstream.JetStream
 	authURL  string
 	backends map[string]string
+	hits     *backendHits
 	gateways []*testenv.Process
 	gwURLs   []string
 	spools   []string
@@ -104,7 +105,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	if o.gateways == 0 {
 		o.gateways = 1
 	}
-	s := &stack{t: t, backends: map[string]string{}}
+	s := &stack{t: t, backends: map[string]string{}, hits: &backendHits{n: map[string]int64{}}}
 	if o.ownPostgres {
 		s.pg = testenv.StartPostgres(t)
 		s.dsn = s.pg.URL()
@@ -143,7 +144,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ss := httptest.NewUnstartedServer(sh)
+	ss := httptest.NewUnstartedServer(s.hits.count("search", sh))
 	ss.Listener = l
 	ss.Start()
 	t.Cleanup(ss.Close)
@@ -157,7 +158,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		t.Fatal(err)
 	}
 	for name, h := range map[string]http.Handler{"stt": sttH, "tts": ttsH} {
-		srv := httptest.NewServer(h)
+		srv := httptest.NewServer(s.hits.count(name, h))
 		t.Cleanup(srv.Close)
 		s.backends[name] = srv.URL
 	}
@@ -194,6 +195,29 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	}
 	s.startWorkers()
 	return s
+}
+
+// backendHits counts the requests each stand-in received, by backend,
+// method and path ("search POST /extract/bulk"), as they arrive.
+type backendHits struct {
+	mu sync.Mutex
+	n  map[string]int64
+}
+
+func (h *backendHits) count(backend string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		h.n[backend+" "+r.Method+" "+r.URL.Path]++
+		h.mu.Unlock()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// of is the number of requests the backend received on method and path.
+func (h *backendHits) of(backend, method, path string) int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n[backend+" "+method+" "+path]
 }
 
 func (s *stack) startWorkers() {
