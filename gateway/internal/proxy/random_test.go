@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -271,7 +273,17 @@ func TestRandomInputNeverFailsTheGateway(t *testing.T) {
 		before := ev.capture.calls.Load()
 		resp, err := client.Do(req)
 		if err != nil {
-			t.Fatalf("call %d (seed %d): %v\n%s", i, seed, err, rc)
+			// A server that answers before it has read a large body (a 404,
+			// a 413) closes the connection after it; the client may then see
+			// the reset instead of the answer. Refused all the same.
+			if len(rc.body) < 64<<10 || !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+				t.Fatalf("call %d (seed %d): %v\n%s", i, seed, err, rc)
+			}
+			if ev.capture.calls.Load() != before {
+				t.Fatalf("call %d (seed %d): the backend was called for a request cut off: %v\n%s", i, seed, err, rc)
+			}
+			statuses[0]++
+			continue
 		}
 		b, _ := io.ReadAll(resp.Body)
 		_ = resp.Body.Close()
