@@ -67,7 +67,12 @@ func (e *Edge) newReverseProxy(rt Route, target *url.URL, tr http.RoundTripper) 
 		},
 		Transport:      tr,
 		BufferPool:     buffers,
-		FlushInterval:  -1, // stream audio as it comes
+		// 0: a response of known length is written as it is copied, not
+		// flushed once for its headers and again for its body (a write
+		// system call each, on every call); a response of unknown length
+		// (streamed audio) and an event stream are flushed after every
+		// write by the reverse proxy anyway.
+		FlushInterval:  0,
 		ModifyResponse: e.modifyResponse,
 		ErrorHandler:   e.errorHandler,
 	}
