@@ -218,6 +218,56 @@ func (h *harness) freshProxies(ctx context.Context, res *results, rate int) erro
 	return nil
 }
 
+// billingCaughtUp starts the billing worker and returns once it has applied
+// every event on the stream; stop ends it.
+func (h *harness) billingCaughtUp(ctx context.Context) (stop func(), err error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	env := []string{"DATABASE_URL=" + h.dsn, "NATS_URL=" + h.cfg.NATSURL, "METRICS_PORT=" + strconv.Itoa(port), "LOG_LEVEL=warn"}
+	p, err := startProc("billing-worker-live", h.cfg.WorkDir, h.bin("billing-worker"), env)
+	if err != nil {
+		return nil, err
+	}
+	stop = func() { p.stop(30 * time.Second) }
+	nc, err := nats.Connect(h.cfg.NATSURL, nats.Name("bench"), nats.Timeout(5*time.Second))
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	t0 := time.Now()
+	deadline := t0.Add(10 * time.Minute)
+	for {
+		if p.exited() {
+			stop()
+			return nil, fmt.Errorf("billing worker exited:\n%s", p.tail())
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return nil, errors.New("the billing worker did not catch up in 10 minutes")
+		}
+		if c, err := js.Consumer(ctx, usagev1.StreamName, usagev1.BillingConsumer); err == nil {
+			if info, err := c.Info(ctx); err == nil && info.NumPending+uint64(info.NumAckPending) == 0 {
+				h.logger.Info("billing worker caught up", "seconds", time.Since(t0).Seconds())
+				return stop, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			stop()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // setup creates the database and starts the stand-in, the dev issuer (in
 // process), the gateway, the bare proxy and nginx, then creates the API key
 // through the management API.
@@ -663,6 +713,14 @@ func (h *harness) httpPhase(ctx context.Context, res *results) error {
 			for _, t := range res.targets {
 				res.peakAll[t.name] = groupHWM(t.pids())
 			}
+			// As in a deployment, the billing worker applies the events
+			// meanwhile: the gateway keeps only what it has not applied
+			// yet (the closed-loop runs measure the gateway without it).
+			stopBilling, err := h.billingCaughtUp(ctx)
+			if err != nil {
+				return err
+			}
+			defer stopBilling()
 			if err := h.freshProxies(ctx, res, rr.rate); err != nil {
 				return err
 			}

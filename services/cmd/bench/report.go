@@ -300,7 +300,10 @@ func writeReport(w io.Writer, r *results) {
 	p("- **CPU per request**: utime + stime of the process(es) from `/proc/<pid>/stat` over a run, divided by its successful " +
 		"requests (nginx: master and workers). **Peak RSS**: VmHWM. Before the fixed-rate phase the Go proxies (bare proxy, gateways) " +
 		"are restarted and warmed up at that rate for the warm-up time, and every peak is reset through `/proc/<pid>/clear_refs`, " +
-		"so the fixed-rate peak is that phase's own; the whole-phase peak is read before.\n\n")
+		"so the fixed-rate peak is that phase's own; the whole-phase peak is read before. The billing worker is started before " +
+		"that restart and runs through the fixed-rate phase, as in a deployment, so a gateway holds only the events not yet " +
+		"applied (the closed-loop runs measure the gateway without it; with no billing worker at all, a gateway's index of " +
+		"unapplied events grows by about 200 bytes per event).\n\n")
 
 	p("## Max throughput (closed loop)\n\n")
 	p("| target | req/s (median) | rounds | ÷ direct | ÷ nginx | CPU µs/req (target) | CPU µs/req (load generator) | errors |\n|---|---:|---|---:|---:|---:|---:|---:|\n")
