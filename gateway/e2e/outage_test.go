@@ -87,7 +87,9 @@ func TestNATSOutage(t *testing.T) {
 			return true, ""
 		}
 		var dead []string
-		_ = s.db.Select(&dead, `SELECT reason FROM api_gateway.dead_letters`)
+		if err := s.db.Select(&dead, `SELECT reason FROM api_gateway.dead_letters`); err != nil {
+			return false, fmt.Sprintf("rows %d credits %d of %d; dead letters: %v", rows, credits, served.Load(), err)
+		}
 		return false, fmt.Sprintf("rows %d credits %d of %d; stream holds %d; dead letters %v", rows, credits, served.Load(), s.streamCount(k.ID), dead)
 	})
 	var dups int

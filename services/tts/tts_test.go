@@ -72,7 +72,10 @@ func TestToneSynthesis(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			body, _ := json.Marshal(synthesizeRequest{Text: tt.text, Voice: tt.voice})
+			body, err := json.Marshal(synthesizeRequest{Text: tt.text, Voice: tt.voice})
+			if err != nil {
+				t.Fatal(err)
+			}
 			resp, b := synthesize(t, srv, "application/json", string(body))
 			h := checkWAV(t, resp, b)
 			if h.SampleRate != toneRate || h.Channels != 1 || h.BitsPerSample != 16 {
@@ -152,8 +155,11 @@ func TestAutoEngine(t *testing.T) {
 		t.Fatal(err)
 	}
 	var health struct{ Engine string }
-	_ = json.NewDecoder(resp.Body).Decode(&health)
+	err = json.NewDecoder(resp.Body).Decode(&health)
 	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("health body: %v", err)
+	}
 	want := EngineTone
 	if _, err := exec.LookPath("espeak-ng"); err == nil {
 		want = EngineEspeak

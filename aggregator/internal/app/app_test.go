@@ -358,8 +358,12 @@ func TestPartitionMovesDefaultRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	var feb, def int
-	_ = db.Get(&feb, `SELECT count(*) FROM api_gateway.api_usage_2024_02`)
-	_ = db.Get(&def, `SELECT count(*) FROM api_gateway.api_usage_default`)
+	if err := db.Get(&feb, `SELECT count(*) FROM api_gateway.api_usage_2024_02`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Get(&def, `SELECT count(*) FROM api_gateway.api_usage_default`); err != nil {
+		t.Fatal(err)
+	}
 	if feb != 1 || def != 1 {
 		t.Errorf("february partition %d rows, default %d rows; want 1 and 1", feb, def)
 	}

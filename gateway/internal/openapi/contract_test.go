@@ -276,7 +276,11 @@ func jsonCall(method, path string, body any, want int) call {
 		if s, ok := body.(string); ok {
 			c.body = []byte(s)
 		} else {
-			c.body, _ = json.Marshal(body)
+			b, err := json.Marshal(body)
+			if err != nil {
+				panic(fmt.Sprintf("test body %#v: %v", body, err))
+			}
+			c.body = b
 		}
 		c.contentType = "application/json"
 	}
