@@ -201,12 +201,17 @@ func TestBatchLimitsSealEarly(t *testing.T) {
 }
 
 func TestPublishSpoolsWhileNATSIsDownAndDrainsAfter(t *testing.T) {
-	e := newPubEnv(t, 1<<20, PublisherConfig{AckTimeout: 500 * time.Millisecond})
+	// An acknowledgement under fsync-always on a busy machine may take a
+	// while: the timeout is generous, so that "nothing spooled while NATS
+	// was up" holds however slow the disk, and the outage below is one the
+	// client has noticed, so that spooling does not wait for it.
+	e := newPubEnv(t, 1<<20, PublisherConfig{AckTimeout: 10 * time.Second})
 	ids := e.publishAll(t, 50)
 	if e.spool.Size() != 0 {
 		t.Fatal("events spooled while NATS was up")
 	}
 	e.srv.Stop()
+	waitFor(t, 10*time.Second, func() bool { return !e.nc.IsConnected() }, "the client to notice NATS is down")
 	for id := range e.publishAll(t, 50) {
 		ids[id] = true
 	}
