@@ -68,7 +68,7 @@ app_env() {
 	search) printf '%s\n' "PORT=3021" "EXTRACT_ALLOW_HOSTS=127.0.0.1:3021,localhost:3021" ;;
 	stt) echo "PORT=3020" ;;
 	tts) echo "PORT=3022" ;;
-	billing-worker) echo "METRICS_PORT=9101" ;;
+	billing-worker) printf '%s\n' "METRICS_PORT=9101" "WEBHOOK_ALLOW_HOSTS=127.0.0.1,localhost" ;;
 	aggregator) echo "METRICS_PORT=9102" ;;
 	gateway) printf '%s\n' "PORT=3030" "SPOOL_DIR=$DATA/spool" ;;
 	esac

@@ -1,17 +1,22 @@
 // Package worker wires the billing worker: configuration from the
-// environment, Postgres, NATS, the ledger consumer and the metrics server.
+// environment, Postgres, NATS, the ledger consumer, the webhook delivery
+// and the metrics server.
 package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq" // Postgres driver
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mana/apigw/billing-worker/internal/delivery"
 	"github.com/mana/apigw/billing-worker/internal/ledger"
 	"github.com/mana/apigw/migrations"
 	"github.com/mana/apigw/proto/usage/consumer"
@@ -19,13 +24,27 @@ import (
 )
 
 // Config is the billing worker's configuration: the settings every USAGE
-// stream worker shares.
-type Config = consumer.Settings
+// stream worker shares, and the webhook delivery's.
+type Config struct {
+	consumer.Settings
+	Webhooks delivery.Config
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	return errors.Join(c.Settings.Validate(), c.Webhooks.Validate())
+}
 
 // ConfigFromEnv reads the configuration with its defaults (METRICS_PORT
-// 9101) and validates it, reporting every problem at once.
+// 9101; WEBHOOK_ALLOW_HOSTS empty: webhooks only to public addresses) and
+// validates it, reporting every problem at once.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
-	return consumer.SettingsFromEnv(getenv, 9101)
+	s, err := consumer.SettingsFromEnv(getenv, 9101)
+	allow, aerr := delivery.ParseAllowList(getenv("WEBHOOK_ALLOW_HOSTS"))
+	if err := errors.Join(err, aerr); err != nil {
+		return Config{}, err
+	}
+	return Config{Settings: s, Webhooks: delivery.Config{AllowHosts: allow}}, nil
 }
 
 // Run migrates the schema, ensures the stream and consumes until ctx is done;
@@ -39,9 +58,18 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("open database: %w", err)
 	}
 	defer db.Close()
-	db.SetMaxOpenConns(4)
+	db.SetMaxOpenConns(8) // the ledger batch, and the webhook deliveries being recorded
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	if err := migrations.Apply(ctx, db.DB, logger); err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	dm, err := delivery.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	sender, err := delivery.New(cfg.Webhooks, db, dm, logger)
+	if err != nil {
 		return err
 	}
 	conn, err := consumer.Connect(ctx, cfg.NATSURL, "billing-worker")
@@ -49,9 +77,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 	defer conn.Close()
-	return consumer.Serve(ctx, cfg, conn, consumer.Worker{
+	// The webhooks go out beside the ledger: the outbox it fills is in the
+	// same database, and the worker stops sending when the ledger stops.
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = sender.Run(ctx) })
+	defer wg.Wait()
+	return consumer.Serve(ctx, cfg.Settings, conn, consumer.Worker{
 		Name: "billing worker", Durable: usagev1.BillingConsumer, Namespace: "billing",
-		Store: store{db}, Check: Check,
+		Store: store{db}, Check: Check, Registry: reg,
 	}, logger)
 }
 

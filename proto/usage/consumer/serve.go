@@ -57,6 +57,9 @@ type Worker struct {
 	Namespace string // of the metrics, e.g. "billing"
 	Store     Store
 	Check     CheckFunc // optional
+	// Registry, when set, is where the metrics server's series are
+	// gathered, so the worker can add its own; nil means a fresh one.
+	Registry *prometheus.Registry
 }
 
 // Serve runs w's consumer on conn's stream with the settings' consumer
@@ -65,7 +68,10 @@ type Worker struct {
 // is 0, until ctx is done; then it finishes the batch in progress,
 // acknowledges it, stops the metrics server and returns.
 func Serve(ctx context.Context, s Settings, conn *Conn, w Worker, logger *slog.Logger) error {
-	reg := prometheus.NewRegistry()
+	reg := w.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := NewMetrics(w.Namespace, reg)
 	if err != nil {

@@ -1,0 +1,408 @@
+// Package delivery owns the sending of webhooks: it claims the due rows of
+// api_gateway.webhook_deliveries, posts each event to its endpoint signed
+// as the Standard Webhooks specification says, and records the outcome,
+// retrying with exponential backoff and disabling an endpoint that has
+// failed for days. Producers write the rows (package webhook); this package
+// only reads and settles them.
+//
+// Delivery is at least once: a row is leased while it is sent, and a worker
+// that dies mid-send leaves it to be sent again when the lease ends, under
+// the same webhook-id, so receivers dedupe on it.
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mana/apigw/proto/webhook"
+)
+
+// DefaultBackoff is the wait after each failed attempt: eight attempts over
+// about a day (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h after the first).
+var DefaultBackoff = []time.Duration{5 * time.Second, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour,
+	5 * time.Hour, 10 * time.Hour, 10 * time.Hour}
+
+// Config tunes the worker. Zero values take the defaults.
+type Config struct {
+	// AllowHosts may be dialled although they are not public (development).
+	AllowHosts AllowList
+	// Timeout bounds one attempt, connect to last byte (default 10s).
+	Timeout time.Duration
+	// Backoff is the wait after the n-th failed attempt; a delivery gets
+	// len(Backoff)+1 attempts (default DefaultBackoff).
+	Backoff []time.Duration
+	// DisableAfter disables an endpoint whose every attempt failed for this
+	// long (default 5 days).
+	DisableAfter time.Duration
+	// Poll is how often due deliveries are looked for (default 1s).
+	Poll time.Duration
+	// Batch caps the deliveries claimed at once and Concurrency those sent
+	// at once (defaults 32 and 8).
+	Batch, Concurrency int
+	// Lease is how long a claimed delivery is not claimed again (default
+	// Timeout + 20s): after a crash it is sent again once the lease ends.
+	Lease time.Duration
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Timeout < 0 || c.DisableAfter < 0 || c.Poll < 0 || c.Lease < 0 {
+		errs = append(errs, errors.New("delivery: durations must not be negative"))
+	}
+	if c.Batch < 0 || c.Concurrency < 0 {
+		errs = append(errs, errors.New("delivery: Batch and Concurrency must not be negative"))
+	}
+	for _, b := range c.Backoff {
+		if b <= 0 {
+			errs = append(errs, errors.New("delivery: every Backoff step must be positive"))
+			break
+		}
+	}
+	if c.Lease > 0 && c.Timeout > 0 && c.Lease <= c.Timeout {
+		errs = append(errs, errors.New("delivery: Lease must be longer than Timeout"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) defaults() {
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.Backoff == nil {
+		c.Backoff = DefaultBackoff
+	}
+	if c.DisableAfter == 0 {
+		c.DisableAfter = 5 * 24 * time.Hour
+	}
+	if c.Poll == 0 {
+		c.Poll = time.Second
+	}
+	if c.Batch == 0 {
+		c.Batch = 32
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 8
+	}
+	if c.Lease == 0 {
+		c.Lease = c.Timeout + 20*time.Second
+	}
+}
+
+// Metrics are the worker's series.
+type Metrics struct {
+	deliveries *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	lag        prometheus.Gauge
+	disabled   prometheus.Counter
+}
+
+// NewMetrics registers the series on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "webhook_deliveries_total",
+			Help: "Webhook delivery attempts by outcome: succeeded, retry (failed, tried again later), failed (gave up)."}, []string{"outcome"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "webhook_delivery_duration_seconds",
+			Help:    "Time of one delivery attempt, from connect to the end of the answer, by outcome.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"outcome"}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "webhook_outbox_lag_seconds",
+			Help: "How long the oldest due webhook delivery has waited (0 when none is due)."}),
+		disabled: prometheus.NewCounter(prometheus.CounterOpts{Name: "webhook_endpoints_disabled_total",
+			Help: "Webhook endpoints disabled because every delivery failed for days."}),
+	}
+	for _, c := range []prometheus.Collector{m.deliveries, m.latency, m.lag, m.disabled} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("delivery metrics: %w", err)
+		}
+	}
+	for _, o := range []string{"succeeded", "retry", "failed"} {
+		m.deliveries.WithLabelValues(o)
+	}
+	return m, nil
+}
+
+// Worker sends the due deliveries.
+type Worker struct {
+	cfg     Config
+	db      *sqlx.DB
+	client  *http.Client
+	metrics *Metrics
+	logger  *slog.Logger
+	now     func() time.Time
+}
+
+// New validates cfg and returns a worker on db.
+func New(cfg Config, db *sqlx.DB, metrics *Metrics, logger *slog.Logger) (*Worker, error) {
+	errs := []error{cfg.Validate()}
+	if db == nil {
+		errs = append(errs, errors.New("delivery: db is required"))
+	}
+	if metrics == nil {
+		errs = append(errs, errors.New("delivery: metrics are required"))
+	}
+	if logger == nil {
+		errs = append(errs, errors.New("delivery: logger is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	cfg.defaults()
+	d := newDialer(cfg.AllowHosts, cfg.Timeout)
+	tr := &http.Transport{
+		Proxy:                  nil, // a proxy would connect where the dialer cannot look
+		DialContext:            d.DialContext,
+		TLSHandshakeTimeout:    cfg.Timeout,
+		ResponseHeaderTimeout:  cfg.Timeout,
+		MaxIdleConns:           64,
+		MaxIdleConnsPerHost:    4,
+		IdleConnTimeout:        90 * time.Second,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+	client := &http.Client{Transport: tr, Timeout: cfg.Timeout,
+		CheckRedirect: func(_ *http.Request, via []*http.Request) error {
+			if len(via) >= 3 {
+				return errors.New("stopped after 3 redirects")
+			}
+			return nil // the next hop is dialled through the same checks
+		}}
+	return &Worker{cfg: cfg, db: db, client: client, metrics: metrics, logger: logger, now: time.Now}, nil
+}
+
+// Run sends due deliveries until ctx is done, then lets the attempts in
+// flight finish (each is bounded by Timeout) and returns.
+func (w *Worker) Run(ctx context.Context) error {
+	w.logger.InfoContext(ctx, "webhook delivery started", "poll", w.cfg.Poll, "timeout", w.cfg.Timeout, "attempts", len(w.cfg.Backoff)+1)
+	t := time.NewTicker(w.cfg.Poll)
+	defer t.Stop()
+	for {
+		for {
+			n, err := w.RunOnce(ctx)
+			if err != nil && ctx.Err() == nil {
+				w.logger.WarnContext(ctx, "webhook delivery round failed", "error", err)
+			}
+			if n < w.cfg.Batch || err != nil || ctx.Err() != nil {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// due is a claimed delivery with what sending it needs.
+type due struct {
+	EndpointID string    `db:"endpoint_id"`
+	EventID    string    `db:"event_id"`
+	Attempts   int       `db:"attempts"`
+	URL        string    `db:"url"`
+	Secret     string    `db:"secret"`
+	Payload    []byte    `db:"payload"`
+	OwnerID    string    `db:"owner_id"`
+	Created    time.Time `db:"created_at"`
+}
+
+const claimDue = `
+WITH picked AS (
+    SELECT d.endpoint_id, d.event_id FROM api_gateway.webhook_deliveries d
+    JOIN api_gateway.webhook_endpoints e ON e.id = d.endpoint_id
+    WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND e.deleted_at IS NULL AND e.disabled_at IS NULL
+    ORDER BY d.next_attempt_at
+    LIMIT $2
+    FOR UPDATE OF d SKIP LOCKED
+), claimed AS (
+    UPDATE api_gateway.webhook_deliveries d SET attempts = d.attempts + 1, last_attempt_at = $1, next_attempt_at = $3
+    FROM picked WHERE d.endpoint_id = picked.endpoint_id AND d.event_id = picked.event_id
+    RETURNING d.endpoint_id, d.event_id, d.attempts, d.created_at
+)
+SELECT c.endpoint_id, c.event_id, c.attempts, c.created_at, e.url, e.secret, e.owner_id, ev.payload
+FROM claimed c
+JOIN api_gateway.webhook_endpoints e ON e.id = c.endpoint_id
+JOIN api_gateway.webhook_events ev ON ev.id = c.event_id`
+
+// RunOnce claims the due deliveries (at most Batch), sends them and records
+// the outcomes; it returns how many it claimed.
+func (w *Worker) RunOnce(ctx context.Context) (int, error) {
+	now := w.now().UTC()
+	var lagged *time.Time
+	if err := w.db.GetContext(ctx, &lagged, `SELECT min(next_attempt_at) FROM api_gateway.webhook_deliveries
+		WHERE status = 'pending' AND next_attempt_at <= $1`, now); err != nil {
+		return 0, fmt.Errorf("webhook outbox lag: %w", err)
+	}
+	if lagged == nil {
+		w.metrics.lag.Set(0)
+	} else {
+		w.metrics.lag.Set(now.Sub(*lagged).Seconds())
+	}
+	var batch []due
+	if err := w.db.SelectContext(ctx, &batch, claimDue, now, w.cfg.Batch, now.Add(w.cfg.Lease)); err != nil {
+		return 0, fmt.Errorf("claim webhook deliveries: %w", err)
+	}
+	sem := make(chan struct{}, w.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for _, d := range batch {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			w.deliver(ctx, d)
+		}()
+	}
+	wg.Wait()
+	return len(batch), nil
+}
+
+// attempt is what one POST got.
+type attempt struct {
+	status int // 0: no answer
+	err    string
+}
+
+func (a attempt) ok() bool { return a.status >= 200 && a.status < 300 }
+
+// deliver sends d once and records the outcome. It records even when ctx
+// ended meanwhile: the attempt happened.
+func (w *Worker) deliver(ctx context.Context, d due) {
+	start := time.Now()
+	a := w.post(ctx, d)
+	rec := context.WithoutCancel(ctx)
+	outcome := "succeeded"
+	switch {
+	case a.ok():
+	case d.Attempts > len(w.cfg.Backoff):
+		outcome = "failed"
+	default:
+		outcome = "retry"
+	}
+	w.metrics.latency.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	w.metrics.deliveries.WithLabelValues(outcome).Inc()
+	log := w.logger.With("event_id", d.EventID, "endpoint_id", d.EndpointID, "owner_id", d.OwnerID, "attempt", d.Attempts,
+		"status", a.status, "outcome", outcome)
+	if err := w.record(rec, d, a, outcome); err != nil {
+		log.ErrorContext(rec, "record webhook delivery", "error", err)
+		return
+	}
+	if a.ok() {
+		log.InfoContext(rec, "webhook delivered")
+	} else {
+		log.WarnContext(rec, "webhook delivery failed", "error", a.err)
+	}
+}
+
+func (w *Worker) post(ctx context.Context, d due) attempt {
+	ts := w.now()
+	sig, err := webhook.Sign(d.Secret, d.EventID, ts, d.Payload)
+	if err != nil {
+		return attempt{err: err.Error()}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.URL, bytes.NewReader(d.Payload))
+	if err != nil {
+		return attempt{err: "invalid URL"}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "mana-api-gateway-webhooks/1")
+	req.Header.Set("webhook-id", d.EventID)
+	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts.Unix(), 10))
+	req.Header.Set("webhook-signature", sig)
+	resp, err := w.client.Do(req)
+	if err != nil {
+		msg := err.Error()
+		if errors.Is(err, ErrBlockedAddress) {
+			msg = "the URL resolves to an address that is not public"
+		}
+		return attempt{err: truncate(msg, 300)}
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	a := attempt{status: resp.StatusCode}
+	if !a.ok() {
+		a.err = "answered " + resp.Status
+	}
+	return a
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// record settles d after attempt a, and keeps the endpoint's failure
+// record: a success clears it; a failure starts it, and when it is older
+// than DisableAfter the endpoint is disabled and its pending deliveries
+// given up.
+func (w *Worker) record(ctx context.Context, d due, a attempt, outcome string) error {
+	now := w.now().UTC()
+	tx, err := w.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	var code *int
+	if a.status != 0 {
+		code = &a.status
+	}
+	var errText *string
+	if a.err != "" {
+		errText = &a.err
+	}
+	var next *time.Time
+	status := "pending"
+	switch outcome {
+	case "succeeded":
+		status = "succeeded"
+	case "failed":
+		status = "failed"
+	default:
+		t := now.Add(w.cfg.Backoff[d.Attempts-1])
+		next = &t
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries
+		SET status = $3, last_status_code = $4, last_error = $5, next_attempt_at = $6
+		WHERE endpoint_id = $1 AND event_id = $2`, d.EndpointID, d.EventID, status, code, errText, next); err != nil {
+		return fmt.Errorf("update delivery: %w", err)
+	}
+	if a.ok() {
+		if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_endpoints SET failing_since = NULL
+			WHERE id = $1 AND failing_since IS NOT NULL`, d.EndpointID); err != nil {
+			return fmt.Errorf("clear endpoint failures: %w", err)
+		}
+		return tx.Commit()
+	}
+	var disabled bool
+	if err := tx.GetContext(ctx, &disabled, `UPDATE api_gateway.webhook_endpoints SET
+		failing_since   = coalesce(failing_since, $2),
+		disabled_at     = CASE WHEN disabled_at IS NULL AND coalesce(failing_since, $2) <= $3 THEN $2 ELSE disabled_at END,
+		disabled_reason = CASE WHEN disabled_at IS NULL AND coalesce(failing_since, $2) <= $3
+		                       THEN 'every delivery failed since ' || to_char(failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+		                       ELSE disabled_reason END,
+		updated_at      = CASE WHEN disabled_at IS NULL AND coalesce(failing_since, $2) <= $3 THEN $2 ELSE updated_at END
+		WHERE id = $1
+		RETURNING coalesce(disabled_at = $2, false)`, d.EndpointID, now, now.Add(-w.cfg.DisableAfter)); err != nil {
+		return fmt.Errorf("record endpoint failure: %w", err)
+	}
+	if disabled {
+		if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries SET status = 'failed', next_attempt_at = NULL,
+			last_error = coalesce(last_error, 'the endpoint was disabled') WHERE endpoint_id = $1 AND status = 'pending'`, d.EndpointID); err != nil {
+			return fmt.Errorf("give up deliveries of a disabled endpoint: %w", err)
+		}
+		w.metrics.disabled.Inc()
+		w.logger.WarnContext(ctx, "webhook endpoint disabled: every delivery failed for days", "endpoint_id", d.EndpointID,
+			"owner_id", d.OwnerID, "after", w.cfg.DisableAfter)
+	}
+	return tx.Commit()
+}
