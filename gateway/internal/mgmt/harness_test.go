@@ -99,6 +99,13 @@ func newEnv(t *testing.T) *env {
 // newEnvOn is newEnv on the migrated database at dsn.
 func newEnvOn(t *testing.T, dsn string) *env {
 	t.Helper()
+	return newEnvState(t, dsn, nil)
+}
+
+// newEnvState is newEnvOn with the key state propagated to state instead
+// of the recording one (nil: the recording one).
+func newEnvState(t *testing.T, dsn string, state KeyState) *env {
+	t.Helper()
 	db, err := sqlx.Open("postgres", dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +141,10 @@ func newEnvOn(t *testing.T, dsn string) *env {
 
 	en := &env{t: t, db: db, store: keys.NewStore(db), hasher: keys.NewHasher([]byte("test-pepper")),
 		state: &recordingState{}, now: time.Date(2026, 3, 15, 12, 0, 0, 0, time.UTC), signer: signer}
-	h, err := New(Config{}, Deps{Store: en.store, DB: db, Hasher: en.hasher, Tiers: contractTiers, State: en.state,
+	if state == nil {
+		state = en.state
+	}
+	h, err := New(Config{}, Deps{Store: en.store, DB: db, Hasher: en.hasher, Tiers: contractTiers, State: state,
 		Now: func() time.Time { return en.now }, Catalog: testCatalog}, logger)
 	if err != nil {
 		t.Fatal(err)
