@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
@@ -29,6 +30,11 @@ type Config struct {
 	// CatchUp bounds the wait of Pending for the reader to reach the end of
 	// the stream (default 2s).
 	CatchUp time.Duration
+	// MaxEvents bounds the unapplied events held (default 1,000,000, about
+	// 130 MB). While the billing worker is away long enough to pass it,
+	// newer messages are not indexed and Pending says it is incomplete,
+	// until the worker's floor passes them.
+	MaxEvents int
 }
 
 // Validate checks the configuration.
@@ -43,17 +49,33 @@ func (c Config) Validate() error {
 	if c.FloorInterval < 0 || c.CatchUp < 0 {
 		errs = append(errs, errors.New("backlog: durations must not be negative"))
 	}
+	if c.MaxEvents < 0 {
+		errs = append(errs, errors.New("backlog: MaxEvents must not be negative"))
+	}
 	return errors.Join(errs...)
 }
+
+// ErrIncomplete: the backlog is over its bound and some unapplied events
+// are not indexed; what Pending returns with it is a part.
+var ErrIncomplete = errors.New("backlog: over its bound, not every unapplied event is indexed")
 
 // entry is one unapplied event.
 type entry struct {
 	credits int64
-	period  string
+	period  string // interned: one string per period
 	seq     uint64
 }
 
-type ref struct{ key, event string }
+// keyEvents are the unapplied events of one key.
+type keyEvents struct {
+	id  string
+	evs map[string]entry // event ID → entry
+}
+
+type ref struct {
+	key   *keyEvents
+	event string
+}
 
 // msg is the index entries of one stream message, for forgetting in order.
 type msg struct {
@@ -68,12 +90,19 @@ type Tail struct {
 	logger *slog.Logger
 
 	mu      sync.Mutex
-	keys    map[string]map[string]entry // key → event ID → entry
-	order   []msg                       // by stream sequence
-	read    uint64                      // last stream sequence indexed
-	floor   uint64                      // billing's acknowledgement floor, as last read
+	keys    map[string]*keyEvents // key ID → its events
+	periods map[string]string     // interned periods
+	order   []msg                 // by stream sequence
+	size    int                   // events indexed
+	read    uint64                // last stream sequence indexed
+	floor   uint64                // billing's acknowledgement floor, as last read
+	// skipped is the last stream sequence not indexed for lack of room;
+	// while the floor is below it, the backlog is incomplete.
+	skipped uint64
 	running bool
 	moved   chan struct{} // closed (and renewed) whenever read advances
+
+	skippedEvents prometheus.Counter
 
 	probeMu sync.Mutex
 	next    *probe // the end-of-stream probe not sent yet, joined by callers
@@ -90,7 +119,36 @@ func New(cfg Config) (*Tail, error) {
 	if cfg.CatchUp == 0 {
 		cfg.CatchUp = 2 * time.Second
 	}
-	return &Tail{cfg: cfg, logger: cfg.Logger, keys: map[string]map[string]entry{}, moved: make(chan struct{})}, nil
+	if cfg.MaxEvents == 0 {
+		cfg.MaxEvents = 1_000_000
+	}
+	return &Tail{cfg: cfg, logger: cfg.Logger, keys: map[string]*keyEvents{}, periods: map[string]string{}, moved: make(chan struct{}),
+		skippedEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gateway_backlog_skipped_events_total",
+			Help: "Unapplied events not indexed because the backlog was over its bound (the billing worker away for long).",
+		})}, nil
+}
+
+// Collectors are the backlog's metrics: its size and whether it is complete.
+func (t *Tail) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gateway_backlog_events",
+			Help: "Events on the usage stream not yet applied by the billing worker, indexed by this gateway for rebuilds.",
+		}, func() float64 { return float64(t.Size()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gateway_backlog_complete",
+			Help: "1 while every unapplied event is indexed; 0 while the backlog is over its bound (rebuilt balances are then not exact).",
+		}, func() float64 {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			if t.skipped > t.floor {
+				return 0
+			}
+			return 1
+		}),
+		t.skippedEvents,
+	}
 }
 
 // Run reads the stream until ctx ends, starting again (from where it was)
@@ -183,22 +241,36 @@ func (t *Tail) index(seq uint64, subject string, data []byte) {
 	if seq <= t.read {
 		return
 	}
-	if derr == nil && seq > t.floor {
+	switch {
+	case derr != nil || seq <= t.floor:
+	case t.size+len(dm.Events) > t.cfg.MaxEvents:
+		if t.skipped <= t.floor {
+			t.logger.Warn("usage backlog over its bound: newer unapplied events are not indexed, rebuilt balances are not exact until the billing worker catches up",
+				"events", t.size, "max_events", t.cfg.MaxEvents, "seq", seq)
+		}
+		t.skipped = seq
+		t.skippedEvents.Add(float64(len(dm.Events)))
+	default:
 		// Invalid events are dead-lettered by the billing worker, never
 		// charged: DecodeMessage leaves them out, as the worker does.
 		m := msg{seq: seq, refs: make([]ref, 0, len(dm.Events))}
 		for _, ev := range dm.Events {
-			k := ev.GetKeyId()
-			evs := t.keys[k]
-			if evs == nil {
-				evs = map[string]entry{}
-				t.keys[k] = evs
+			ke := t.keys[ev.GetKeyId()]
+			if ke == nil {
+				ke = &keyEvents{id: ev.GetKeyId(), evs: map[string]entry{}}
+				t.keys[ke.id] = ke
 			}
-			if _, dup := evs[ev.GetEventId()]; dup {
+			if _, dup := ke.evs[ev.GetEventId()]; dup {
 				continue // republished, or a duplicate the ledger drops too
 			}
-			evs[ev.GetEventId()] = entry{credits: ev.GetCredits(), period: ev.GetPeriod(), seq: seq}
-			m.refs = append(m.refs, ref{k, ev.GetEventId()})
+			period, ok := t.periods[ev.GetPeriod()]
+			if !ok {
+				period = ev.GetPeriod()
+				t.periods[period] = period
+			}
+			ke.evs[ev.GetEventId()] = entry{credits: ev.GetCredits(), period: period, seq: seq}
+			m.refs = append(m.refs, ref{ke, ev.GetEventId()})
+			t.size++
 		}
 		t.order = append(t.order, m)
 	}
@@ -255,15 +327,17 @@ func (t *Tail) setFloor(floor uint64) {
 	if floor <= t.floor {
 		return
 	}
+	complete := t.skipped <= t.floor
 	t.floor = floor
 	n := 0
 	for n < len(t.order) && t.order[n].seq <= floor {
 		for _, r := range t.order[n].refs {
-			if evs := t.keys[r.key]; evs != nil {
-				delete(evs, r.event)
-				if len(evs) == 0 {
-					delete(t.keys, r.key)
-				}
+			if _, ok := r.key.evs[r.event]; ok {
+				delete(r.key.evs, r.event)
+				t.size--
+			}
+			if len(r.key.evs) == 0 && t.keys[r.key.id] == r.key {
+				delete(t.keys, r.key.id)
 			}
 		}
 		n++
@@ -271,13 +345,16 @@ func (t *Tail) setFloor(floor uint64) {
 	if n > 0 {
 		t.order = append(t.order[:0:0], t.order[n:]...)
 	}
+	if !complete && t.skipped <= floor {
+		t.logger.Info("usage backlog complete again: the billing worker applied what was not indexed", "events", t.size)
+	}
 }
 
 // Pending returns the credits of the events of the period on the stream
 // that the billing worker has not acknowledged yet, for the keys asked
 // (every key when keyIDs is nil): key → event ID → credits. Some may be in
 // the ledger already (applied, not yet acknowledged): the caller dedupes by
-// event ID. It first waits until the reader has read every message stored
+// event ID. Over its bound, it returns what it has with ErrIncomplete. It first waits until the reader has read every message stored
 // when it was called, so an event acknowledged to its gateway before the call
 // is counted here or is in the ledger.
 func (t *Tail) Pending(ctx context.Context, keyIDs []string, period string) (map[string]map[string]int64, error) {
@@ -306,8 +383,11 @@ func (t *Tail) Pending(ctx context.Context, keyIDs []string, period string) (map
 	out := map[string]map[string]int64{}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	add := func(k string, evs map[string]entry) {
-		for id, e := range evs {
+	add := func(k string, ke *keyEvents) {
+		if ke == nil {
+			return
+		}
+		for id, e := range ke.evs {
 			if e.period != period {
 				continue
 			}
@@ -320,13 +400,16 @@ func (t *Tail) Pending(ctx context.Context, keyIDs []string, period string) (map
 		}
 	}
 	if keyIDs == nil {
-		for k, evs := range t.keys {
-			add(k, evs)
+		for k, ke := range t.keys {
+			add(k, ke)
 		}
 	} else {
 		for _, k := range keyIDs {
 			add(k, t.keys[k])
 		}
+	}
+	if t.skipped > t.floor {
+		return out, ErrIncomplete
 	}
 	return out, nil
 }
@@ -335,11 +418,7 @@ func (t *Tail) Pending(ctx context.Context, keyIDs []string, period string) (map
 func (t *Tail) Size() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	n := 0
-	for _, evs := range t.keys {
-		n += len(evs)
-	}
-	return n
+	return t.size
 }
 
 // probe is one request for the stream's last sequence, shared by the callers

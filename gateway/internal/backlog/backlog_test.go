@@ -2,6 +2,7 @@ package backlog
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -134,6 +135,87 @@ func TestPendingIsWhatBillingHasNotAcknowledged(t *testing.T) {
 	c := event("k2", 3)
 	publish(t, js, c)
 	if got, err := tail.Pending(t.Context(), []string{"k2"}, period); err != nil || got["k2"][c.EventId] != 3 || len(got["k2"]) != 1 {
+		t.Fatalf("pending %v, %v", got, err)
+	}
+}
+
+// TestOverItsBoundTheBacklogSaysIncomplete: with the billing worker away, the
+// backlog stops indexing at its bound instead of growing without end, says
+// so with what it has, and is exact again once billing applies past what it
+// skipped.
+func TestOverItsBoundTheBacklogSaysIncomplete(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	nc, err := nats.Connect(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := usagev1.EnsureStream(t.Context(), js, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	billing, err := stream.CreateOrUpdateConsumer(t.Context(), jetstream.ConsumerConfig{
+		Durable: usagev1.BillingConsumer, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: usagev1.SubjectWildcard,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail, err := New(Config{JS: js, Logger: testenv.Logger(t), FloorInterval: 50 * time.Millisecond, MaxEvents: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go tail.Run(ctx)
+
+	a, b, c := event("k1", 1), event("k1", 2), event("k2", 3)
+	publish(t, js, a, b, c)                          // 3 of 4
+	publish(t, js, event("k1", 10), event("k2", 20)) // would be 5: skipped
+	got, err := tail.Pending(t.Context(), []string{"k1", "k2"}, a.Period)
+	if !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("over the bound: err %v", err)
+	}
+	if len(got["k1"]) != 2 || got["k1"][a.EventId] != 1 || got["k1"][b.EventId] != 2 || got["k2"][c.EventId] != 3 || len(got["k2"]) != 1 {
+		t.Fatalf("what was indexed: %v", got)
+	}
+	if n := tail.Size(); n != 3 {
+		t.Fatalf("size %d, want 3", n)
+	}
+
+	// Billing applies both messages: exact again, and empty.
+	batch, err := billing.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked := 0
+	for m := range batch.Messages() {
+		if err := m.DoubleAck(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		acked++
+	}
+	if acked != 2 {
+		t.Fatalf("billing fetched %d of 2", acked)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err = tail.Pending(t.Context(), nil, a.Period)
+		if err == nil && len(got) == 0 && tail.Size() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after billing applied everything: %v, %v, size %d", got, err, tail.Size())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Room again: a new event is indexed.
+	d := event("k2", 4)
+	publish(t, js, d)
+	if got, err := tail.Pending(t.Context(), []string{"k2"}, d.Period); err != nil || got["k2"][d.EventId] != 4 {
 		t.Fatalf("pending %v, %v", got, err)
 	}
 }

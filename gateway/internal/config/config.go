@@ -53,6 +53,9 @@ type Config struct {
 	// presented keys that pass the checksum but match no key (each costs a
 	// Postgres lookup), per client address and over all of them.
 	UnknownKeysPerAddress, UnknownKeysTotal int
+	// BacklogMaxEvents bounds the unapplied usage events each gateway
+	// indexes for rebuilding balances (about 130 bytes each).
+	BacklogMaxEvents int
 }
 
 // DevPepper is the pepper used when API_KEY_PEPPER is unset and DEV_MODE=1.
@@ -118,6 +121,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	}
 	c.UnknownKeysPerAddress = int(parseInt("UNKNOWN_KEYS_PER_ADDRESS", "600"))
 	c.UnknownKeysTotal = int(parseInt("UNKNOWN_KEYS_TOTAL", "12000"))
+	c.BacklogMaxEvents = int(parseInt("BACKLOG_MAX_EVENTS", "1000000"))
 	switch dev := getenv("DEV_MODE"); dev {
 	case "1":
 		c.DevMode = true
@@ -160,6 +164,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.SpoolMaxBytes < 1<<20 {
 		errs = append(errs, errors.New("SPOOL_MAX_BYTES must be at least 1 MiB"))
+	}
+	if c.BacklogMaxEvents < 1000 {
+		errs = append(errs, errors.New("BACKLOG_MAX_EVENTS must be at least 1000"))
 	}
 	if e := c.OTLPEndpoint; e != "" {
 		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -12,6 +12,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
+	"github.com/mana/apigw/gateway/internal/backlog"
 	"github.com/mana/apigw/gateway/internal/holds"
 )
 
@@ -186,8 +187,9 @@ func (l *PGLoader) Spends(ctx context.Context, keyIDs []string, period string) (
 	return spends, err
 }
 
-// manyKeys: above this many keys, holds and backlog are asked for every key
-// (one small answer) rather than listing the keys.
+// manyKeys: above this many keys, the holds of every key are asked for (one
+// small answer from each gateway) rather than listing the keys; the backlog
+// is local and always asked for the keys themselves.
 const manyKeys = 64
 
 // spend reads, in this order, the holds in flight, the backlog and then the
@@ -228,10 +230,13 @@ func (l *PGLoader) spend(ctx context.Context, keyIDs []string, period string) ([
 	var pending map[string]map[string]int64
 	if l.backlog == nil {
 		exact = false
-	} else if pending, err = l.backlog.Pending(ctx, ask, period); err != nil {
-		// The ledger alone still never grants a credit it has spent.
+	} else if pending, err = l.backlog.Pending(ctx, keyIDs, period); err != nil {
+		// What was read is used (a part of the backlog, or none); the
+		// balance may then be too high by what could not be seen.
 		exact = false
-		l.logger.WarnContext(ctx, "stream backlog unknown while computing balances; using the ledger", "keys", len(keyIDs), "err", err)
+		if !errors.Is(err, backlog.ErrIncomplete) { // that one is logged by the backlog once
+			l.logger.WarnContext(ctx, "stream backlog unknown while computing balances; using the ledger", "keys", len(keyIDs), "err", err)
+		}
 	}
 	var ids []string
 	for _, k := range keyIDs {
@@ -307,7 +312,7 @@ func (l *PGLoader) ActiveKeys(ctx context.Context, period string, window time.Du
 			seen[id] = true
 		}
 		pending, err := l.backlog.Pending(ctx, nil, period)
-		if err != nil {
+		if err != nil && !errors.Is(err, backlog.ErrIncomplete) {
 			return nil, fmt.Errorf("active keys: %w", err)
 		}
 		for id := range pending {

@@ -141,10 +141,11 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	if a.holdsSub, err = a.holds.Serve(ctx, a.nc, cfg.GatewayID, holdSettle, logger); err != nil {
 		return nil, err
 	}
-	a.truth, a.backlog, a.presence, err = balanceTruth(db, a.nc, a.js, cfg.GatewayID, logger)
+	a.truth, a.backlog, a.presence, err = balanceTruth(db, a.nc, a.js, cfg.GatewayID, cfg.BacklogMaxEvents, logger)
 	if err != nil {
 		return nil, err
 	}
+	reg.MustRegister(a.backlog.Collectors()...)
 	q := quota.NewStore(a.rdb, a.truth, a.holds).WithWindow(cfg.RateWindow)
 	a.quota = q
 	reg.MustRegister(q.Collectors()...)
@@ -214,12 +215,12 @@ const (
 // balanceTruth wires what a balance is computed from besides Redis: the
 // ledger in Postgres, the stream's unapplied backlog and the holds of every
 // live gateway (gatewayID announces this one; empty only listens).
-func balanceTruth(db *sqlx.DB, nc *nats.Conn, js jetstream.JetStream, gatewayID string, logger *slog.Logger) (*quota.PGLoader, *backlog.Tail, *holds.Presence, error) {
+func balanceTruth(db *sqlx.DB, nc *nats.Conn, js jetstream.JetStream, gatewayID string, maxBacklog int, logger *slog.Logger) (*quota.PGLoader, *backlog.Tail, *holds.Presence, error) {
 	presence, err := holds.NewPresence(nc, gatewayID, time.Second, logger)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	tail, err := backlog.New(backlog.Config{JS: js, Logger: logger})
+	tail, err := backlog.New(backlog.Config{JS: js, Logger: logger, MaxEvents: maxBacklog})
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -40,7 +40,7 @@ func Reconcile(ctx context.Context, cfg config.Config, logger *slog.Logger, w io
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	truth, tail, presence, err := balanceTruth(db, nc, js, "", logger)
+	truth, tail, presence, err := balanceTruth(db, nc, js, "", cfg.BacklogMaxEvents, logger)
 	if err != nil {
 		return err
 	}
