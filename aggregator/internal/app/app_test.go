@@ -119,9 +119,20 @@ func TestDeadLetters(t *testing.T) {
 	evs := testenv.UsageEvents(20, 2)
 	bad := proto.Clone(evs[0]).(*usagev1.UsageEvent)
 	bad.Period = "1999-01"
-	badData, _ := proto.Marshal(bad)
+	badData, err := proto.Marshal(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Valid protobuf that passes every rule, refused by PostgreSQL (22021).
+	refused := proto.Clone(evs[1]).(*usagev1.UsageEvent)
+	refused.EventId, refused.OwnerId = "01JAAAAAAAAAAAAAAAAAAAAAAB", "owner\x00with a NUL"
+	refusedData, err := proto.Marshal(refused)
+	if err != nil {
+		t.Fatal(err)
+	}
 	e.PublishRaw(usagev1.Subject("x"), []byte("not protobuf \xff"), "junk")
 	e.PublishRaw(usagev1.Subject(bad.GetKeyId()), badData, "bad-period")
+	e.PublishRaw(usagev1.Subject(refused.GetKeyId()), refusedData, refused.GetEventId())
 	e.Publish(evs, nil)
 	e.start(nil)
 	e.waitUsage(int64(len(evs)), 30*time.Second)
@@ -131,7 +142,7 @@ func TestDeadLetters(t *testing.T) {
 	if err := e.db.Select(&reasons, `SELECT reason FROM api_gateway.dead_letters WHERE consumer = 'aggregator' ORDER BY stream_seq`); err != nil {
 		t.Fatal(err)
 	}
-	if len(reasons) != 2 || !strings.Contains(reasons[0], "decode") || !strings.Contains(reasons[1], "period does not match") {
+	if len(reasons) != 3 || !strings.Contains(reasons[0], "decode") || !strings.Contains(reasons[1], "period does not match") || !strings.Contains(reasons[2], "rejected by the database") {
 		t.Errorf("dead letter reasons = %q", reasons)
 	}
 }

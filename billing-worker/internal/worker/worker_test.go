@@ -132,16 +132,26 @@ func TestDeadLetters(t *testing.T) {
 	good := testenv.UsageEvents(50, 2)
 	e.Publish(good[:25], nil)
 
+	marshal := func(ev *usagev1.UsageEvent) []byte {
+		t.Helper()
+		b, err := proto.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
 	invalid := proto.Clone(good[0]).(*usagev1.UsageEvent)
 	invalid.EventId, invalid.Status = "not-a-ulid", 42
-	invalidData, _ := proto.Marshal(invalid)
 	badKey := proto.Clone(good[1]).(*usagev1.UsageEvent)
 	badKey.EventId, badKey.KeyId = "01JAAAAAAAAAAAAAAAAAAAAAAA", "not-a-uuid"
-	badKeyData, _ := proto.Marshal(badKey)
+	// Valid protobuf that passes every rule, refused by PostgreSQL (22021).
+	refused := proto.Clone(good[2]).(*usagev1.UsageEvent)
+	refused.EventId, refused.OwnerId = "01JAAAAAAAAAAAAAAAAAAAAAAB", "owner\x00with a NUL"
 
 	e.PublishRaw(usagev1.Subject("garbage"), []byte("\xff\xfe garbage \x00"), "garbage-1")
-	e.PublishRaw(usagev1.Subject(good[0].GetKeyId()), invalidData, "invalid-1")
-	e.PublishRaw(usagev1.Subject("not-a-uuid"), badKeyData, "")
+	e.PublishRaw(usagev1.Subject(good[0].GetKeyId()), marshal(invalid), "invalid-1")
+	e.PublishRaw(usagev1.Subject("not-a-uuid"), marshal(badKey), "")
+	e.PublishRaw(usagev1.Subject(refused.GetKeyId()), marshal(refused), refused.GetEventId())
 	e.Publish(good[25:], nil)
 	e.start(nil)
 	e.waitLedger(int64(len(good)), 30*time.Second)
@@ -162,6 +172,7 @@ func TestDeadLetters(t *testing.T) {
 		{usagev1.Subject("garbage"), "decode usage event"},
 		{usagev1.Subject(good[0].GetKeyId()), "event_id is not a ULID"},
 		{usagev1.Subject("not-a-uuid"), "key_id is not a UUID"},
+		{usagev1.Subject(refused.GetKeyId()), "rejected by the database"},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("dead letters = %d (%+v), want %d", len(got), got, len(want))
@@ -173,6 +184,14 @@ func TestDeadLetters(t *testing.T) {
 	}
 	if got[0].MsgID == nil || *got[0].MsgID != "garbage-1" {
 		t.Errorf("dead letter msg_id = %v, want garbage-1", got[0].MsgID)
+	}
+	var ev usagev1.UsageEvent
+	if err := proto.Unmarshal(got[3].Payload, &ev); err != nil || ev.GetEventId() != refused.GetEventId() {
+		t.Errorf("dead letter of the refused event: payload %v (%v), want the event", &ev, err)
+	}
+	var n int
+	if err := e.db.Get(&n, `SELECT count(*) FROM api_gateway.credit_ledger WHERE event_id = $1`, refused.GetEventId()); err != nil || n != 0 {
+		t.Errorf("the refused event has %d ledger rows (%v)", n, err)
 	}
 }
 
