@@ -157,6 +157,7 @@ type Redis struct {
 	// RunID is the run_id the current child reported in INFO server.
 	RunID  string
 	dir    string
+	args   func() []string // more redis-server arguments for each start (a cluster node's)
 	cmd    *exec.Cmd
 	exited chan struct{}
 	out    *bytes.Buffer // the child's log, read only after it exited
@@ -169,7 +170,12 @@ type Redis struct {
 // again on another one. The test fails if the child died before the end.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
-	r := &Redis{t: t, dir: t.TempDir()}
+	return startRedis(t, nil)
+}
+
+func startRedis(t testing.TB, args func() []string) *Redis {
+	t.Helper()
+	r := &Redis{t: t, dir: t.TempDir(), args: args}
 	r.start(true)
 	t.Cleanup(func() {
 		r.stop(false)
@@ -215,6 +221,9 @@ func (r *Redis) try(bin string) error {
 	_, port, _ := net.SplitHostPort(r.Addr)
 	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", r.dir, "--daemonize", "no", "--logfile", "")
+	if r.args != nil {
+		cmd.Args = append(cmd.Args, r.args()...)
+	}
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

@@ -9,16 +9,25 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
 // Config is every setting of the gateway binary.
 type Config struct {
-	Port           int
-	DatabaseURL    string
-	RedisAddr      string
-	RedisPassword  string
-	NATSURL        string
+	Port        int
+	DatabaseURL string
+	RedisAddr   string
+	// RedisClusterAddrs (REDIS_ADDRS, a comma list of host:port) are seed
+	// nodes of a Redis Cluster; when set the gateway talks to the cluster
+	// and RedisAddr is unused.
+	RedisClusterAddrs []string
+	RedisPassword     string
+	// NATSURL is one NATS URL or a comma list of a cluster's servers.
+	NATSURL string
+	// StreamReplicas (USAGE_STREAM_REPLICAS) is the USAGE stream's replica
+	// count on a JetStream cluster: 1, 3 or 5.
+	StreamReplicas int
 	SearchURL      *url.URL
 	STTURL         *url.URL
 	TTSURL         *url.URL
@@ -119,6 +128,23 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		ReconcileInterval:     parseDur("RECONCILE_INTERVAL", "30s"),
 		ReconcileActiveWindow: parseDur("RECONCILE_ACTIVE_WINDOW", "24h"),
 	}
+	c.StreamReplicas = int(parseInt("USAGE_STREAM_REPLICAS", "1"))
+	if v := getenv("REDIS_ADDRS"); v != "" {
+		for _, a := range strings.Split(v, ",") {
+			a = strings.TrimSpace(a)
+			if h, p, err := net.SplitHostPort(a); err != nil || h == "" || p == "" {
+				errs = append(errs, fmt.Errorf("REDIS_ADDRS must be a comma list of host:port, not %q", a))
+				continue
+			}
+			c.RedisClusterAddrs = append(c.RedisClusterAddrs, a)
+		}
+	}
+	for _, u := range strings.Split(c.NATSURL, ",") {
+		if strings.TrimSpace(u) == "" {
+			errs = append(errs, errors.New("NATS_URL must be a NATS URL or a comma list of them, without empty entries"))
+			break
+		}
+	}
 	c.UnknownKeysPerAddress = int(parseInt("UNKNOWN_KEYS_PER_ADDRESS", "600"))
 	c.UnknownKeysTotal = int(parseInt("UNKNOWN_KEYS_TOTAL", "12000"))
 	c.BacklogMaxEvents = int(parseInt("BACKLOG_MAX_EVENTS", "1000000"))
@@ -172,6 +198,11 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			errs = append(errs, errors.New("OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL (OTLP/HTTP, e.g. http://collector:4318)"))
 		}
+	}
+	switch c.StreamReplicas {
+	case 1, 3, 5:
+	default:
+		errs = append(errs, errors.New("USAGE_STREAM_REPLICAS must be 1, 3 or 5 (a JetStream cluster of at least that many servers)"))
 	}
 	if c.StreamMaxAge < 24*time.Hour {
 		errs = append(errs, errors.New("USAGE_STREAM_MAX_AGE must be at least 24h"))

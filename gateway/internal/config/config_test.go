@@ -143,3 +143,40 @@ func TestProductionSettings(t *testing.T) {
 		})
 	}
 }
+
+func TestClusterSettings(t *testing.T) {
+	tests := []struct {
+		name      string
+		env       map[string]string
+		want      func(Config) bool
+		withError string
+	}{
+		{name: "single servers by default", env: map[string]string{},
+			want: func(c Config) bool { return c.RedisClusterAddrs == nil && c.StreamReplicas == 1 }},
+		{name: "a Redis Cluster and three replicas", env: map[string]string{
+			"REDIS_ADDRS": "10.0.0.1:6379, 10.0.0.2:6379,10.0.0.3:6379", "USAGE_STREAM_REPLICAS": "3",
+			"NATS_URL": "nats://n1:4222,nats://n2:4222,nats://n3:4222"},
+			want: func(c Config) bool {
+				return strings.Join(c.RedisClusterAddrs, " ") == "10.0.0.1:6379 10.0.0.2:6379 10.0.0.3:6379" &&
+					c.StreamReplicas == 3 && c.NATSURL == "nats://n1:4222,nats://n2:4222,nats://n3:4222"
+			}},
+		{name: "an even replica count", env: map[string]string{"USAGE_STREAM_REPLICAS": "2"}, withError: "USAGE_STREAM_REPLICAS"},
+		{name: "a Redis address without port", env: map[string]string{"REDIS_ADDRS": "10.0.0.1:6379,10.0.0.2"}, withError: "REDIS_ADDRS"},
+		{name: "an empty NATS URL in the list", env: map[string]string{"NATS_URL": "nats://n1:4222,,nats://n3:4222"}, withError: "NATS_URL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.env["DEV_MODE"] = "1"
+			c, err := FromEnv(func(k string) string { return tt.env[k] })
+			if tt.withError != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.withError) {
+					t.Fatalf("error %v, want one naming %s", err, tt.withError)
+				}
+				return
+			}
+			if err != nil || !tt.want(c) {
+				t.Fatalf("%+v %v", c, err)
+			}
+		})
+	}
+}

@@ -48,10 +48,30 @@ func (c *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(int64(len(cmds))); return next(ctx, cmds) }
 }
 
-func setup(t *testing.T, rate int, credits int64) (*Store, *staticLoader, *redis.Client, *cmdCounter) {
+// onEachRedis runs test against one redis-server and against a Redis
+// Cluster of three masters: the scripts must work the same on both.
+func onEachRedis(t *testing.T, test func(t *testing.T, rdb redis.UniversalClient)) {
+	for _, b := range []struct {
+		name  string
+		start func(t *testing.T) redis.UniversalClient
+	}{
+		{"redis", func(t *testing.T) redis.UniversalClient { return testenv.StartRedis(t).Client() }},
+		{"cluster", func(t *testing.T) redis.UniversalClient { return testenv.StartRedisCluster(t, 3, 0).Client() }},
+	} {
+		t.Run(b.name, func(t *testing.T) { test(t, b.start(t)) })
+	}
+}
+
+// flushAll empties Redis, every master of a cluster.
+func flushAll(ctx context.Context, rdb redis.UniversalClient) error {
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		return c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() })
+	}
+	return rdb.FlushAll(ctx).Err()
+}
+
+func setup(t *testing.T, rdb redis.UniversalClient, rate int, credits int64) (*Store, *staticLoader, redis.UniversalClient, *cmdCounter) {
 	t.Helper()
-	r := testenv.StartRedis(t)
-	rdb := r.Client()
 	cc := &cmdCounter{}
 	rdb.AddHook(cc)
 	l := &staticLoader{st: map[string]State{}, bal: map[string]int64{}}
@@ -90,242 +110,256 @@ func req(cost int64) Request {
 }
 
 func TestRateLimitIsExactUnderConcurrency(t *testing.T) {
-	const n = 25
-	s, _, _, _ := setup(t, n, 1000)
-	ctx := context.Background()
-	var ok, limited atomic.Int64
-	var wg sync.WaitGroup
-	for i := 0; i < 3*n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d, err := s.Acquire(ctx, req(1))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			switch d.Outcome {
-			case OK:
-				ok.Add(1)
-			case RateLimited:
-				limited.Add(1)
-				if d.RetryAfter <= 0 || d.Remaining != 0 {
-					t.Errorf("429 decision without retry-after: %+v", d)
-				}
-			default:
-				t.Errorf("outcome %v", d.Outcome)
-			}
-		}()
-	}
-	wg.Wait()
-	if ok.Load() != n || limited.Load() != 2*n {
-		t.Fatalf("allowed %d limited %d, want %d and %d", ok.Load(), limited.Load(), n, 2*n)
-	}
-	bal, _, err := s.Balance(ctx, "k1", time.Now().UTC().Format("2006-01"))
-	if err != nil || bal != 1000-n {
-		t.Fatalf("balance %d (%v), want %d: refused calls must not consume credits", bal, err, 1000-n)
-	}
-}
-
-func TestWindowSlidesAndRefusedCallsDoNotConsume(t *testing.T) {
-	const n = 5
-	s, _, _, _ := setup(t, n, 1000)
-	s = s.WithWindow(time.Second)
-	ctx := context.Background()
-	count := func(calls int) (ok int) {
-		for i := 0; i < calls; i++ {
-			d, err := s.Acquire(ctx, req(1))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d.Outcome == OK {
-				ok++
-			}
-		}
-		return ok
-	}
-	if got := count(3 * n); got != n {
-		t.Fatalf("first window allowed %d, want %d", got, n)
-	}
-	time.Sleep(1100 * time.Millisecond)
-	if got := count(3 * n); got != n {
-		t.Fatalf("second window allowed %d, want %d (refused calls must not hold slots)", got, n)
-	}
-}
-
-func TestCreditsNeverOverdraw(t *testing.T) {
-	s, _, _, _ := setup(t, 10000, 100)
-	ctx := context.Background()
-	var ok atomic.Int64
-	var wg sync.WaitGroup
-	for i := 0; i < 64; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := 0; j < 20; j++ {
-				d, err := s.Acquire(ctx, req(3))
+	onEachRedis(t, func(t *testing.T, rdb0 redis.UniversalClient) {
+		const n = 25
+		s, _, _, _ := setup(t, rdb0, n, 1000)
+		ctx := context.Background()
+		var ok, limited atomic.Int64
+		var wg sync.WaitGroup
+		for i := 0; i < 3*n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d, err := s.Acquire(ctx, req(1))
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				if d.Outcome == OK {
+				switch d.Outcome {
+				case OK:
 					ok.Add(1)
-				} else if d.Outcome != Insufficient {
+				case RateLimited:
+					limited.Add(1)
+					if d.RetryAfter <= 0 || d.Remaining != 0 {
+						t.Errorf("429 decision without retry-after: %+v", d)
+					}
+				default:
 					t.Errorf("outcome %v", d.Outcome)
 				}
+			}()
+		}
+		wg.Wait()
+		if ok.Load() != n || limited.Load() != 2*n {
+			t.Fatalf("allowed %d limited %d, want %d and %d", ok.Load(), limited.Load(), n, 2*n)
+		}
+		bal, _, err := s.Balance(ctx, "k1", time.Now().UTC().Format("2006-01"))
+		if err != nil || bal != 1000-n {
+			t.Fatalf("balance %d (%v), want %d: refused calls must not consume credits", bal, err, 1000-n)
+		}
+	})
+}
+
+func TestWindowSlidesAndRefusedCallsDoNotConsume(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb0 redis.UniversalClient) {
+		const n = 5
+		s, _, _, _ := setup(t, rdb0, n, 1000)
+		s = s.WithWindow(time.Second)
+		ctx := context.Background()
+		count := func(calls int) (ok int) {
+			for i := 0; i < calls; i++ {
+				d, err := s.Acquire(ctx, req(1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if d.Outcome == OK {
+					ok++
+				}
 			}
-		}()
-	}
-	wg.Wait()
-	if ok.Load() != 33 {
-		t.Fatalf("served %d calls of cost 3 from 100 credits, want 33", ok.Load())
-	}
-	if bal := balance(t, s, "k1", time.Now().UTC().Format("2006-01")); bal != 1 {
-		t.Fatalf("balance %d, want 1", bal)
-	}
-	// A refund gives the hold back.
-	if err := s.Adjust(ctx, "k1", time.Now().UTC().Format("2006-01"), "refund-1", 3); err != nil {
-		t.Fatal(err)
-	}
-	// The same adjustment retried changes nothing.
-	if err := s.Adjust(ctx, "k1", time.Now().UTC().Format("2006-01"), "refund-1", 3); err != nil {
-		t.Fatal(err)
-	}
-	if d := acquire(t, s, req(4)); d.Outcome != OK || d.Credits != 0 {
-		t.Fatalf("after refund: %+v", d)
-	}
+			return ok
+		}
+		if got := count(3 * n); got != n {
+			t.Fatalf("first window allowed %d, want %d", got, n)
+		}
+		time.Sleep(1100 * time.Millisecond)
+		if got := count(3 * n); got != n {
+			t.Fatalf("second window allowed %d, want %d (refused calls must not hold slots)", got, n)
+		}
+	})
+}
+
+func TestCreditsNeverOverdraw(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb0 redis.UniversalClient) {
+		s, _, _, _ := setup(t, rdb0, 10000, 100)
+		ctx := context.Background()
+		var ok atomic.Int64
+		var wg sync.WaitGroup
+		for i := 0; i < 64; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < 20; j++ {
+					d, err := s.Acquire(ctx, req(3))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if d.Outcome == OK {
+						ok.Add(1)
+					} else if d.Outcome != Insufficient {
+						t.Errorf("outcome %v", d.Outcome)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if ok.Load() != 33 {
+			t.Fatalf("served %d calls of cost 3 from 100 credits, want 33", ok.Load())
+		}
+		if bal := balance(t, s, "k1", time.Now().UTC().Format("2006-01")); bal != 1 {
+			t.Fatalf("balance %d, want 1", bal)
+		}
+		// A refund gives the hold back.
+		if err := s.Adjust(ctx, "k1", time.Now().UTC().Format("2006-01"), "refund-1", 3); err != nil {
+			t.Fatal(err)
+		}
+		// The same adjustment retried changes nothing.
+		if err := s.Adjust(ctx, "k1", time.Now().UTC().Format("2006-01"), "refund-1", 3); err != nil {
+			t.Fatal(err)
+		}
+		if d := acquire(t, s, req(4)); d.Outcome != OK || d.Credits != 0 {
+			t.Fatalf("after refund: %+v", d)
+		}
+	})
 }
 
 func TestRevocationStates(t *testing.T) {
-	s, l, _, _ := setup(t, 100, 100)
-	ctx := context.Background()
-	if d := acquire(t, s, req(1)); d.Outcome != OK {
-		t.Fatalf("first call: %v", d.Outcome)
-	}
-	st := l.st["k1"]
-	for _, tc := range []struct {
-		name string
-		mut  func(*State)
-		hash string
-		want Outcome
-	}{
-		{"deactivated", func(s *State) { s.Active = false }, "a", Inactive},
-		{"reactivated", func(s *State) { s.Active = true }, "a", OK},
-		{"expired", func(s *State) { p := time.Now().Add(-time.Second); s.ExpiresAt = &p }, "a", Expired},
-		{"not yet expired", func(s *State) { p := time.Now().Add(time.Hour); s.ExpiresAt = &p }, "a", OK},
-		{"regenerated, old secret", func(s *State) { s.PrevHash, s.Hash = s.Hash, hashOf("b") }, "a", Unknown},
-		{"regenerated, new secret", func(*State) {}, "b", OK},
-		{"grace period, old secret", func(s *State) { p := time.Now().Add(time.Hour); s.PrevHash = hashOf("a"); s.PrevExpiresAt = &p }, "a", OK},
-		{"grace over", func(s *State) { p := time.Now().Add(-time.Millisecond); s.PrevExpiresAt = &p }, "a", Unknown},
-		{"deleted", func(s *State) { s.Deleted = true }, "b", Deleted},
-	} {
-		st.Version++
-		tc.mut(&st)
-		if err := s.Put(ctx, st); err != nil {
+	onEachRedis(t, func(t *testing.T, rdb0 redis.UniversalClient) {
+		s, l, _, _ := setup(t, rdb0, 100, 100)
+		ctx := context.Background()
+		if d := acquire(t, s, req(1)); d.Outcome != OK {
+			t.Fatalf("first call: %v", d.Outcome)
+		}
+		st := l.st["k1"]
+		for _, tc := range []struct {
+			name string
+			mut  func(*State)
+			hash string
+			want Outcome
+		}{
+			{"deactivated", func(s *State) { s.Active = false }, "a", Inactive},
+			{"reactivated", func(s *State) { s.Active = true }, "a", OK},
+			{"expired", func(s *State) { p := time.Now().Add(-time.Second); s.ExpiresAt = &p }, "a", Expired},
+			{"not yet expired", func(s *State) { p := time.Now().Add(time.Hour); s.ExpiresAt = &p }, "a", OK},
+			{"regenerated, old secret", func(s *State) { s.PrevHash, s.Hash = s.Hash, hashOf("b") }, "a", Unknown},
+			{"regenerated, new secret", func(*State) {}, "b", OK},
+			{"grace period, old secret", func(s *State) { p := time.Now().Add(time.Hour); s.PrevHash = hashOf("a"); s.PrevExpiresAt = &p }, "a", OK},
+			{"grace over", func(s *State) { p := time.Now().Add(-time.Millisecond); s.PrevExpiresAt = &p }, "a", Unknown},
+			{"deleted", func(s *State) { s.Deleted = true }, "b", Deleted},
+		} {
+			st.Version++
+			tc.mut(&st)
+			if err := s.Put(ctx, st); err != nil {
+				t.Fatal(err)
+			}
+			r := req(1)
+			r.Hash = hashOf(tc.hash)
+			d, err := s.Acquire(ctx, r)
+			if err != nil || d.Outcome != tc.want {
+				t.Errorf("%s: outcome %v (%v), want %v", tc.name, d.Outcome, err, tc.want)
+			}
+		}
+		// A stale write (lower version) never undoes a newer one.
+		old := st
+		old.Version = 1
+		old.Deleted = false
+		if err := s.Put(ctx, old); err != nil {
 			t.Fatal(err)
 		}
-		r := req(1)
-		r.Hash = hashOf(tc.hash)
-		d, err := s.Acquire(ctx, r)
-		if err != nil || d.Outcome != tc.want {
-			t.Errorf("%s: outcome %v (%v), want %v", tc.name, d.Outcome, err, tc.want)
+		if d := acquire(t, s, req(1)); d.Outcome != Deleted {
+			t.Errorf("stale put resurrected the key: %v", d.Outcome)
 		}
-	}
-	// A stale write (lower version) never undoes a newer one.
-	old := st
-	old.Version = 1
-	old.Deleted = false
-	if err := s.Put(ctx, old); err != nil {
-		t.Fatal(err)
-	}
-	if d := acquire(t, s, req(1)); d.Outcome != Deleted {
-		t.Errorf("stale put resurrected the key: %v", d.Outcome)
-	}
+	})
 }
 
 func TestTierForbidsWithoutConsuming(t *testing.T) {
-	s, _, _, _ := setup(t, 2, 10)
-	for i := 0; i < 5; i++ {
-		r := req(1)
-		r.Allowed = false
-		if d := acquire(t, s, r); d.Outcome != Forbidden {
-			t.Fatalf("forbidden route: %v", d.Outcome)
+	onEachRedis(t, func(t *testing.T, rdb0 redis.UniversalClient) {
+		s, _, _, _ := setup(t, rdb0, 2, 10)
+		for i := 0; i < 5; i++ {
+			r := req(1)
+			r.Allowed = false
+			if d := acquire(t, s, r); d.Outcome != Forbidden {
+				t.Fatalf("forbidden route: %v", d.Outcome)
+			}
 		}
-	}
-	for i := 0; i < 2; i++ {
-		if d := acquire(t, s, req(1)); d.Outcome != OK || d.Credits != int64(9-i) {
-			t.Fatalf("allowed route after refusals: %+v", d)
+		for i := 0; i < 2; i++ {
+			if d := acquire(t, s, req(1)); d.Outcome != OK || d.Credits != int64(9-i) {
+				t.Fatalf("allowed route after refusals: %+v", d)
+			}
 		}
-	}
+	})
 }
 
 func TestFlushRebuildsFromLoaderAndSteadyStateIsOneCommand(t *testing.T) {
-	s, l, rdb, cc := setup(t, 1000, 50)
-	ctx := context.Background()
-	if d := acquire(t, s, req(1)); d.Outcome != OK || d.Credits != 49 {
-		t.Fatalf("first: %+v", d)
-	}
-	before := cc.n.Load()
-	const calls = 100
-	for i := 0; i < calls; i++ {
-		if d, err := s.Acquire(ctx, req(0)); err != nil || d.Outcome != OK {
-			t.Fatalf("steady: %+v %v", d, err)
+	onEachRedis(t, func(t *testing.T, rdb0 redis.UniversalClient) {
+		s, l, rdb, cc := setup(t, rdb0, 1000, 50)
+		ctx := context.Background()
+		if d := acquire(t, s, req(1)); d.Outcome != OK || d.Credits != 49 {
+			t.Fatalf("first: %+v", d)
 		}
-	}
-	if per := float64(cc.n.Load()-before) / calls; per != 1 {
-		t.Fatalf("%.2f Redis commands per request in steady state, want exactly 1", per)
-	}
-	// Postgres says 10 were spent (ledger); Redis loses everything.
-	l.mu.Lock()
-	l.bal["k1"] = 40
-	l.mu.Unlock()
-	if err := rdb.FlushAll(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	loads := l.loads.Load()
-	d, err := s.Acquire(ctx, req(1))
-	if err != nil || d.Outcome != OK || d.Credits != 39 {
-		t.Fatalf("after flush: %+v %v", d, err)
-	}
-	if l.loads.Load() != loads+1 {
-		t.Fatalf("loader called %d times", l.loads.Load()-loads)
-	}
-	// After SCRIPT FLUSH the store still works (falls back to EVAL once).
-	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if d, err := s.Acquire(ctx, req(1)); err != nil || d.Outcome != OK {
-		t.Fatalf("after script flush: %+v %v", d, err)
-	}
-	// Unknown key IDs are unknown, not errors.
-	r := req(1)
-	r.KeyID = "nope"
-	if d, err := s.Acquire(ctx, r); err != nil || d.Outcome != Unknown {
-		t.Fatalf("unknown key: %+v %v", d, err)
-	}
+		before := cc.n.Load()
+		const calls = 100
+		for i := 0; i < calls; i++ {
+			if d, err := s.Acquire(ctx, req(0)); err != nil || d.Outcome != OK {
+				t.Fatalf("steady: %+v %v", d, err)
+			}
+		}
+		if per := float64(cc.n.Load()-before) / calls; per != 1 {
+			t.Fatalf("%.2f Redis commands per request in steady state, want exactly 1", per)
+		}
+		// Postgres says 10 were spent (ledger); Redis loses everything.
+		l.mu.Lock()
+		l.bal["k1"] = 40
+		l.mu.Unlock()
+		if err := flushAll(ctx, rdb); err != nil {
+			t.Fatal(err)
+		}
+		loads := l.loads.Load()
+		d, err := s.Acquire(ctx, req(1))
+		if err != nil || d.Outcome != OK || d.Credits != 39 {
+			t.Fatalf("after flush: %+v %v", d, err)
+		}
+		if l.loads.Load() != loads+1 {
+			t.Fatalf("loader called %d times", l.loads.Load()-loads)
+		}
+		// After SCRIPT FLUSH the store still works (falls back to EVAL once).
+		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := s.Acquire(ctx, req(1)); err != nil || d.Outcome != OK {
+			t.Fatalf("after script flush: %+v %v", d, err)
+		}
+		// Unknown key IDs are unknown, not errors.
+		r := req(1)
+		r.KeyID = "nope"
+		if d, err := s.Acquire(ctx, r); err != nil || d.Outcome != Unknown {
+			t.Fatalf("unknown key: %+v %v", d, err)
+		}
+	})
 }
 
 func TestMonthRolloverGrantsAFreshMonth(t *testing.T) {
-	s, _, rdb, _ := setup(t, 100, 100)
-	ctx := context.Background()
-	if d := acquire(t, s, req(30)); d.Credits != 70 {
-		t.Fatalf("first: %+v", d)
-	}
-	if err := rdb.HSet(ctx, stateKey("k1"), "per", "2000-01", "bal", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	d, err := s.Acquire(ctx, req(1))
-	if err != nil || d.Outcome != OK || d.Credits != 99 || d.Period != time.Now().UTC().Format("2006-01") {
-		t.Fatalf("new month: %+v %v", d, err)
-	}
-	// Adjustments for a past month are ignored.
-	if err := s.Adjust(ctx, "k1", "2000-01", "old-month", 50); err != nil {
-		t.Fatal(err)
-	}
-	bal := balance(t, s, "k1", d.Period)
-	if bal != 99 {
-		t.Fatalf("balance %d after stale adjust", bal)
-	}
+	onEachRedis(t, func(t *testing.T, rdb0 redis.UniversalClient) {
+		s, _, rdb, _ := setup(t, rdb0, 100, 100)
+		ctx := context.Background()
+		if d := acquire(t, s, req(30)); d.Credits != 70 {
+			t.Fatalf("first: %+v", d)
+		}
+		if err := rdb.HSet(ctx, stateKey("k1"), "per", "2000-01", "bal", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		d, err := s.Acquire(ctx, req(1))
+		if err != nil || d.Outcome != OK || d.Credits != 99 || d.Period != time.Now().UTC().Format("2006-01") {
+			t.Fatalf("new month: %+v %v", d, err)
+		}
+		// Adjustments for a past month are ignored.
+		if err := s.Adjust(ctx, "k1", "2000-01", "old-month", 50); err != nil {
+			t.Fatal(err)
+		}
+		bal := balance(t, s, "k1", d.Period)
+		if bal != 99 {
+			t.Fatalf("balance %d after stale adjust", bal)
+		}
+	})
 }
 
 func TestLuaPeriodMatchesGo(t *testing.T) {

@@ -43,7 +43,7 @@ type App struct {
 	cfg      config.Config
 	logger   *slog.Logger
 	db       *sqlx.DB
-	rdb      *redis.Client
+	rdb      redis.UniversalClient
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	spool    *usage.Spool
@@ -103,15 +103,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		return nil, err
 	}
 	a := &App{cfg: cfg, logger: logger, db: db}
-	a.rdb = redis.NewClient(&redis.Options{
-		Addr: cfg.RedisAddr, Password: cfg.RedisPassword,
-		DialTimeout: 2 * time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second,
-		PoolSize: 256, MinIdleConns: 8,
-		// RESP2: the gateway uses no RESP3 feature, and RESP3's push
-		// notification check before every reply cost a fifth of each
-		// decision's CPU in the handler-chain profile.
-		Protocol: 2,
-	})
+	a.rdb = openRedis(cfg, 256, 8)
 	store := keys.NewStore(db)
 	a.store = store
 	a.nc, err = nats.Connect(cfg.NATSURL, nats.Name("mana-gateway "+cfg.GatewayID),
@@ -126,7 +118,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if _, err := usagev1.EnsureStream(sctx, a.js, cfg.StreamMaxAge); err != nil {
+	if _, err := usagev1.EnsureStreamWith(sctx, a.js, usagev1.StreamOptions{MaxAge: cfg.StreamMaxAge, Replicas: cfg.StreamReplicas}); err != nil {
 		logger.WarnContext(ctx, "usage stream not ensured yet (NATS down?); events spool until it is", "err", err)
 	}
 	reg := prometheus.NewRegistry()

@@ -11,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/mana/apigw/gateway/internal/config"
 	"github.com/mana/apigw/gateway/internal/quota"
@@ -29,7 +28,7 @@ func Reconcile(ctx context.Context, cfg config.Config, logger *slog.Logger, w io
 		return err
 	}
 	defer db.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr, Password: cfg.RedisPassword, DialTimeout: 2 * time.Second})
+	rdb := openRedis(cfg, 8, 0)
 	defer rdb.Close()
 	nc, err := nats.Connect(cfg.NATSURL, nats.Name("mana-gateway reconcile"), nats.Timeout(2*time.Second))
 	if err != nil {

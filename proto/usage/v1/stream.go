@@ -61,10 +61,30 @@ func IsBatchSubject(subject string) bool {
 	return strings.HasPrefix(subject, BatchSubjectPrefix+".")
 }
 
-// StreamConfig is the configuration of the USAGE stream. maxAge <= 0 means DefaultMaxAge.
+// StreamConfig is the configuration of the USAGE stream on one server.
+// maxAge <= 0 means DefaultMaxAge.
 func StreamConfig(maxAge time.Duration) jetstream.StreamConfig {
-	if maxAge <= 0 {
-		maxAge = DefaultMaxAge
+	return StreamOptions{MaxAge: maxAge}.config()
+}
+
+// StreamOptions are the settings of the USAGE stream its owner (the
+// gateway) chooses. A zero field keeps an existing stream's value, so
+// binaries that do not own a setting never undo it; a new stream gets
+// DefaultMaxAge and one replica.
+type StreamOptions struct {
+	MaxAge time.Duration
+	// Replicas is the number of servers of a JetStream cluster that store
+	// the stream (1, 3 or 5); an event is acknowledged once a majority of
+	// them has it.
+	Replicas int
+}
+
+func (o StreamOptions) config() jetstream.StreamConfig {
+	if o.MaxAge <= 0 {
+		o.MaxAge = DefaultMaxAge
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
 	}
 	return jetstream.StreamConfig{
 		Name:        StreamName,
@@ -72,9 +92,10 @@ func StreamConfig(maxAge time.Duration) jetstream.StreamConfig {
 		Subjects:    []string{SubjectWildcard},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      maxAge,
+		MaxAge:      o.MaxAge,
 		Duplicates:  DuplicateWindow,
 		Discard:     jetstream.DiscardOld,
+		Replicas:    o.Replicas,
 	}
 }
 
@@ -82,28 +103,38 @@ func StreamConfig(maxAge time.Duration) jetstream.StreamConfig {
 // idempotent and safe to call from every binary at start. A positive maxAge
 // sets the retention (the gateway's USAGE_STREAM_MAX_AGE); maxAge <= 0 keeps
 // the retention of an existing stream, so binaries that do not own the
-// setting never undo it, and creates a new one with DefaultMaxAge.
+// setting never undo it, and creates a new one with DefaultMaxAge. The
+// replica count of an existing stream is kept.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, maxAge time.Duration) (jetstream.Stream, error) {
+	return EnsureStreamWith(ctx, js, StreamOptions{MaxAge: maxAge})
+}
+
+// EnsureStreamWith is EnsureStream with every option the owner sets.
+func EnsureStreamWith(ctx context.Context, js jetstream.JetStream, o StreamOptions) (jetstream.Stream, error) {
 	existing, err := js.Stream(ctx, StreamName)
 	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, fmt.Errorf("ensure stream %s: %w", StreamName, err)
 	}
 	if err == nil {
 		cur := existing.CachedInfo().Config
-		if maxAge <= 0 {
-			maxAge = cur.MaxAge
+		if o.MaxAge <= 0 {
+			o.MaxAge = cur.MaxAge
+		}
+		if o.Replicas <= 0 {
+			o.Replicas = cur.Replicas
 		}
 		// A stream already as wanted is left alone: every binary ensures it
 		// at start, and an update racing a consumer's creation is needless
 		// work for the server (and a data race in nats-server 2.15's file
 		// store under the race detector).
-		want := StreamConfig(maxAge)
+		want := o.config()
 		if slices.Equal(cur.Subjects, want.Subjects) && cur.MaxAge == want.MaxAge && cur.Duplicates == want.Duplicates &&
-			cur.Storage == want.Storage && cur.Retention == want.Retention && cur.Discard == want.Discard && cur.Description == want.Description {
+			cur.Storage == want.Storage && cur.Retention == want.Retention && cur.Discard == want.Discard &&
+			cur.Description == want.Description && max(cur.Replicas, 1) == want.Replicas {
 			return existing, nil
 		}
 	}
-	s, err := js.CreateOrUpdateStream(ctx, StreamConfig(maxAge))
+	s, err := js.CreateOrUpdateStream(ctx, o.config())
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream %s: %w", StreamName, err)
 	}
