@@ -60,6 +60,17 @@ type Result struct {
 	Inserted, Duplicates int
 	// Credits is the sum of the inserted entries' credits.
 	Credits int64
+	// Changes are the balances the inserted entries moved, by key and period.
+	Changes []Change
+}
+
+// Change is one balance as a Record call moved it: Used went from
+// UsedBefore to Used, out of Granted.
+type Change struct {
+	KeyID, OwnerID   string
+	Period           time.Time
+	Granted          int64
+	UsedBefore, Used int64
 }
 
 const insertLedger = `
@@ -76,7 +87,8 @@ ON CONFLICT (key_id, period) DO UPDATE SET
     granted    = EXCLUDED.granted,
     used       = b.used + EXCLUDED.used,
     requests   = b.requests + EXCLUDED.requests,
-    updated_at = now()`
+    updated_at = now()
+RETURNING key_id::text, period, granted, used`
 
 // Record inserts the entries into the ledger inside tx and adds the ones that
 // were actually inserted to their balances. Entries already in the ledger are
@@ -119,6 +131,7 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 		period time.Time
 	}
 	type bval struct {
+		owner          string
 		granted        int64
 		grantedAt      time.Time
 		used, requests int64
@@ -135,7 +148,7 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 		k := bkey{e.KeyID, e.Period}
 		v := deltas[k]
 		if v == nil {
-			v = &bval{granted: e.MonthlyCredits, grantedAt: e.OccurredAt}
+			v = &bval{owner: e.OwnerID, granted: e.MonthlyCredits, grantedAt: e.OccurredAt}
 			deltas[k] = v
 		}
 		if !e.OccurredAt.Before(v.grantedAt) {
@@ -164,9 +177,23 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 		bk[i], bp[i] = k.key, k.period.Format(time.DateOnly)
 		granted[i], used[i], reqs[i] = v.granted, v.used, v.requests
 	}
-	if _, err := tx.ExecContext(ctx, upsertBalances,
+	var after []struct {
+		KeyID   string    `db:"key_id"`
+		Period  time.Time `db:"period"`
+		Granted int64     `db:"granted"`
+		Used    int64     `db:"used"`
+	}
+	if err := tx.SelectContext(ctx, &after, upsertBalances,
 		pq.Array(bk), pq.Array(bp), pq.Array(granted), pq.Array(used), pq.Array(reqs)); err != nil {
 		return Result{}, fmt.Errorf("upsert balances: %w", err)
+	}
+	for _, a := range after {
+		v := deltas[bkey{a.KeyID, a.Period.UTC()}]
+		if v == nil {
+			continue
+		}
+		res.Changes = append(res.Changes, Change{KeyID: a.KeyID, OwnerID: v.owner, Period: a.Period.UTC(),
+			Granted: a.Granted, UsedBefore: a.Used - v.used, Used: a.Used})
 	}
 	return res, nil
 }

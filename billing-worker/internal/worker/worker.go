@@ -16,6 +16,7 @@ import (
 	_ "github.com/lib/pq" // Postgres driver
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mana/apigw/billing-worker/internal/alerts"
 	"github.com/mana/apigw/billing-worker/internal/delivery"
 	"github.com/mana/apigw/billing-worker/internal/ledger"
 	"github.com/mana/apigw/migrations"
@@ -102,7 +103,8 @@ func (s store) Begin(ctx context.Context) (consumer.Tx, error) {
 // batch is one consumer batch's transaction.
 type batch struct{ *sqlx.Tx }
 
-// Apply records the events in the ledger.
+// Apply records the events in the ledger and raises the credit alerts the
+// batch crosses, in the same transaction.
 func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.Applied, error) {
 	entries := make([]ledger.Entry, 0, len(events))
 	for _, ev := range events {
@@ -114,6 +116,9 @@ func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.App
 	}
 	res, err := ledger.Record(ctx, b.Tx, entries)
 	if err != nil {
+		return consumer.Applied{}, err
+	}
+	if _, err := alerts.Raise(ctx, b.Tx, res.Changes, time.Now()); err != nil {
 		return consumer.Applied{}, err
 	}
 	return consumer.Applied{Inserted: res.Inserted, Duplicates: res.Duplicates}, nil

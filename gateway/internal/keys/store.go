@@ -27,9 +27,19 @@ func NewStore(db *sqlx.DB) *Store {
 const keyColumns = `id, owner_id, name, key_prefix, key_hash, prev_key_hash, prev_key_expires_at, tier, active,
 	rate_limit_per_minute, monthly_credits, expires_at, last_used_at, created_at, updated_at, deleted_at`
 
+// Then runs inside a key's transaction once its row is written (before is
+// nil for a create, after is the row as written): what must commit or roll
+// back with the change, such as an outbox event. An error rolls it all back.
+type Then func(ctx context.Context, tx *sqlx.Tx, before, after *Key) error
+
 // Create inserts k. An empty k.ID is filled with NewID; CreatedAt and
 // UpdatedAt are set from the database.
 func (s *Store) Create(ctx context.Context, k *Key) error {
+	return s.CreateThen(ctx, k, nil)
+}
+
+// CreateThen is Create, running then (if not nil) in its transaction.
+func (s *Store) CreateThen(ctx context.Context, k *Key, then Then) error {
 	if k.ID == "" {
 		id, err := NewID()
 		if err != nil {
@@ -41,11 +51,24 @@ func (s *Store) Create(ctx context.Context, k *Key) error {
 		prev_key_expires_at, tier, active, rate_limit_per_minute, monthly_credits, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 		RETURNING created_at, updated_at`
-	err := s.db.QueryRowxContext(ctx, q, k.ID, k.OwnerID, k.Name, k.Prefix, k.Hash, nullBytes(k.PrevHash),
+	tx, err := s.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("insert api key %s: begin: %w", k.ID, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	err = tx.QueryRowxContext(ctx, q, k.ID, k.OwnerID, k.Name, k.Prefix, k.Hash, nullBytes(k.PrevHash),
 		k.PrevExpiresAt, k.Tier, k.Active, k.RateLimitPerMinute, k.MonthlyCredits, k.ExpiresAt).
 		Scan(&k.CreatedAt, &k.UpdatedAt)
 	if err != nil {
 		return fmt.Errorf("insert api key %s: %w", k.ID, err)
+	}
+	if then != nil {
+		if err := then(ctx, tx, nil, k); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("insert api key %s: commit: %w", k.ID, err)
 	}
 	return nil
 }
@@ -125,6 +148,12 @@ func (s *Store) ListByOwner(ctx context.Context, owner string, limit int, cursor
 // error nothing is written and that error is returned. UpdatedAt strictly
 // increases. The returned key is the committed row.
 func (s *Store) Update(ctx context.Context, id string, fn func(*Key) error) (*Key, error) {
+	return s.UpdateThen(ctx, id, fn, nil)
+}
+
+// UpdateThen is Update, running then (if not nil) in its transaction with
+// the row as it was locked and as it was written.
+func (s *Store) UpdateThen(ctx context.Context, id string, fn func(*Key) error, then Then) (*Key, error) {
 	if !ValidID(id) {
 		return nil, ErrNotFound
 	}
@@ -141,6 +170,7 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Key) error) (*Ke
 	if err != nil {
 		return nil, fmt.Errorf("update api key %s: lock: %w", id, err)
 	}
+	before := k
 	if err := fn(&k); err != nil {
 		return nil, err
 	}
@@ -155,6 +185,11 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Key) error) (*Ke
 		k.Active, k.RateLimitPerMinute, k.MonthlyCredits, k.ExpiresAt, k.DeletedAt)
 	if err != nil {
 		return nil, fmt.Errorf("update api key %s: %w", id, err)
+	}
+	if then != nil {
+		if err := then(ctx, tx, &before, &out); err != nil {
+			return nil, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("update api key %s: commit: %w", id, err)

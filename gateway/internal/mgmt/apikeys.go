@@ -166,7 +166,7 @@ func (h *Handler) create(c echo.Context) error {
 		Hash: h.deps.Hasher.Hash(secret),
 	}
 	ctx := c.Request().Context()
-	if err := h.deps.Store.Create(ctx, k); err != nil {
+	if err := h.deps.Store.CreateThen(ctx, k, h.keyEvent("created")); err != nil {
 		return internal("create api key", err)
 	}
 	if err := h.sync(c, k, "created"); err != nil {
@@ -266,12 +266,12 @@ func (h *Handler) get(c echo.Context) error {
 // propagates the committed state. A deleted key is found only if
 // allowDeleted (DELETE stays idempotent).
 func (h *Handler) mutate(c echo.Context, owner, action string, allowDeleted bool, fn func(*keys.Key) error) (*keys.Key, error) {
-	k, err := h.deps.Store.Update(c.Request().Context(), c.Param("id"), func(k *keys.Key) error {
+	k, err := h.deps.Store.UpdateThen(c.Request().Context(), c.Param("id"), func(k *keys.Key) error {
 		if k.OwnerID != owner || (k.DeletedAt != nil && !allowDeleted) {
 			return errKeyNotFound
 		}
 		return fn(k)
-	})
+	}, h.keyEvent(action))
 	var p problem.Problem
 	switch {
 	case errors.Is(err, keys.ErrNotFound):

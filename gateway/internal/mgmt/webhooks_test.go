@@ -163,3 +163,54 @@ func TestWebhookDeliveriesListAndRetry(t *testing.T) {
 	}
 	wantProblem(t, en.do("alice", "", http.MethodPost, "/webhooks/"+only80.ID+"/deliveries/"+id+"/retry", nil), http.StatusNotFound)
 }
+
+// TestKeyChangesAreWebhookEvents: each committed change of a key is one
+// event in the outbox, delivered to the owner's endpoints, without the
+// secret; a repeated delete and a change to nothing make none.
+func TestKeyChangesAreWebhookEvents(t *testing.T) {
+	en := newEnv(t)
+	hook := en.createEndpoint("alice", map[string]any{"url": "https://example.com/hook", "events": []string{"key.created", "key.updated", "key.deleted", "key.regenerated"}})
+	en.createEndpoint("bob", map[string]any{"url": "https://example.com/bob"})
+	k := en.create("alice", map[string]any{"name": "app", "tier": "pro"})
+	path := "/api-keys/" + k.ID
+	steps := []struct {
+		method, path string
+		body         any
+	}{
+		{http.MethodPatch, path, map[string]any{"name": "renamed"}},
+		{http.MethodPatch, path, map[string]any{"name": "renamed"}}, // nothing changes
+		{http.MethodPost, path + "/regenerate", nil},
+		{http.MethodDelete, path, nil},
+		{http.MethodDelete, path, nil}, // already deleted
+	}
+	for _, s := range steps {
+		if r := en.do("alice", "", s.method, s.path, s.body); r.code >= 300 {
+			t.Fatalf("%s %s: %d %s", s.method, s.path, r.code, r.body)
+		}
+	}
+	var events []struct {
+		Type    string `db:"type"`
+		Payload string `db:"payload"`
+	}
+	if err := en.db.Select(&events, `SELECT ev.type, ev.payload::text AS payload FROM api_gateway.webhook_events ev
+		JOIN api_gateway.webhook_deliveries d ON d.event_id = ev.id WHERE d.endpoint_id = $1 ORDER BY ev.xmin::text::bigint`, hook.ID); err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, e := range events {
+		types = append(types, e.Type)
+		if strings.Contains(e.Payload, k.Secret) || !strings.Contains(e.Payload, k.ID) {
+			t.Fatalf("payload %s", e.Payload)
+		}
+	}
+	if got := strings.Join(types, " "); got != "key.created key.updated key.regenerated key.deleted" {
+		t.Fatalf("events %q", got)
+	}
+	if !strings.Contains(events[1].Payload, `"changed": ["name"]`) {
+		t.Fatalf("update payload %s", events[1].Payload)
+	}
+	var bobs int
+	if err := en.db.Get(&bobs, `SELECT count(*) FROM api_gateway.webhook_events WHERE owner_id = 'bob'`); err != nil || bobs != 0 {
+		t.Fatalf("bob got %d events (%v)", bobs, err)
+	}
+}

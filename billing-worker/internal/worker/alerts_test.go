@@ -1,0 +1,137 @@
+package worker_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+)
+
+// TestCreditAlertsOnce: a key's usage crossing 50, 80 and 100 % of its
+// grant raises each threshold once and credits.exhausted once, however the
+// batches are redelivered, republished or re-read by a restarted worker.
+func TestCreditAlertsOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	key, owner := uuid.NewString(), "owner-alerts"
+	// One endpoint asks for 50 and 100, another for 80 only: each threshold
+	// is one alert, delivered to the endpoints that asked for it.
+	both, only80 := uuid.NewString(), uuid.NewString()
+	for id, ts := range map[string]string{both: "{50,100}", only80: "{80}"} {
+		if _, err := e.db.Exec(`INSERT INTO api_gateway.webhook_endpoints (id, owner_id, url, thresholds, secret)
+			VALUES ($1, $2, 'http://127.0.0.1:1/hook', $3, 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')`, id, owner, ts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UTC()
+	ev := func(credits int64) *usagev1.UsageEvent {
+		return &usagev1.UsageEvent{EventId: ulid.Make().String(), RequestId: "r", KeyId: key, OwnerId: owner, Tier: "free",
+			Endpoint: "POST /v1/search", Status: 200, Credits: credits, Units: 1, Unit: "request",
+			OccurredAt: timestamppb.New(now), Period: now.Format("2006-01"), MonthlyCredits: 100, GatewayId: "gw"}
+	}
+	count := func(q string) int64 { return e.Count(q, key) }
+	alerts := `SELECT count(*) FROM api_gateway.credit_alerts WHERE key_id = $1`
+
+	e.start(nil)
+	e.PublishBatch("", []*usagev1.UsageEvent{ev(30), ev(10)}) // 40 %: nothing
+	e.waitLedger(2, 60*time.Second)
+	e.waitDrained(30 * time.Second)
+	if n := count(alerts); n != 0 {
+		t.Fatalf("%d alerts at 40 %%", n)
+	}
+	second := []*usagev1.UsageEvent{ev(15)} // 55 %: 50 crossed
+	e.PublishBatch("", second)
+	e.waitLedger(3, 60*time.Second)
+	e.PublishBatch("", second) // after the duplicate window: the same events again
+	e.waitDrained(30 * time.Second)
+	third := []*usagev1.UsageEvent{ev(30), ev(20)} // 105 %: 80, 100 and exhausted
+	e.PublishBatch("", third)
+	e.waitLedger(5, 60*time.Second)
+	e.waitDrained(30 * time.Second)
+
+	// A second worker, and every batch once more.
+	second2 := e.start(nil)
+	waitHealthy(t, second2.MetricsPort)
+	e.PublishBatch("", []*usagev1.UsageEvent{ev(0)})
+	e.PublishBatch("", third)
+	e.waitLedger(6, 60*time.Second)
+	e.waitDrained(30 * time.Second)
+
+	var got []struct {
+		Kind      string `db:"kind"`
+		Threshold int    `db:"threshold"`
+	}
+	if err := e.db.Select(&got, `SELECT kind, threshold FROM api_gateway.credit_alerts WHERE key_id = $1 ORDER BY kind, threshold`, key); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "[{exhausted 0} {threshold 50} {threshold 80} {threshold 100}]" {
+		t.Fatalf("alerts %v", got)
+	}
+	var deliveries []struct {
+		Endpoint string `db:"endpoint_id"`
+		Type     string `db:"type"`
+		Payload  []byte `db:"payload"`
+	}
+	if err := e.db.Select(&deliveries, `SELECT d.endpoint_id::text, ev.type, ev.payload FROM api_gateway.webhook_deliveries d
+		JOIN api_gateway.webhook_events ev ON ev.id = d.event_id WHERE ev.owner_id = $1`, owner); err != nil {
+		t.Fatal(err)
+	}
+	per := map[string][]int{}
+	for _, d := range deliveries {
+		var body struct {
+			Type string
+			Data struct {
+				KeyID                                  string `json:"keyId"`
+				Period                                 string
+				Threshold                              int
+				CreditsUsed, CreditsLeft, CreditsGrant int64 `json:"-"`
+			}
+		}
+		if err := json.Unmarshal(d.Payload, &body); err != nil || body.Type != d.Type || body.Data.KeyID != key || body.Data.Period != now.Format("2006-01") {
+			t.Fatalf("payload %s (%v)", d.Payload, err)
+		}
+		name := map[string]string{both: "both", only80: "only80"}[d.Endpoint]
+		if d.Type == "credits.exhausted" {
+			body.Data.Threshold = -1
+		}
+		per[name] = append(per[name], body.Data.Threshold)
+	}
+	if len(per["both"]) != 3 || len(per["only80"]) != 2 {
+		t.Fatalf("deliveries by endpoint (threshold, -1 = exhausted): %v", per)
+	}
+	var data map[string]any
+	var raw []byte
+	if err := e.db.Get(&raw, `SELECT payload->'data' FROM api_gateway.webhook_events WHERE owner_id = $1 AND payload->'data'->>'threshold' = '80'`, owner); err != nil {
+		t.Fatal(err)
+	}
+	_ = json.Unmarshal(raw, &data)
+	if data["creditsUsed"] != 105.0 || data["creditsLeft"] != 0.0 || data["creditsGranted"] != 100.0 {
+		t.Fatalf("threshold 80 data %s", raw)
+	}
+}
+
+// waitHealthy polls a worker's /health until it answers 200.
+func waitHealthy(t *testing.T, port int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", port))
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker on :%d never became healthy (%v)", port, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
