@@ -128,6 +128,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	for _, o := range []string{"succeeded", "retry", "failed"} {
 		m.deliveries.WithLabelValues(o)
+		m.latency.WithLabelValues(o)
 	}
 	return m, nil
 }
