@@ -18,9 +18,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/prometheus/client_golang/prometheus"
@@ -171,7 +174,14 @@ func New(cfg Config, db *sqlx.DB, metrics *Metrics, logger *slog.Logger) (*Worke
 		MaxResponseHeaderBytes: 64 << 10,
 	}
 	client := &http.Client{Transport: tr, Timeout: cfg.Timeout,
-		CheckRedirect: func(_ *http.Request, via []*http.Request) error {
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			// Only 307 and 308 keep the method and the signed body; after
+			// a 301, 302 or 303 the client would send a bodiless GET, and a
+			// 2xx to that would be taken for a delivery. Those answers are
+			// failures, recorded with their status.
+			if c := req.Response.StatusCode; c != http.StatusTemporaryRedirect && c != http.StatusPermanentRedirect {
+				return http.ErrUseLastResponse
+			}
 			if len(via) >= 3 {
 				return errors.New("stopped after 3 redirects")
 			}
@@ -309,7 +319,10 @@ func (w *Worker) post(ctx context.Context, d due) attempt {
 	if err != nil {
 		return attempt{err: err.Error()}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.URL, bytes.NewReader(d.Payload))
+	// Not cancelled with ctx: an attempt under way when the worker stops
+	// finishes (the client's Timeout bounds it) rather than being recorded
+	// as the receiver's failure.
+	req, err := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodPost, d.URL, bytes.NewReader(d.Payload))
 	if err != nil {
 		return attempt{err: "invalid URL"}
 	}
@@ -320,6 +333,12 @@ func (w *Worker) post(ctx context.Context, d due) attempt {
 	req.Header.Set("webhook-signature", sig)
 	resp, err := w.client.Do(req)
 	if err != nil {
+		// Without the URL: its query may carry the owner's token, and
+		// the error is shown in the deliveries and logged.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		msg := err.Error()
 		if errors.Is(err, ErrBlockedAddress) {
 			msg = "the URL resolves to an address that is not public"
@@ -330,14 +349,25 @@ func (w *Worker) post(ctx context.Context, d due) attempt {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	a := attempt{status: resp.StatusCode}
 	if !a.ok() {
-		a.err = "answered " + resp.Status
+		// The status text is ours, not the receiver's reason phrase,
+		// which may be any bytes (and PostgreSQL refuses invalid UTF-8).
+		a.err = truncate(fmt.Sprintf("answered %d %s", resp.StatusCode, http.StatusText(resp.StatusCode)), 300)
+		if loc := resp.Header.Get("Location"); resp.StatusCode >= 300 && resp.StatusCode < 400 && loc != "" {
+			a.err = "answered " + strconv.Itoa(resp.StatusCode) + " (a redirect other than 307 or 308 is not followed)"
+		}
 	}
 	return a
 }
 
+// truncate makes s storable text of at most n bytes: valid UTF-8 cut on
+// a character boundary, without NUL bytes.
 func truncate(s string, n int) string {
+	s = strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n]
 }

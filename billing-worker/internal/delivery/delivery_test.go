@@ -1,11 +1,13 @@
 package delivery_test
 
 import (
+	"bufio"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jmoiron/sqlx"
@@ -287,11 +290,68 @@ func TestRefusesPrivateAddresses(t *testing.T) {
 	}
 }
 
+// TestRedirectsThatDropTheBodyFail: after a 301, 302 or 303 a client sends
+// a bodiless GET; such an answer is a failure with its status, never a
+// delivery, and the target is not called.
+func TestRedirectsThatDropTheBodyFail(t *testing.T) {
+	e := newEnv(t)
+	ep, secret := e.endpoint("alice", "")
+	rcv := newReceiver(t, secret)
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, rcv.srv.URL+"/hook", http.StatusMovedPermanently)
+	}))
+	t.Cleanup(redirector.Close)
+	e.exec(`UPDATE api_gateway.webhook_endpoints SET url = $2 WHERE id = $1`, ep, redirector.URL)
+	ev := e.enqueue("alice")
+	e.start(delivery.Config{AllowHosts: allowLoopback(t), Backoff: fast[:1], Poll: 20 * time.Millisecond})
+	r := e.waitFor(ep, ev, func(r row) bool { return r.Status == "failed" })
+	if r.Attempts != 2 || r.Code == nil || *r.Code != 301 || r.Err == nil || !strings.Contains(*r.Err, "not followed") {
+		t.Fatalf("delivery %+v", r)
+	}
+	if n := len(rcv.received()); n != 0 {
+		t.Fatalf("the redirect's target got %d requests", n)
+	}
+}
+
+// TestAReceiversBytesAreStoredAsText: a reason phrase that is not UTF-8
+// (which PostgreSQL refuses to store) does not keep a delivery pending
+// forever: each attempt is recorded, and it fails after the last one.
+func TestAReceiversBytesAreStoredAsText(t *testing.T) {
+	e := newEnv(t)
+	ep, _ := e.endpoint("alice", "")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = bufio.NewReader(c).ReadString('\n')
+				_, _ = c.Write([]byte("HTTP/1.1 500 \xff\xfe\x00bad\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+			}()
+		}
+	}()
+	e.exec(`UPDATE api_gateway.webhook_endpoints SET url = $2 WHERE id = $1`, ep, "http://"+l.Addr().String()+"/hook")
+	ev := e.enqueue("alice")
+	e.start(delivery.Config{AllowHosts: allowLoopback(t), Backoff: fast[:2], Poll: 20 * time.Millisecond})
+	r := e.waitFor(ep, ev, func(r row) bool { return r.Status == "failed" })
+	if r.Attempts != 3 || r.Code == nil || *r.Code != 500 || r.Err == nil || !utf8.ValidString(*r.Err) {
+		t.Fatalf("delivery %+v", r)
+	}
+}
+
 func TestBlocked(t *testing.T) {
 	for addr, want := range map[string]bool{
 		"127.0.0.1": true, "10.1.2.3": true, "172.16.0.1": true, "192.168.1.1": true, "169.254.169.254": true,
 		"100.64.0.1": true, "0.0.0.0": true, "::1": true, "::ffff:127.0.0.1": true, "::ffff:10.0.0.1": true,
 		"fd00:ec2::254": true, "fe80::1": true, "224.0.0.1": true, "::": true,
+		"fec0::1": true, "::127.0.0.1": true, "::a9fe:a9fe": true, "::ffff:0:7f00:1": true, "2002:a00:1::1": true,
 		"8.8.8.8": false, "1.1.1.1": false, "2606:4700:4700::1111": false,
 	} {
 		if got := delivery.Blocked(netip.MustParseAddr(addr)); got != want {

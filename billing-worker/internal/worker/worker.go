@@ -80,9 +80,13 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	defer conn.Close()
 	// The webhooks go out beside the ledger: the outbox it fills is in the
 	// same database, and the worker stops sending when the ledger stops.
+	// When Serve returns (an error, or ctx done), the sender is stopped
+	// before it is waited for: cancel runs first.
+	sctx, stopSender := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = sender.Run(ctx) })
+	wg.Go(func() { _ = sender.Run(sctx) })
 	defer wg.Wait()
+	defer stopSender()
 	return consumer.Serve(ctx, cfg.Settings, conn, consumer.Worker{
 		Name: "billing worker", Durable: usagev1.BillingConsumer, Namespace: "billing",
 		Store: store{db}, Check: Check, Registry: reg,

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mana/apigw/billing-worker/internal/worker"
@@ -564,5 +565,38 @@ func waitHealth(t *testing.T, port, code int, want string, timeout time.Duration
 			t.Fatalf("/health = %d %s after %s, want %d with %q", got, body, timeout, code, want)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestRunEndsWhenServingFails: when the consumer cannot be served (here a
+// durable of the same name with another configuration), Run returns the
+// error instead of waiting forever for the webhook sender beside it, so
+// the process exits and is restarted.
+func TestRunEndsWhenServingFails(t *testing.T) {
+	e := newEnv(t)
+	stream, err := usagev1.EnsureStream(t.Context(), e.JS, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.CreateConsumer(t.Context(), jetstream.ConsumerConfig{
+		Durable: usagev1.BillingConsumer, DeliverPolicy: jetstream.DeliverNewPolicy, AckPolicy: jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DATABASE_URL": e.DBURL, "NATS_URL": e.NATS.URL, "METRICS_PORT": strconv.Itoa(testenv.FreePort(t))}
+	cfg, err := worker.ConfigFromEnv(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- worker.Run(t.Context(), cfg, testenv.Logger(t)) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Run returned nil for a consumer it could not serve")
+		}
+		t.Logf("Run: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run still running 60 s after serving failed")
 	}
 }
