@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	_ "github.com/lib/pq"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/mana/apigw/gateway/internal/pricing"
 	"github.com/mana/apigw/services/authdev"
@@ -30,21 +32,28 @@ import (
 
 // stack is the whole system for one test.
 type stack struct {
-	t        *testing.T
-	dsn      string
-	pg       *testenv.Postgres // with stackOpts.ownPostgres
-	db       *sqlx.DB
-	redis    *testenv.Redis
-	nats     *testenv.NATS
-	js       jetstream.JetStream
-	authURL  string
-	backends map[string]string
-	hits     *backendHits
-	gateways []*testenv.Process
-	gwURLs   []string
-	spools   []string
-	billing  *testenv.Process
-	agg      *testenv.Process
+	t     *testing.T
+	dsn   string
+	pg    *testenv.Postgres // with stackOpts.ownPostgres
+	db    *sqlx.DB
+	redis *testenv.Redis
+	nats  *testenv.NATS
+	// With stackOpts.cluster: a Redis Cluster and a JetStream cluster
+	// instead of redis and nats.
+	redisCluster *testenv.RedisCluster
+	natsCluster  *testenv.NATSCluster
+	rdb          redis.UniversalClient
+	// serverEnv is the binaries' Redis and NATS settings.
+	serverEnv []string
+	js        jetstream.JetStream
+	authURL   string
+	backends  map[string]string
+	hits      *backendHits
+	gateways  []*testenv.Process
+	gwURLs    []string
+	spools    []string
+	billing   *testenv.Process
+	agg       *testenv.Process
 	// The workers' metrics addresses (/metrics, /health).
 	billingURL, aggURL string
 	http               testenv.HTTP
@@ -98,6 +107,9 @@ type stackOpts struct {
 	// ownPostgres runs the stack on a PostgreSQL server of its own (s.pg),
 	// which the test may stop, instead of a database in the shared cluster.
 	ownPostgres bool
+	// cluster runs the stack on a Redis Cluster of three masters with a
+	// replica each and a three-node JetStream cluster with the stream at R3.
+	cluster bool
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
@@ -118,9 +130,22 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	s.db = db
-	s.redis = testenv.StartRedis(t)
-	s.nats = testenv.StartNATS(t)
-	nc, err := nats.Connect(s.nats.URL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	natsURL := ""
+	if o.cluster {
+		s.redisCluster = testenv.StartRedisCluster(t, 3, 1)
+		s.natsCluster = testenv.StartNATSCluster(t, 3)
+		s.rdb = s.redisCluster.Client()
+		natsURL = s.natsCluster.URL
+		s.serverEnv = []string{"REDIS_ADDRS=" + strings.Join(s.redisCluster.Addrs, ","), "NATS_URL=" + natsURL, "USAGE_STREAM_REPLICAS=3"}
+	} else {
+		s.redis = testenv.StartRedis(t)
+		s.nats = testenv.StartNATS(t)
+		s.rdb = s.redis.Client()
+		natsURL = s.nats.URL
+		host, port, _ := net.SplitHostPort(s.redis.Addr)
+		s.serverEnv = []string{"REDIS_HOST=" + host, "REDIS_PORT=" + port, "NATS_URL=" + natsURL}
+	}
+	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,11 +195,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		}
 		o.extraEnv = append(o.extraEnv, "PRICING_FILE="+f)
 	}
-	host, port, _ := net.SplitHostPort(s.redis.Addr)
-	common := []string{
-		"DATABASE_URL=" + s.dsn, "REDIS_HOST=" + host, "REDIS_PORT=" + port, "NATS_URL=" + s.nats.URL,
-		"LOG_LEVEL=info",
-	}
+	common := append([]string{"DATABASE_URL=" + s.dsn, "LOG_LEVEL=info"}, s.serverEnv...)
 	gwBin := bin(t, "./gateway/cmd/gateway")
 	for i := 0; i < o.gateways; i++ {
 		spool := t.TempDir()
@@ -222,8 +243,7 @@ func (h *backendHits) of(backend, method, path string) int64 {
 
 func (s *stack) startWorkers() {
 	t := s.t
-	host, port, _ := net.SplitHostPort(s.redis.Addr)
-	common := []string{"DATABASE_URL=" + s.dsn, "REDIS_HOST=" + host, "REDIS_PORT=" + port, "NATS_URL=" + s.nats.URL, "LOG_LEVEL=info"}
+	common := append([]string{"DATABASE_URL=" + s.dsn, "LOG_LEVEL=info"}, s.serverEnv...)
 	env := func(port int) []string {
 		return append(append([]string{}, common...), "METRICS_PORT="+strconv.Itoa(port))
 	}
@@ -357,7 +377,7 @@ func (s *stack) balances(keyID string, grant int64) (pg, rd int64) {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	v, err := s.redis.Client().HGet(context.Background(), "gw:{"+keyID+"}:s", "bal").Int64()
+	v, err := s.rdb.HGet(context.Background(), "gw:{"+keyID+"}:s", "bal").Int64()
 	if err != nil {
 		s.t.Fatalf("redis balance: %v", err)
 	}
