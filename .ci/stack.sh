@@ -29,6 +29,7 @@ APPS=(
 	"search|./services/cmd/search|3021|"
 	"stt|./services/cmd/stt|3020|"
 	"tts|./services/cmd/tts|3022|"
+	"webhookdev|./services/cmd/webhookdev|3040|/health"
 	"billing-worker|./billing-worker/cmd/billing-worker|9101|/health"
 	"aggregator|./aggregator/cmd/aggregator|9102|/health"
 	"gateway|./gateway/cmd/gateway|3030|/ready"
@@ -68,6 +69,7 @@ app_env() {
 	search) printf '%s\n' "PORT=3021" "EXTRACT_ALLOW_HOSTS=127.0.0.1:3021,localhost:3021" ;;
 	stt) echo "PORT=3020" ;;
 	tts) echo "PORT=3022" ;;
+	webhookdev) echo "PORT=3040" ;;
 	billing-worker) printf '%s\n' "METRICS_PORT=9101" "WEBHOOK_ALLOW_HOSTS=127.0.0.1,localhost" ;;
 	aggregator) echo "METRICS_PORT=9102" ;;
 	gateway) printf '%s\n' "PORT=3030" "SPOOL_DIR=$DATA/spool" ;;
@@ -247,6 +249,7 @@ Mana API Gateway is up.
   dashboard    http://127.0.0.1:3030/dashboard   (sign in as a dev user below)
   dev auth     http://127.0.0.1:3001   (POST /api/v1/auth/login, /.well-known/jwks.json)
   search       http://127.0.0.1:3021   stt http://127.0.0.1:3020   tts http://127.0.0.1:3022   (stand-ins)
+  webhooks     http://127.0.0.1:3040   (a receiver that verifies signatures; its log: .data/logs/webhookdev.log)
   workers      billing-worker http://127.0.0.1:9101/metrics   aggregator http://127.0.0.1:9102/metrics
   logs         .data/logs/*.log
 EOF
@@ -274,6 +277,15 @@ Try it:
 
   curl -s http://localhost:3030/api-keys/$KEY_ID/usage/summary \
     -H "Authorization: Bearer $TOKEN" | jq .
+
+Watch a webhook arrive (the dev receiver verifies every signature):
+  SECRET=$(curl -s -X POST http://localhost:3030/webhooks \
+    -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
+    -d '{"url": "http://127.0.0.1:3040/hook", "thresholds": [1, 50, 80, 100]}' | jq -r '.secret')
+  curl -s -X POST http://localhost:3040/secrets -d "{\"secret\": \"$SECRET\"}"
+  curl -s -X PATCH http://localhost:3030/api-keys/$KEY_ID \
+    -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" -d '{"name": "renamed"}' >/dev/null
+  sleep 2; curl -s http://localhost:3040/received | jq .   # key.updated; credits.threshold once 1 % (50 credits on pro) is used
 
 EOF
 }

@@ -38,6 +38,10 @@ func TestBinaries(t *testing.T) {
 		{name: "tts", env: []string{"TTS_ENGINE=tone"}, check: func(t *testing.T, base string) {
 			expect(t, "POST", base+"/synthesize", `{"text":"Hello, world!","voice":"en-US-1"}`, 200, "RIFF")
 		}},
+		{name: "webhookdev", check: func(t *testing.T, base string) {
+			expect(t, "GET", base+"/received", "", 200, `"data":[]`)
+			expect(t, "POST", base+"/hook", `{}`, 400, "webhook-id")
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
