@@ -11,7 +11,7 @@ STACK := .ci/stack.sh
 PKGS = $(shell go list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)/|./|; s|$$|/...|')
 
 .PHONY: help run up down status test lint shellcheck build migrate proto bench bench-smoke \
-	replay reconcile events servers servers-stop compose-check rules clean distclean
+	up-cluster replay reconcile events servers servers-stop compose-check rules clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -21,6 +21,9 @@ run: ## start servers and every binary in the foreground; Ctrl-C stops it all
 
 up: ## start the same stack in the background; returns once the gateway is ready
 	@$(STACK) up
+
+up-cluster: ## the stack scaled out: 3 nats-servers (USAGE at R3), a Redis Cluster of 3 masters, 2 gateways behind nginx on :3030
+	@.ci/cluster.sh up
 
 down: ## stop what `make up` started (binaries, then PostgreSQL, Redis, NATS)
 	@$(STACK) down

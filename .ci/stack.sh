@@ -238,6 +238,8 @@ stop_all() {
 	# A second Ctrl-C (or make's own SIGTERM) must not cut the shutdown short.
 	trap '' INT TERM
 	stop_apps
+	# What `make up-cluster` started, if anything.
+	if [[ -d $DATA/cluster/run ]]; then "$ROOT/.ci/cluster.sh" down; fi
 	"$ROOT/.ci/servers.sh" stop dev
 }
 
