@@ -30,10 +30,11 @@ type Config struct {
 	// CatchUp bounds the wait of Pending for the reader to reach the end of
 	// the stream (default 2s).
 	CatchUp time.Duration
-	// MaxEvents bounds the unapplied events held (default 1,000,000, about
-	// 130 MB). While the billing worker is away long enough to pass it,
-	// newer messages are not indexed and Pending says it is incomplete,
-	// until the worker's floor passes them.
+	// MaxEvents bounds the unapplied events held one by one (default
+	// 1,000,000, about 130 MB). While the billing worker is away long
+	// enough to pass it, newer messages are only summed per key and period,
+	// in stretches of MaxEvents/10 events, and Pending says it is
+	// incomplete until the worker's floor passes them.
 	MaxEvents int
 }
 
@@ -56,8 +57,22 @@ func (c Config) Validate() error {
 }
 
 // ErrIncomplete: the backlog is over its bound and some unapplied events
-// are not indexed; what Pending returns with it is a part.
-var ErrIncomplete = errors.New("backlog: over its bound, not every unapplied event is indexed")
+// are only summed, not indexed one by one. What Pending returns with it
+// counts them under SummedEventID, also those the billing worker has
+// applied since (the floor has not passed their stretch yet): a balance
+// from it is too low rather than too high.
+var ErrIncomplete = errors.New("backlog: over its bound, some unapplied events are only summed")
+
+// SummedEventID is the ID under which Pending returns, per key, the credits
+// of the events that were summed rather than indexed. It matches no event.
+const SummedEventID = "~summed"
+
+// stretch sums the events of consecutive messages that were not indexed.
+type stretch struct {
+	last    uint64                      // last stream sequence in it
+	events  int                         // events summed
+	credits map[string]map[string]int64 // key → period → credits
+}
 
 // entry is one unapplied event.
 type entry struct {
@@ -97,8 +112,11 @@ type Tail struct {
 	read    uint64                // last stream sequence indexed
 	floor   uint64                // billing's acknowledgement floor, as last read
 	// skipped is the last stream sequence not indexed for lack of room;
-	// while the floor is below it, the backlog is incomplete.
+	// while the floor is below it, the backlog is incomplete, and summed
+	// holds those messages' credits, oldest stretch first.
 	skipped uint64
+	summed  []*stretch
+	created time.Time // the stream's creation time, to notice it created again
 	running bool
 	moved   chan struct{} // closed (and renewed) whenever read advances
 
@@ -175,6 +193,16 @@ func (t *Tail) run(ctx context.Context) error {
 	}
 	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{usagev1.SubjectWildcard}}
 	t.mu.Lock()
+	if created := stream.CachedInfo().Created; !created.Equal(t.created) {
+		if !t.created.IsZero() {
+			// A stream created again numbers its messages from 1: what
+			// was read of the old one says nothing about the new one.
+			t.logger.Warn("usage stream was created again; the backlog starts over", "created", created)
+			t.keys, t.periods, t.order, t.summed = map[string]*keyEvents{}, map[string]string{}, nil, nil
+			t.size, t.read, t.floor, t.skipped = 0, 0, 0, 0
+		}
+		t.created = created
+	}
 	from := t.read + 1
 	t.mu.Unlock()
 	if from == 1 {
@@ -216,13 +244,18 @@ func (t *Tail) run(ctx context.Context) error {
 	t.mu.Unlock()
 	defer func() { t.mu.Lock(); t.running = false; t.mu.Unlock() }()
 
-	floorCtx, stopFloor := context.WithCancel(ctx)
-	defer stopFloor()
-	go t.followFloor(floorCtx, stream)
-	go func() { <-ctx.Done(); it.Stop() }()
+	// followFloor also notices the stream deleted or created again (the
+	// ordered consumer would wait for it silently) and ends this run.
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	go t.followFloor(runCtx, stream, stopRun)
+	go func() { <-runCtx.Done(); it.Stop() }()
 	for {
 		m, err := it.Next()
 		if err != nil {
+			if cause := context.Cause(runCtx); cause != nil && ctx.Err() == nil {
+				return fmt.Errorf("backlog: %w", cause)
+			}
 			return fmt.Errorf("backlog: %w", err)
 		}
 		meta, err := m.Metadata()
@@ -245,11 +278,28 @@ func (t *Tail) index(seq uint64, subject string, data []byte) {
 	case derr != nil || seq <= t.floor:
 	case t.size+len(dm.Events) > t.cfg.MaxEvents:
 		if t.skipped <= t.floor {
-			t.logger.Warn("usage backlog over its bound: newer unapplied events are not indexed, rebuilt balances are not exact until the billing worker catches up",
+			t.logger.Warn("usage backlog over its bound: newer unapplied events are summed per key, not indexed; balances rebuilt until the billing worker catches up may be too low",
 				"events", t.size, "max_events", t.cfg.MaxEvents, "seq", seq)
 		}
 		t.skipped = seq
 		t.skippedEvents.Add(float64(len(dm.Events)))
+		var st *stretch
+		if n := len(t.summed); n > 0 && t.summed[n-1].events < max(t.cfg.MaxEvents/10, 1) {
+			st = t.summed[n-1]
+		} else {
+			st = &stretch{credits: map[string]map[string]int64{}}
+			t.summed = append(t.summed, st)
+		}
+		st.last = seq
+		for _, ev := range dm.Events {
+			byPeriod := st.credits[ev.GetKeyId()]
+			if byPeriod == nil {
+				byPeriod = map[string]int64{}
+				st.credits[ev.GetKeyId()] = byPeriod
+			}
+			byPeriod[ev.GetPeriod()] += ev.GetCredits()
+			st.events++
+		}
 	default:
 		// Invalid events are dead-lettered by the billing worker, never
 		// charged: DecodeMessage leaves them out, as the worker does.
@@ -290,15 +340,26 @@ func (t *Tail) advance(seq uint64) {
 	}
 }
 
-// followFloor forgets, every FloorInterval, what the billing worker applied.
-func (t *Tail) followFloor(ctx context.Context, stream jetstream.Stream) {
+// followFloor forgets, every FloorInterval, what the billing worker
+// applied, and stops the run when the stream is gone or was created again.
+func (t *Tail) followFloor(ctx context.Context, stream jetstream.Stream, stop context.CancelCauseFunc) {
 	tk := time.NewTicker(t.cfg.FloorInterval)
 	defer tk.Stop()
+	created := stream.CachedInfo().Created
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tk.C:
+		}
+		now, err := t.cfg.JS.Stream(ctx, usagev1.StreamName)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			stop(errors.New("the usage stream was deleted"))
+			return
+		case err == nil && !now.CachedInfo().Created.Equal(created):
+			stop(errors.New("the usage stream was created again"))
+			return
 		}
 		if floor, err := t.billingFloor(ctx, stream); err == nil {
 			t.setFloor(floor)
@@ -344,6 +405,13 @@ func (t *Tail) setFloor(floor uint64) {
 	}
 	if n > 0 {
 		t.order = append(t.order[:0:0], t.order[n:]...)
+	}
+	n = 0
+	for n < len(t.summed) && t.summed[n].last <= floor {
+		n++
+	}
+	if n > 0 {
+		t.summed = append(t.summed[:0:0], t.summed[n:]...)
 	}
 	if !complete && t.skipped <= floor {
 		t.logger.Info("usage backlog complete again: the billing worker applied what was not indexed", "events", t.size)
@@ -408,10 +476,37 @@ func (t *Tail) Pending(ctx context.Context, keyIDs []string, period string) (map
 			add(k, t.keys[k])
 		}
 	}
-	if t.skipped > t.floor {
-		return out, ErrIncomplete
+	if t.skipped <= t.floor {
+		return out, nil
 	}
-	return out, nil
+	sum := func(k string) {
+		var c int64
+		for _, st := range t.summed {
+			c += st.credits[k][period]
+		}
+		if c != 0 {
+			if out[k] == nil {
+				out[k] = map[string]int64{}
+			}
+			out[k][SummedEventID] = c
+		}
+	}
+	if keyIDs == nil {
+		seen := map[string]bool{}
+		for _, st := range t.summed {
+			for k := range st.credits {
+				if !seen[k] {
+					seen[k] = true
+					sum(k)
+				}
+			}
+		}
+	} else {
+		for _, k := range keyIDs {
+			sum(k)
+		}
+	}
+	return out, ErrIncomplete
 }
 
 // Size is the number of unapplied events indexed.

@@ -140,9 +140,9 @@ func TestPendingIsWhatBillingHasNotAcknowledged(t *testing.T) {
 }
 
 // TestOverItsBoundTheBacklogSaysIncomplete: with the billing worker away, the
-// backlog stops indexing at its bound instead of growing without end, says
-// so with what it has, and is exact again once billing applies past what it
-// skipped.
+// backlog stops indexing at its bound instead of growing without end, sums
+// what it does not index per key (so a balance from it is never too high),
+// says so, and is exact again once billing applies past what it summed.
 func TestOverItsBoundTheBacklogSaysIncomplete(t *testing.T) {
 	srv := testenv.StartNATS(t)
 	nc, err := nats.Connect(srv.URL)
@@ -174,20 +174,25 @@ func TestOverItsBoundTheBacklogSaysIncomplete(t *testing.T) {
 
 	a, b, c := event("k1", 1), event("k1", 2), event("k2", 3)
 	publish(t, js, a, b, c)                          // 3 of 4
-	publish(t, js, event("k1", 10), event("k2", 20)) // would be 5: skipped
+	publish(t, js, event("k1", 10), event("k2", 20)) // would be 5: summed
+	publish(t, js, event("k1", 100), event("k2", 7)) // summed too
 	got, err := tail.Pending(t.Context(), []string{"k1", "k2"}, a.Period)
 	if !errors.Is(err, ErrIncomplete) {
 		t.Fatalf("over the bound: err %v", err)
 	}
-	if len(got["k1"]) != 2 || got["k1"][a.EventId] != 1 || got["k1"][b.EventId] != 2 || got["k2"][c.EventId] != 3 || len(got["k2"]) != 1 {
-		t.Fatalf("what was indexed: %v", got)
+	if len(got["k1"]) != 3 || got["k1"][a.EventId] != 1 || got["k1"][b.EventId] != 2 || got["k1"][SummedEventID] != 110 ||
+		len(got["k2"]) != 2 || got["k2"][c.EventId] != 3 || got["k2"][SummedEventID] != 27 {
+		t.Fatalf("what was indexed and summed: %v", got)
+	}
+	if all, err := tail.Pending(t.Context(), nil, a.Period); !errors.Is(err, ErrIncomplete) || all["k2"][SummedEventID] != 27 || all["k1"][SummedEventID] != 110 {
+		t.Fatalf("every key over the bound: %v, %v", all, err)
 	}
 	if n := tail.Size(); n != 3 {
 		t.Fatalf("size %d, want 3", n)
 	}
 
-	// Billing applies both messages: exact again, and empty.
-	batch, err := billing.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+	// Billing applies every message: exact again, and empty.
+	batch, err := billing.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,8 +203,8 @@ func TestOverItsBoundTheBacklogSaysIncomplete(t *testing.T) {
 		}
 		acked++
 	}
-	if acked != 2 {
-		t.Fatalf("billing fetched %d of 2", acked)
+	if acked != 3 {
+		t.Fatalf("billing fetched %d of 3", acked)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -217,5 +222,57 @@ func TestOverItsBoundTheBacklogSaysIncomplete(t *testing.T) {
 	publish(t, js, d)
 	if got, err := tail.Pending(t.Context(), []string{"k2"}, d.Period); err != nil || got["k2"][d.EventId] != 4 {
 		t.Fatalf("pending %v, %v", got, err)
+	}
+}
+
+// TestAStreamCreatedAgainStartsOver: a stream deleted and created again
+// numbers its messages from 1; the backlog forgets the old stream and
+// reads the new one instead of skipping what it takes for old sequences.
+func TestAStreamCreatedAgainStartsOver(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	nc, err := nats.Connect(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := usagev1.EnsureStream(t.Context(), js, 0); err != nil {
+		t.Fatal(err)
+	}
+	tail, err := New(Config{JS: js, Logger: testenv.Logger(t), FloorInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go tail.Run(ctx)
+	old := []*usagev1.UsageEvent{event("k1", 1), event("k1", 2), event("k1", 3)}
+	for _, ev := range old {
+		publish(t, js, ev)
+	}
+	if got, err := tail.Pending(t.Context(), []string{"k1"}, old[0].Period); err != nil || len(got["k1"]) != 3 {
+		t.Fatalf("before: %v, %v", got, err)
+	}
+	if err := js.DeleteStream(t.Context(), usagev1.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := usagev1.EnsureStream(t.Context(), js, 0); err != nil {
+		t.Fatal(err)
+	}
+	fresh := event("k1", 7)
+	publish(t, js, fresh)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got, err := tail.Pending(t.Context(), []string{"k1"}, fresh.Period)
+		if err == nil && len(got["k1"]) == 1 && got["k1"][fresh.EventId] == 7 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the stream was created again: %v, %v", got, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
