@@ -26,7 +26,9 @@ type Config struct {
 	// NATSURL is one NATS URL or a comma list of a cluster's servers.
 	NATSURL string
 	// StreamReplicas (USAGE_STREAM_REPLICAS) is the USAGE stream's replica
-	// count on a JetStream cluster: 1, 3 or 5.
+	// count on a JetStream cluster: 1, 3 or 5; 0 (unset) keeps the count
+	// the stream has (a new stream gets 1), so an instance started without
+	// the setting never shrinks a replicated stream.
 	StreamReplicas int
 	SearchURL      *url.URL
 	STTURL         *url.URL
@@ -128,7 +130,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		ReconcileInterval:     parseDur("RECONCILE_INTERVAL", "30s"),
 		ReconcileActiveWindow: parseDur("RECONCILE_ACTIVE_WINDOW", "24h"),
 	}
-	c.StreamReplicas = int(parseInt("USAGE_STREAM_REPLICAS", "1"))
+	c.StreamReplicas = int(parseInt("USAGE_STREAM_REPLICAS", "0"))
 	if v := getenv("REDIS_ADDRS"); v != "" {
 		for _, a := range strings.Split(v, ",") {
 			a = strings.TrimSpace(a)
@@ -200,7 +202,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		}
 	}
 	switch c.StreamReplicas {
-	case 1, 3, 5:
+	case 0, 1, 3, 5:
 	default:
 		errs = append(errs, errors.New("USAGE_STREAM_REPLICAS must be 1, 3 or 5 (a JetStream cluster of at least that many servers)"))
 	}
