@@ -152,7 +152,7 @@ func TestClusterSettings(t *testing.T) {
 		withError string
 	}{
 		{name: "single servers by default", env: map[string]string{},
-			want: func(c Config) bool { return c.RedisClusterAddrs == nil && c.StreamReplicas == 0 } // keep what the stream has},
+			want: func(c Config) bool { return c.RedisClusterAddrs == nil && c.StreamReplicas == 0 }}, // unset: keep what the stream has
 		{name: "a Redis Cluster and three replicas", env: map[string]string{
 			"REDIS_ADDRS": "10.0.0.1:6379, 10.0.0.2:6379,10.0.0.3:6379", "USAGE_STREAM_REPLICAS": "3",
 			"NATS_URL": "nats://n1:4222,nats://n2:4222,nats://n3:4222"},
