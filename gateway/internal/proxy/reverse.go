@@ -65,8 +65,8 @@ func (e *Edge) newReverseProxy(rt Route, target *url.URL, tr http.RoundTripper) 
 				pr.Out.Header.Set("X-Request-Id", cl.requestID)
 			}
 		},
-		Transport:      tr,
-		BufferPool:     buffers,
+		Transport:  tr,
+		BufferPool: buffers,
 		// 0: a response of known length is written as it is copied, not
 		// flushed once for its headers and again for its body (a write
 		// system call each, on every call); a response of unknown length
