@@ -11,7 +11,7 @@ STACK := .ci/stack.sh
 PKGS = $(shell go list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)/|./|; s|$$|/...|')
 
 .PHONY: help run up down status test lint shellcheck build migrate proto bench bench-smoke \
-	up-cluster replay reconcile events servers servers-stop compose-check rules clean distclean
+	up-cluster capacity replay reconcile events servers servers-stop compose-check rules clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -55,6 +55,9 @@ bench: ## gateway vs direct, nginx and a bare Go proxy, plus the pipeline (~10 m
 
 bench-smoke: ## the same harness with tiny durations (seconds), to check it still works; writes .data/bench/smoke.md
 	@.ci/bench.sh smoke
+
+capacity: ## recompute the capacity model of docs/scaling.md from docs/benchmarks.md (services/cmd/capacity)
+	@go run ./services/cmd/capacity -write docs/scaling.md docs/benchmarks.md
 
 replay: build ## verify the aggregates against the USAGE stream (bin/aggregator replay; ARGS=--from-start by default)
 	@$(STACK) exec bin/aggregator replay $(or $(ARGS),--from-start)
