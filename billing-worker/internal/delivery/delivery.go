@@ -54,7 +54,8 @@ type Config struct {
 	// at once (defaults 32 and 8).
 	Batch, Concurrency int
 	// Lease is how long a claimed delivery is not claimed again (default
-	// Timeout + 20s): after a crash it is sent again once the lease ends.
+	// Timeout × ⌈Batch/Concurrency⌉ + 20s, so the last of a batch is sent
+	// within it): after a crash it is sent again once the lease ends.
 	Lease time.Duration
 }
 
@@ -99,7 +100,10 @@ func (c *Config) defaults() {
 		c.Concurrency = 8
 	}
 	if c.Lease == 0 {
-		c.Lease = c.Timeout + 20*time.Second
+		// Long enough for the last of a batch: it may start only after
+		// Batch/Concurrency rounds of sends before it.
+		rounds := (c.Batch + c.Concurrency - 1) / c.Concurrency
+		c.Lease = time.Duration(rounds)*c.Timeout + 20*time.Second
 	}
 }
 
@@ -402,10 +406,22 @@ func (w *Worker) record(ctx context.Context, d due, a attempt, outcome string) e
 		t := now.Add(w.cfg.Backoff[d.Attempts-1])
 		next = &t
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries
+	// Only the claim this attempt was made under settles it: if the lease
+	// ran out and another round claimed the delivery again (attempts moved
+	// on), or a retry was asked for meanwhile, this late outcome is dropped.
+	res, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries
 		SET status = $3, last_status_code = $4, last_error = $5, next_attempt_at = $6
-		WHERE endpoint_id = $1 AND event_id = $2`, d.EndpointID, d.EventID, status, code, errText, next); err != nil {
+		WHERE endpoint_id = $1 AND event_id = $2 AND attempts = $7 AND status = 'pending'`,
+		d.EndpointID, d.EventID, status, code, errText, next, d.Attempts)
+	if err != nil {
 		return fmt.Errorf("update delivery: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("update delivery: %w", err)
+	} else if n == 0 {
+		w.logger.WarnContext(ctx, "webhook attempt outlived its claim; its outcome is dropped", "event_id", d.EventID,
+			"endpoint_id", d.EndpointID, "attempt", d.Attempts)
+		return nil
 	}
 	if a.ok() {
 		if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_endpoints SET failing_since = NULL
