@@ -243,10 +243,10 @@ func TestUploadStreamsThroughTheGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("upload: %d %s", resp.StatusCode, b)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("upload: %d %s (%v)", resp.StatusCode, b, err)
 	}
 	growth := peakDuring - before
 	msg := fmt.Sprintf("STREAMING 100 MiB upload: gateway RSS %.1f MiB before, peak %.1f MiB during, growth %.1f MiB (limit 16 MiB)",

@@ -150,7 +150,9 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	s.js, _ = jetstream.New(nc)
+	if s.js, err = jetstream.New(nc); err != nil {
+		t.Fatal(err)
+	}
 
 	logger := testenv.Logger(t)
 	ah, err := authdev.New(authdev.Config{}, logger)

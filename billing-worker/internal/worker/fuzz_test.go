@@ -20,7 +20,10 @@ func FuzzEvent(f *testing.F) {
 	good := &usagev1.UsageEvent{EventId: "01JQ0000000000000000000000", KeyId: "0b5e0f0e-7e7a-4a5e-9a39-6a7d2c1f0a11",
 		Endpoint: "POST /v1/search", Status: 200, Credits: 3, Units: 1, Unit: "request",
 		OccurredAt: timestamppb.New(at), Period: "2025-03", MonthlyCredits: 100}
-	data, _ := proto.Marshal(good)
+	data, err := proto.Marshal(good)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add(data)
 	f.Add([]byte{})
 	f.Add([]byte("\xff\xfe garbage"))

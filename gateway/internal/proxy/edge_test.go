@@ -283,7 +283,10 @@ func (ev *env) do(method, path, secret, contentType, body string, hdr ...string)
 		ev.t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		ev.t.Fatalf("%s %s: reading the answer (%d): %v", method, path, resp.StatusCode, err)
+	}
 	return resp, b
 }
 

@@ -326,7 +326,10 @@ func TestMalformedUploadIsBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, _ := io.ReadAll(resp.Body)
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
 	t.Logf("%d %s", resp.StatusCode, out)
 	isProblem(t, resp, out, 400)
 	if got := ev.balance(k); got != 5000 {
@@ -367,7 +370,10 @@ func TestRefusedUploadIsReadable(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reading the answer after the upload: %v", err)
 	}
-	out, _ := io.ReadAll(resp.Body)
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the answer after the upload: %v", err)
+	}
 	t.Logf("%d-byte upload without Expect: %d %s", len(body), resp.StatusCode, out)
 	isProblem(t, resp, out, 402)
 	if ev.capture.calls.Load() != 0 {

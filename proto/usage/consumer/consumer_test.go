@@ -298,9 +298,15 @@ func TestConsumer(t *testing.T) {
 	t.Parallel()
 	invalid := event(900)
 	invalid.EventId = "not-a-ulid"
-	invalidData, _ := proto.Marshal(invalid)
+	invalidData, err := proto.Marshal(invalid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	checked := event(901)
-	checkedData, _ := proto.Marshal(checked)
+	checkedData, err := proto.Marshal(checked)
+	if err != nil {
+		t.Fatal(err)
+	}
 	isChecked := func(ev *usagev1.UsageEvent) error {
 		if ev.GetEventId() == checked.GetEventId() {
 			return errors.New("key_id is not welcome")

@@ -27,7 +27,10 @@ func TestDecodeMessage(t *testing.T) {
 		}
 		return b
 	}
-	single, _ := proto.Marshal(good1)
+	single, err := proto.Marshal(good1)
+	if err != nil {
+		t.Fatal(err)
+	}
 	batchSubject := usagev1.BatchSubject("gw-1")
 	tests := []struct {
 		name      string
@@ -120,9 +123,15 @@ func TestBatchSubject(t *testing.T) {
 // FuzzDecodeMessage: any bytes on either subject decode or fail cleanly, and
 // every event returned (valid or invalid) is accounted for exactly once.
 func FuzzDecodeMessage(f *testing.F) {
-	b, _ := proto.Marshal(&usagev1.UsageBatch{BatchId: "01HZY8Q3W6R00000000000BAT1", Events: []*usagev1.UsageEvent{validEvent("01HZY8Q3W6R0000000000000A1")}})
+	b, err := proto.Marshal(&usagev1.UsageBatch{BatchId: "01HZY8Q3W6R00000000000BAT1", Events: []*usagev1.UsageEvent{validEvent("01HZY8Q3W6R0000000000000A1")}})
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add(true, b)
-	s, _ := proto.Marshal(validEvent("01HZY8Q3W6R0000000000000A1"))
+	s, err := proto.Marshal(validEvent("01HZY8Q3W6R0000000000000A1"))
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add(false, s)
 	f.Fuzz(func(t *testing.T, isBatch bool, data []byte) {
 		subject := usagev1.Subject("k")

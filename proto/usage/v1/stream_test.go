@@ -27,7 +27,10 @@ func TestEnsureStreamKeepsAnOwnersRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	age := func() time.Duration {
 		s, err := js.Stream(ctx, usagev1.StreamName)
