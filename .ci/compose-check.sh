@@ -43,4 +43,18 @@ for f in deploy/prometheus/prometheus.yml deploy/prometheus/alerts.yml deploy/gr
 	deploy/grafana/dashboards/mana.json; do
 	[[ -e $f ]] || die "compose.yaml mounts $f, which is missing"
 done
+log "${compose[*]} -f compose.yaml --profile cluster config -q"
+"${compose[@]}" -f compose.yaml --profile cluster config -q
+# The cluster profile: three NATS servers, three Redis nodes, two gateways
+# behind the load balancer on :3030, each gateway on the cluster by settings.
+services=$("${compose[@]}" -f compose.yaml --profile cluster config --services)
+for s in nats-1 nats-2 nats-3 redis-1 redis-2 redis-3 redis-cluster-create gateway-1 gateway-2 \
+	billing-worker-cluster aggregator-cluster lb; do
+	grep -qx "$s" <<<"$services" || die "the cluster profile has no $s service"
+done
+cfg=$("${compose[@]}" -f compose.yaml --profile cluster config)
+for want in "REDIS_ADDRS: redis-1:6379,redis-2:6379,redis-3:6379" "USAGE_STREAM_REPLICAS: \"3\"" \
+	"server_name: \$\$NATS_NAME" "server gateway-2:3030"; do # config prints $ as $$
+	grep -qF "$want" <<<"$cfg" || die "the cluster profile lacks: $want"
+done
 log "compose.yaml is valid ($("${compose[@]}" version --short 2>/dev/null || true))"
