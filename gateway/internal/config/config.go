@@ -67,6 +67,11 @@ type Config struct {
 	// BacklogMaxEvents bounds the unapplied usage events each gateway
 	// indexes for rebuilding balances (about 130 bytes each).
 	BacklogMaxEvents int
+	// CallsPerKey caps one key's calls in flight on this gateway (a tier's
+	// concurrentCalls overrides it); ConnectionsPerAddress caps the open
+	// connections per client address (0: no cap, e.g. behind a proxy that
+	// is the only peer).
+	CallsPerKey, ConnectionsPerAddress int
 }
 
 // DevPepper is the pepper used when API_KEY_PEPPER is unset and DEV_MODE=1.
@@ -150,6 +155,11 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	c.UnknownKeysPerAddress = int(parseInt("UNKNOWN_KEYS_PER_ADDRESS", "600"))
 	c.UnknownKeysTotal = int(parseInt("UNKNOWN_KEYS_TOTAL", "12000"))
 	c.BacklogMaxEvents = int(parseInt("BACKLOG_MAX_EVENTS", "1000000"))
+	c.CallsPerKey = int(parseInt("CONCURRENT_CALLS_PER_KEY", "64"))
+	c.ConnectionsPerAddress = int(parseInt("CONNECTIONS_PER_ADDRESS", "1024"))
+	if c.CallsPerKey < 1 || c.ConnectionsPerAddress < 0 {
+		errs = append(errs, errors.New("CONCURRENT_CALLS_PER_KEY must be at least 1 and CONNECTIONS_PER_ADDRESS not negative (0: no cap)"))
+	}
 	switch dev := getenv("DEV_MODE"); dev {
 	case "1":
 		c.DevMode = true

@@ -32,6 +32,9 @@ type Tier struct {
 	RateLimitPerMinute int      `yaml:"rateLimitPerMinute"`
 	MonthlyCredits     int64    `yaml:"monthlyCredits"`
 	Endpoints          []string `yaml:"endpoints"`
+	// ConcurrentCalls caps one key's calls in flight per gateway; 0 is
+	// the gateway's CONCURRENT_CALLS_PER_KEY.
+	ConcurrentCalls int `yaml:"concurrentCalls"`
 }
 
 // Allows reports whether the tier may call the operation.
@@ -124,6 +127,9 @@ func (p *Pricing) Validate() error {
 		}
 		if t.MonthlyCredits < 0 {
 			errs = append(errs, fmt.Errorf("tier %s: monthlyCredits must not be negative", name))
+		}
+		if t.ConcurrentCalls < 0 {
+			errs = append(errs, fmt.Errorf("tier %s: concurrentCalls must not be negative", name))
 		}
 		if len(t.Endpoints) == 0 {
 			errs = append(errs, fmt.Errorf("tier %s: no endpoints", name))

@@ -35,6 +35,9 @@ func readJSONBody(c echo.Context, limit int64) ([]byte, error) {
 		if errors.As(err, &mbe) {
 			return nil, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
 		}
+		if errors.Is(err, errBodyTooSlow) {
+			return nil, bodyTooSlow()
+		}
 		return nil, problem.New(http.StatusBadRequest, "could not read the request body")
 	}
 	if len(body) == 0 {
@@ -161,6 +164,9 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, 0, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
+		}
+		if errors.Is(err, errBodyTooSlow) {
+			return nil, 0, bodyTooSlow()
 		}
 		return nil, 0, problem.New(http.StatusBadRequest, "could not read the upload")
 	}

@@ -81,7 +81,17 @@ type Config struct {
 	// Clock is the gateway's own clock (latencies, event times); nil means
 	// time.Now. Credit months come from Redis's clock, never from this one.
 	Clock func() time.Time
+	// CallsPerKey caps the calls one key has in flight on this gateway
+	// (a tier's concurrentCalls overrides it); 0 means DefaultCallsPerKey.
+	CallsPerKey int
 }
+
+// DefaultCallsPerKey is the cap on one key's calls in flight per gateway.
+const DefaultCallsPerKey = 64
+
+// MaxBodyRead bounds the reading of any request body, however fast it
+// arrives (the HTTP server's ReadTimeout is the same).
+const MaxBodyRead = 10 * time.Minute
 
 // Validate reports every problem.
 func (c Config) Validate() error {
@@ -93,6 +103,9 @@ func (c Config) Validate() error {
 	}
 	if c.PublishTimeout <= 0 {
 		errs = append(errs, errors.New("proxy: PublishTimeout must be positive"))
+	}
+	if c.CallsPerKey < 0 {
+		errs = append(errs, errors.New("proxy: CallsPerKey must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -109,6 +122,7 @@ type Edge struct {
 	logger   *slog.Logger
 	proxies  map[string]*httputil.ReverseProxy // by op
 	routes   []Route
+	slots    *callSlots
 
 	// fallback limits zero-cost calls per key while Redis is unreachable.
 	fallbackMu sync.Mutex
@@ -130,8 +144,11 @@ func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publish
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.CallsPerKey == 0 {
+		cfg.CallsPerKey = DefaultCallsPerKey
+	}
 	e := &Edge{cfg: cfg, pricing: p, resolver: resolver, quota: m.timedQuota(q), pub: pub, lastUsed: lastUsed, holds: holds, logger: logger,
-		proxies: map[string]*httputil.ReverseProxy{}, fallback: map[string]*rate.Limiter{}}
+		proxies: map[string]*httputil.ReverseProxy{}, fallback: map[string]*rate.Limiter{}, slots: newCallSlots(cfg.CallsPerKey)}
 	transports := map[string]http.RoundTripper{}
 	e.routes = Routes()
 	for i := range e.routes {
@@ -188,14 +205,25 @@ func callFrom(ctx context.Context) *call { c, _ := ctx.Value(callKey{}).(*call);
 
 func (e *Edge) handler(rt Route) echo.HandlerFunc {
 	h := e.decide(rt)
-	if rt.Body != BodyMultipart {
+	if rt.Body == BodyNone {
 		return h
+	}
+	bounded := func(c echo.Context) error {
+		// The body's deadline starts before the key is looked at, so that
+		// the unread body of a refused call is not waited for long either
+		// (the server reads it after the answer to keep the connection).
+		// It is lifted once the body is read.
+		bodyDeadline(c, rt.BodyTimeout, MaxBodyRead)
+		return h(c)
+	}
+	if rt.Body != BodyMultipart {
+		return bounded
 	}
 	return func(c echo.Context) error {
 		req := c.Request()
 		body := &touchedBody{ReadCloser: req.Body}
 		req.Body = body
-		err := h(c)
+		err := bounded(c)
 		if err == nil || c.Response().Committed || problem.From(err).Status >= 500 {
 			return err // server errors go to the error handler, which logs them
 		}
@@ -278,12 +306,17 @@ func (e *Edge) decide(rt Route) echo.HandlerFunc {
 			return problem.New(http.StatusServiceUnavailable, "API keys cannot be checked right now; try again shortly")
 		}
 		cl.key = k
-		span := trace.SpanFromContext(req.Context())
-		span.SetAttributes(attribute.String("mana.key_id", k.ID), attribute.String("mana.tier", k.Tier))
 		tier, ok := e.pricing.Tiers[k.Tier]
 		if !ok {
 			return fmt.Errorf("key %s has tier %q that the pricing file lacks", k.ID, k.Tier)
 		}
+		if !e.slots.acquire(k.ID, tier.ConcurrentCalls) {
+			c.Response().Header().Set("Retry-After", "1")
+			return problem.New(http.StatusTooManyRequests, "too many calls of this key in flight; retry when one has finished")
+		}
+		defer e.slots.release(k.ID)
+		span := trace.SpanFromContext(req.Context())
+		span.SetAttributes(attribute.String("mana.key_id", k.ID), attribute.String("mana.tier", k.Tier))
 		allowed := tier.Allows(rt.Op)
 		if !allowed {
 			// Refused before the body is read; the script still tells a
@@ -373,6 +406,8 @@ func (e *Edge) prepareBody(c echo.Context, rt *Route, cl *call) error {
 	default:
 		// Routes without a body forward none, whatever the client sent.
 		if req.ContentLength > 0 || len(req.TransferEncoding) > 0 {
+			// The server reads what is left after the answer; not for long.
+			_ = http.NewResponseController(c.Response().Writer).SetReadDeadline(time.Now().Add(time.Second))
 			return problem.New(http.StatusRequestEntityTooLarge, "this endpoint takes no request body")
 		}
 		req.Body, req.ContentLength = http.NoBody, 0

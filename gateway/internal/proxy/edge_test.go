@@ -222,7 +222,7 @@ func newEnv(t *testing.T, searchBackend, sttBackend, ttsBackend string, opts ...
 	edge.Register(e)
 	ev.echo = e
 	srv := httptest.NewUnstartedServer(e)
-	l, err := server.Listen("127.0.0.1:0")
+	l, err := server.Listen("127.0.0.1:0", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

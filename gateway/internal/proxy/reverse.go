@@ -224,6 +224,10 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		status, detail = http.StatusRequestEntityTooLarge, "request body too large"
 	case errors.Is(err, errUploadOverDeclared):
 		status, detail = http.StatusBadRequest, errUploadOverDeclared.Error()
+	case errors.Is(cl.body.readErr(), errBodyTooSlow):
+		// The client stopped sending, or sends slower than MinBodyRate.
+		p := bodyTooSlow()
+		status, detail = p.Status, p.Detail
 	case cl.body.readErr() != nil && r.Context().Err() == nil:
 		// The client's upload broke off or its framing is invalid: bad
 		// input, not a backend failure.

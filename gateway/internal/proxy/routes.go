@@ -46,7 +46,10 @@ type Route struct {
 	UpstreamPath string
 	Body         BodyKind
 	BodyLimit    int64
-	Timeout      time.Duration
+	// BodyTimeout is how long the body may take to arrive before
+	// MinBodyRate applies (see limits.go).
+	BodyTimeout time.Duration
+	Timeout     time.Duration
 	// Parse validates a JSON body, counts its metered units and returns the
 	// document to forward in its place.
 	Parse func(body []byte) (units int64, forward []byte, err error)
@@ -59,21 +62,21 @@ type Route struct {
 func Routes() []Route {
 	return []Route{
 		{Op: "search", Method: http.MethodPost, Path: "/v1/search", Backend: BackendSearch, UpstreamPath: "/search",
-			Body: BodyJSON, BodyLimit: MaxJSONBody, Timeout: 15 * time.Second, Parse: parseJSON[searchBody]},
+			Body: BodyJSON, BodyLimit: MaxJSONBody, BodyTimeout: JSONBodyTimeout, Timeout: 15 * time.Second, Parse: parseJSON[searchBody]},
 		{Op: "extract", Method: http.MethodPost, Path: "/v1/extract", Backend: BackendSearch, UpstreamPath: "/extract",
-			Body: BodyJSON, BodyLimit: MaxJSONBody, Timeout: 30 * time.Second, Parse: parseJSON[extractBody]},
+			Body: BodyJSON, BodyLimit: MaxJSONBody, BodyTimeout: JSONBodyTimeout, Timeout: 30 * time.Second, Parse: parseJSON[extractBody]},
 		{Op: "extract-bulk", Method: http.MethodPost, Path: "/v1/extract/bulk", Backend: BackendSearch, UpstreamPath: "/extract/bulk",
-			Body: BodyJSON, BodyLimit: MaxJSONBody, Timeout: 60 * time.Second, Parse: parseJSON[bulkBody]},
+			Body: BodyJSON, BodyLimit: MaxJSONBody, BodyTimeout: JSONBodyTimeout, Timeout: 60 * time.Second, Parse: parseJSON[bulkBody]},
 		{Op: "search-engines", Method: http.MethodGet, Path: "/v1/search/engines", Backend: BackendSearch, UpstreamPath: "/engines",
 			Timeout: 10 * time.Second},
 		{Op: "stt-transcribe", Method: http.MethodPost, Path: "/v1/stt/transcribe", Backend: BackendSTT, UpstreamPath: "/transcribe",
-			Body: BodyMultipart, BodyLimit: MaxUploadBytes, Timeout: 5 * time.Minute, Settle: sttSettle},
+			Body: BodyMultipart, BodyLimit: MaxUploadBytes, BodyTimeout: UploadBodyTimeout, Timeout: 5 * time.Minute, Settle: sttSettle},
 		{Op: "stt-models", Method: http.MethodGet, Path: "/v1/stt/models", Backend: BackendSTT, UpstreamPath: "/models",
 			Timeout: 10 * time.Second},
 		{Op: "stt-languages", Method: http.MethodGet, Path: "/v1/stt/languages", Backend: BackendSTT, UpstreamPath: "/languages",
 			Timeout: 10 * time.Second},
 		{Op: "tts-synthesize", Method: http.MethodPost, Path: "/v1/tts/synthesize", Backend: BackendTTS, UpstreamPath: "/synthesize",
-			Body: BodyJSON, BodyLimit: MaxTTSBody, Timeout: 2 * time.Minute, Parse: parseJSON[ttsBody]},
+			Body: BodyJSON, BodyLimit: MaxTTSBody, BodyTimeout: JSONBodyTimeout, Timeout: 2 * time.Minute, Parse: parseJSON[ttsBody]},
 		{Op: "tts-voices", Method: http.MethodGet, Path: "/v1/tts/voices", Backend: BackendTTS, UpstreamPath: "/voices",
 			Timeout: 10 * time.Second},
 		{Op: "tts-languages", Method: http.MethodGet, Path: "/v1/tts/languages", Backend: BackendTTS, UpstreamPath: "/languages",
@@ -108,6 +111,14 @@ const (
 	MaxBulkURLs         = 20        // "urls" of one bulk extraction
 	MaxURLLength        = 2048      // one URL to extract
 	MaxTTSCharacters    = 10_000    // "text" of one synthesis, in Unicode code points
+)
+
+// How long a request body may take to arrive before it must keep up
+// MinBodyRate: a JSON body is small and sent in one go; an upload gets
+// longer to start.
+const (
+	JSONBodyTimeout   = 10 * time.Second
+	UploadBodyTimeout = 30 * time.Second
 )
 
 // document is a JSON request body: validated, then counted in the units its

@@ -165,6 +165,7 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		PublishTimeout: cfg.PublishTimeout,
 		Metrics:        reg,
 		Tracer:         a.tp.Tracer(tracing.Name),
+		CallsPerKey:    cfg.CallsPerKey,
 	}, p, resolver, q, a.pub, a.last, a.holds, logger)
 	if err != nil {
 		return nil, err
@@ -244,7 +245,7 @@ func (a *App) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.reconciler.Run(bg) }()
 	go func() { defer wg.Done(); a.last.Run(bg) }()
 	go func() { defer wg.Done(); resync(bg, a.store, a.quota.Sync, 2*time.Second, 1000, a.logger) }()
-	l, err := Listen(addr)
+	l, err := Listen(addr, a.cfg.ConnectionsPerAddress)
 	if err != nil {
 		stopBG()
 		wg.Wait()

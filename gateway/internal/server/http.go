@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mana/apigw/gateway/internal/problem"
+	"github.com/mana/apigw/gateway/internal/proxy"
 	"github.com/mana/apigw/gateway/internal/tracing"
 )
 
@@ -179,14 +180,15 @@ type echoOpts struct{ tp trace.TracerProvider }
 // Traced starts a server span per request from tp (see package tracing).
 func Traced(tp trace.TracerProvider) EchoOption { return func(o *echoOpts) { o.tp = tp } }
 
-// Listen opens the gateway's listener; its connections are checked for
-// conflicting request framing (see framing.go).
-func Listen(addr string) (net.Listener, error) {
+// Listen opens the gateway's listener: at most connsPerAddress open
+// connections per client address (0: no cap; see conns.go), each checked
+// for conflicting request framing (see framing.go).
+func Listen(addr string, connsPerAddress int) (net.Listener, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return framingListener{l}, nil
+	return framingListener{limitPerAddress(l, connsPerAddress)}, nil
 }
 
 // NewHTTPServer wraps h with the gateway's timeouts and header limit.
@@ -196,10 +198,12 @@ func NewHTTPServer(addr string, h http.Handler, logger *slog.Logger) *http.Serve
 		Addr:              addr,
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Minute, // large STT uploads; JSON bodies are bounded by size
-		WriteTimeout:      10 * time.Minute,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		// Large STT uploads; each route bounds its body much more tightly
+		// (proxy.JSONBodyTimeout, proxy.MinBodyRate).
+		ReadTimeout:    proxy.MaxBodyRead,
+		WriteTimeout:   10 * time.Minute,
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 }
