@@ -110,6 +110,9 @@ type stackOpts struct {
 	// cluster runs the stack on a Redis Cluster of three masters with a
 	// replica each and a three-node JetStream cluster with the stream at R3.
 	cluster bool
+	// backend, when set, wraps each stand-in backend's handler (by name:
+	// search, stt, tts), e.g. to delay its answers.
+	backend func(name string, h http.Handler) http.Handler
 }
 
 func newStack(t *testing.T, o stackOpts) *stack {
@@ -171,7 +174,11 @@ func newStack(t *testing.T, o stackOpts) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ss := httptest.NewUnstartedServer(s.hits.count("search", sh))
+	wrap := func(_ string, h http.Handler) http.Handler { return h }
+	if o.backend != nil {
+		wrap = o.backend
+	}
+	ss := httptest.NewUnstartedServer(s.hits.count("search", wrap("search", sh)))
 	ss.Listener = l
 	ss.Start()
 	t.Cleanup(ss.Close)
@@ -185,7 +192,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		t.Fatal(err)
 	}
 	for name, h := range map[string]http.Handler{"stt": sttH, "tts": ttsH} {
-		srv := httptest.NewServer(s.hits.count(name, h))
+		srv := httptest.NewServer(s.hits.count(name, wrap(name, h)))
 		t.Cleanup(srv.Close)
 		s.backends[name] = srv.URL
 	}

@@ -208,7 +208,11 @@ func (p *Process) Kill() { p.signal(syscall.SIGKILL, time.Second, true) }
 
 // Stop sends SIGTERM, waits up to 20 s, then kills; its port is held until
 // Start.
-func (p *Process) Stop() { p.signal(syscall.SIGTERM, 20*time.Second, true) }
+func (p *Process) Stop() { p.StopWithin(20 * time.Second) }
+
+// StopWithin sends SIGTERM, waits up to wait for the process to exit, then
+// kills it; its port is held until Start.
+func (p *Process) StopWithin(wait time.Duration) { p.signal(syscall.SIGTERM, wait, true) }
 
 func (p *Process) signal(sig syscall.Signal, wait time.Duration, hold bool) {
 	p.mu.Lock()

@@ -42,10 +42,13 @@ type Config struct {
 	SpoolMaxBytes  int64
 	PublishTimeout time.Duration
 	// OTLPEndpoint receives the traces (OTLP/HTTP); empty: tracing is off.
-	OTLPEndpoint    string
-	StreamMaxAge    time.Duration
-	GatewayID       string
-	LogLevel        string
+	OTLPEndpoint string
+	StreamMaxAge time.Duration
+	GatewayID    string
+	LogLevel     string
+	// ShutdownTimeout bounds how long a stopping gateway lets the calls in
+	// flight finish before it cancels them (their holds are released);
+	// 0 means the longest route's timeout plus the durability wait.
 	ShutdownTimeout time.Duration
 	RateWindow      time.Duration
 	DevMode         bool // DEV_MODE=1: the development pepper and the test-only settings are allowed
@@ -130,7 +133,6 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		StreamMaxAge:          parseDur("USAGE_STREAM_MAX_AGE", "9600h"),
 		GatewayID:             get("GATEWAY_ID", host),
 		LogLevel:              get("LOG_LEVEL", "info"),
-		ShutdownTimeout:       parseDur("SHUTDOWN_TIMEOUT", "20s"),
 		RateWindow:            time.Minute,
 		ReconcileInterval:     parseDur("RECONCILE_INTERVAL", "30s"),
 		ReconcileActiveWindow: parseDur("RECONCILE_ACTIVE_WINDOW", "24h"),
@@ -151,6 +153,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 			errs = append(errs, errors.New("NATS_URL must be a NATS URL or a comma list of them, without empty entries"))
 			break
 		}
+	}
+	if getenv("SHUTDOWN_TIMEOUT") != "" {
+		c.ShutdownTimeout = parseDur("SHUTDOWN_TIMEOUT", "")
 	}
 	c.UnknownKeysPerAddress = int(parseInt("UNKNOWN_KEYS_PER_ADDRESS", "600"))
 	c.UnknownKeysTotal = int(parseInt("UNKNOWN_KEYS_TOTAL", "12000"))

@@ -86,6 +86,11 @@ type Config struct {
 	CallsPerKey int
 }
 
+// ErrStopping is the cause a stopping gateway cancels the calls still in
+// flight with (context.WithCancelCause on the server's base context): each
+// releases its hold and is answered 503 with Retry-After.
+var ErrStopping = errors.New("the gateway is stopping")
+
 // DefaultCallsPerKey is the cap on one key's calls in flight per gateway.
 const DefaultCallsPerKey = 64
 

@@ -242,6 +242,11 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		status, detail = http.StatusBadGateway, "the backend's answer could not be metered"
 	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
 		status, detail = http.StatusGatewayTimeout, "the backend did not answer in time"
+	case errors.Is(context.Cause(r.Context()), ErrStopping):
+		// The gateway stopped waiting for the call (see ErrStopping).
+		status, detail = http.StatusServiceUnavailable, "the gateway is shutting down; nothing was charged, retry the call"
+		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Connection", "close")
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nothing to answer.
 		status = 499

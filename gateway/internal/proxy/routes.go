@@ -85,6 +85,16 @@ func Routes() []Route {
 	}
 }
 
+// LongestTimeout is the longest backend timeout of the table: how long a
+// call in flight may still take when the gateway is asked to stop.
+func LongestTimeout() time.Duration {
+	var d time.Duration
+	for _, r := range Routes() {
+		d = max(d, r.Timeout)
+	}
+	return d
+}
+
 // Ops lists the operation names of the table (for pricing validation).
 func Ops() []string {
 	var out []string

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -229,12 +230,19 @@ type MgmtDeps struct {
 	Quota   *quota.Store
 }
 
-// Run serves until ctx ends, then shuts down gracefully: the listener stops,
-// requests in flight finish (their events become durable), background work
-// flushes.
+// Run serves until ctx ends, then shuts down gracefully: the listener
+// closes, the calls in flight finish (up to the longest route's timeout, so
+// that their holds are settled and their events durable), background work
+// stops, the spool drains what it can; only then are Redis, NATS, the spool
+// and Postgres closed. Calls still running after ShutdownTimeout are
+// cancelled: each releases its hold before it returns.
 func (a *App) Run(ctx context.Context) error {
 	addr := net.JoinHostPort("", strconv.Itoa(a.cfg.Port))
-	srv := NewHTTPServer(addr, a.Echo, a.logger)
+	calls, cancelCalls := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelCalls(nil)
+	var running inFlight
+	srv := NewHTTPServer(addr, running.wrap(a.Echo), a.logger)
+	srv.BaseContext = func(net.Listener) context.Context { return calls }
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Add(7)
@@ -265,25 +273,57 @@ func (a *App) Run(ctx context.Context) error {
 	case err := <-errc:
 		runErr = fmt.Errorf("http server: %w", err)
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownTimeout)
+	drain := a.cfg.ShutdownTimeout
+	if drain == 0 {
+		drain = proxy.LongestTimeout() + a.cfg.PublishTimeout + 15*time.Second
+	}
+	a.logger.Info("shutting down: no new connections; calls in flight may finish", "in_flight", running.n.Load(), "drain", drain.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		a.logger.Warn("http shutdown", "err", err)
+		// Cancelled, a call's backend request ends and its hold is
+		// released (settled to nothing) before its handler returns.
+		a.logger.Warn("calls still in flight after the drain; cancelling them", "in_flight", running.n.Load(), "err", err)
+		cancelCalls(proxy.ErrStopping)
+		running.wait(2*a.cfg.PublishTimeout + 15*time.Second)
+		_ = srv.Close()
 	}
 	stopBG()
 	wg.Wait()
 	a.pub.Wait()
+	fctx, cancelF := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	defer cancelF()
 	if a.nc.IsConnected() && a.spool.Size() > 0 {
-		if err := a.pub.Drain(sctx); err != nil {
+		if err := a.pub.Drain(fctx); err != nil {
 			a.logger.Warn("spool drain at shutdown", "err", err)
 		}
 	}
 	_ = a.spool.Close()
-	if err := a.stopTP(sctx); err != nil {
+	if err := a.stopTP(fctx); err != nil {
 		a.logger.Warn("trace export at shutdown", "err", err)
 	}
 	a.nc.Close()
 	_ = a.rdb.Close()
 	_ = a.db.Close()
+	a.logger.Info("stopped")
 	return runErr
+}
+
+// inFlight counts the requests being handled.
+type inFlight struct{ n atomic.Int64 }
+
+func (f *inFlight) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.n.Add(1)
+		defer f.n.Add(-1)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// wait polls until no request is being handled, or d has passed.
+func (f *inFlight) wait(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for f.n.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 }
