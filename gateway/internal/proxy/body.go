@@ -88,11 +88,22 @@ type meteredBody struct {
 	// still be sending; the body stays open so that the rest can be drained
 	// after the answer (the server closes it when the call ends).
 	refused bool
+	parts   *partScanner
 }
 
 func (m *meteredBody) Read(p []byte) (int, error) {
 	n, err := m.r.Read(p)
 	m.n += int64(n)
+	if m.parts != nil && !m.parts.done() {
+		if serr := m.parts.feed(p[:n]); serr != nil {
+			m.mu.Lock()
+			m.refused, m.err = true, serr
+			m.mu.Unlock()
+			// None of this read is passed on: the backend must not get a
+			// body it could take for complete.
+			return 0, serr
+		}
+	}
 	var mbe *http.MaxBytesError
 	if m.n > m.max || errors.As(err, &mbe) {
 		m.mu.Lock()
@@ -216,5 +227,6 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 	} else if hdr.Open() {
 		return nil, 0, problem.New(http.StatusLengthRequired, "a WAV without a data size needs a Content-Length")
 	}
-	return &meteredBody{r: br, src: req.Body, max: hdr.DataOffset + audioBytes + uploadSlack}, hdr.Seconds(audioBytes), nil
+	return &meteredBody{r: br, src: req.Body, max: hdr.DataOffset + audioBytes + uploadSlack, parts: newPartScanner(boundary)},
+		hdr.Seconds(audioBytes), nil
 }

@@ -380,3 +380,32 @@ func TestRefusedUploadIsReadable(t *testing.T) {
 		t.Fatal("the backend was called")
 	}
 }
+
+// TestSecondFileAfterTheFirst64KiBIsRefused: a form whose second `file`
+// part starts after the 64 KiB the gateway looks at before pricing (and
+// within the slack the declared size allows) is refused 400 while it
+// streams, and nothing is charged: a backend that keeps the last of two
+// fields would have transcribed audio nobody priced.
+func TestSecondFileAfterTheFirst64KiBIsRefused(t *testing.T) {
+	ev := newEnv(t, "capture", "capture", "capture", withTimeoutCap(time.Minute))
+	secret, k := ev.key("pro")
+	if resp, body := ev.do("GET", "/v1/key", secret, "", ""); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	// 10 s of 16 kHz 16-bit mono (320 kB), then 1 s of 8 kHz 8-bit.
+	ct, body := form(t, wavFile(1, 1, 16000, 32000, 2, 16, 10*32000, 10*32000, nil), wavFile(1, 1, 8000, 8000, 1, 8, 8000, 8000, nil))
+	resp, out := ev.do("POST", "/v1/stt/transcribe", secret, ct, string(body))
+	t.Logf("%d %s", resp.StatusCode, out)
+	isProblem(t, resp, out, 400)
+	if !strings.Contains(string(out), "more than one") {
+		t.Fatalf("400 for another reason: %s", out)
+	}
+	if got := ev.balance(k); got != 5000 {
+		t.Fatalf("balance %d, want 5000", got)
+	}
+	for _, e := range ev.events() {
+		if e.Endpoint == "/v1/stt/transcribe" && e.Credits != 0 {
+			t.Fatalf("event %+v: the refused upload was charged", e)
+		}
+	}
+}

@@ -224,6 +224,8 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		status, detail = http.StatusRequestEntityTooLarge, "request body too large"
 	case errors.Is(err, errUploadOverDeclared):
 		status, detail = http.StatusBadRequest, errUploadOverDeclared.Error()
+	case errors.Is(cl.body.readErr(), errSecondFile), errors.Is(cl.body.readErr(), errPartMalformed):
+		status, detail = http.StatusBadRequest, cl.body.readErr().Error()
 	case errors.Is(cl.body.readErr(), errBodyTooSlow):
 		// The client stopped sending, or sends slower than MinBodyRate.
 		p := bodyTooSlow()
