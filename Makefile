@@ -11,7 +11,7 @@ STACK := .ci/stack.sh
 PKGS = $(shell go list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)/|./|; s|$$|/...|')
 
 .PHONY: help run up down status test lint shellcheck build migrate proto bench bench-smoke \
-	up-cluster capacity replay reconcile events servers servers-stop compose-check rules clean distclean
+	up-cluster capacity replay reconcile audit-verify events servers servers-stop compose-check rules clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ capacity: ## recompute the capacity model of docs/scaling.md from docs/benchmark
 
 replay: build ## verify the aggregates against the USAGE stream (bin/aggregator replay; ARGS=--from-start by default)
 	@$(STACK) exec bin/aggregator replay $(or $(ARGS),--from-start)
+
+audit-verify: build ## check the audit trail's hash chain (bin/gateway audit-verify): a removed or edited row fails
+	@$(STACK) exec bin/gateway audit-verify
 
 reconcile: build ## compare the Redis balances of recently active keys with the ledger, correct drift, print a table (bin/gateway reconcile)
 	@$(STACK) exec bin/gateway reconcile

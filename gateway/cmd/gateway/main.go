@@ -1,7 +1,8 @@
 // Command gateway is the Mana API gateway: the metered public edge and the
 // key management API in one binary. `gateway migrate` only applies the
 // database migrations; `gateway reconcile` corrects drifted Redis balances
-// once and prints what it found.
+// once and prints what it found; `gateway audit-verify` checks the audit
+// trail's hash chain.
 package main
 
 import (
@@ -47,6 +48,9 @@ func run() error {
 		}
 		logger.Info("migrations applied")
 		return db.Close()
+	}
+	if len(os.Args) > 1 && os.Args[1] == "audit-verify" {
+		return server.AuditVerify(ctx, cfg, logger, os.Stdout)
 	}
 	if len(os.Args) > 1 && os.Args[1] == "reconcile" {
 		return server.Reconcile(ctx, cfg, logger, os.Stdout)

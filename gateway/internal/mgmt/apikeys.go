@@ -166,7 +166,7 @@ func (h *Handler) create(c echo.Context) error {
 		Hash: h.deps.Hasher.Hash(secret),
 	}
 	ctx := c.Request().Context()
-	if err := h.deps.Store.CreateThen(ctx, k, h.keyEvent("created")); err != nil {
+	if err := h.deps.Store.CreateThen(ctx, k, h.keyChange(c, who.Subject, "created")); err != nil {
 		return internal("create api key", err)
 	}
 	if err := h.sync(c, k, "created"); err != nil {
@@ -271,7 +271,7 @@ func (h *Handler) mutate(c echo.Context, owner, action string, allowDeleted bool
 			return errKeyNotFound
 		}
 		return fn(k)
-	}, h.keyEvent(action))
+	}, h.keyChange(c, owner, action))
 	var p problem.Problem
 	switch {
 	case errors.Is(err, keys.ErrNotFound):

@@ -177,6 +177,7 @@ func (h *Handler) Register(e *echo.Echo, authMW echo.MiddlewareFunc) {
 		{http.MethodDelete, "/webhooks/:id", h.deleteEndpoint},
 		{http.MethodGet, "/webhooks/:id/deliveries", h.listDeliveries},
 		{http.MethodPost, "/webhooks/:id/deliveries/:deliveryId/retry", h.retryDelivery},
+		{http.MethodGet, "/audit", h.auditTrail},
 	}
 	for _, r := range routes {
 		e.Add(r.method, r.path, h.unavailable(r.handle), authMW)

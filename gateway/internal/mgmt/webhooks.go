@@ -12,9 +12,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"github.com/jmoiron/sqlx"
 	"github.com/labstack/echo/v4"
 	"github.com/lib/pq"
 
+	"github.com/mana/apigw/gateway/internal/audit"
 	"github.com/mana/apigw/gateway/internal/problem"
 	"github.com/mana/apigw/proto/webhook"
 )
@@ -61,6 +63,26 @@ type endpointRow struct {
 	DisabledReason *string        `db:"disabled_reason"`
 	CreatedAt      time.Time      `db:"created_at"`
 	UpdatedAt      time.Time      `db:"updated_at"`
+	Deleted        bool           `db:"deleted"`
+}
+
+// auditEndpoint appends an endpoint's change to the audit trail in tx;
+// the endpoint object never holds its secret.
+func (h *Handler) auditEndpoint(c echo.Context, tx *sqlx.Tx, actor, action string, before, after *endpointRow) error {
+	target := after
+	if target == nil {
+		target = before
+	}
+	var b, a any
+	if before != nil {
+		b = before.view()
+	}
+	if after != nil {
+		a = after.view()
+	}
+	return audit.Record(c.Request().Context(), tx, audit.Entry{At: h.deps.Now(), Actor: actor, OwnerID: target.OwnerID,
+		RequestID: requestID(c), Action: "webhook_endpoint." + action, TargetType: "webhook_endpoint", TargetID: target.ID,
+		Before: b, After: a})
 }
 
 const endpointColumns = `id, owner_id, url, description, events, thresholds, failing_since, disabled_at, disabled_reason, created_at, updated_at`
@@ -211,6 +233,9 @@ func (h *Handler) createEndpoint(c echo.Context) error {
 		id.String(), who.Subject, *req.URL, desc, pq.StringArray(events), pq.Int64Array(thresholds), secret, now); err != nil {
 		return internal("create webhook endpoint", err)
 	}
+	if err := h.auditEndpoint(c, tx, who.Subject, "created", nil, &row); err != nil {
+		return internal("create webhook endpoint", err)
+	}
 	if err := tx.Commit(); err != nil {
 		return internal("create webhook endpoint", err)
 	}
@@ -328,8 +353,14 @@ func (h *Handler) updateEndpoint(c echo.Context) error {
 	// enabled: true re-enables an endpoint the worker disabled (and forgets
 	// its failures); false disables it by hand.
 	enable, disable := req.Enabled.Set && req.Enabled.V, req.Enabled.Set && !req.Enabled.V
+	ctx := c.Request().Context()
+	tx, err := h.deps.DB.BeginTxx(ctx, nil)
+	if err != nil {
+		return internal("update webhook endpoint", err)
+	}
+	defer func() { _ = tx.Rollback() }()
 	var out endpointRow
-	err = h.deps.DB.GetContext(c.Request().Context(), &out, `UPDATE api_gateway.webhook_endpoints SET
+	err = tx.GetContext(ctx, &out, `UPDATE api_gateway.webhook_endpoints SET
 		url = $3, description = $4, events = $5, thresholds = $6,
 		disabled_at     = CASE WHEN $7 THEN NULL WHEN $8 THEN coalesce(disabled_at, $9) ELSE disabled_at END,
 		disabled_reason = CASE WHEN $7 THEN NULL WHEN $8 AND disabled_at IS NULL THEN 'disabled by its owner' ELSE disabled_reason END,
@@ -341,6 +372,12 @@ func (h *Handler) updateEndpoint(c echo.Context) error {
 		return errEndpointNotFound
 	}
 	if err != nil {
+		return internal("update webhook endpoint", err)
+	}
+	if err := h.auditEndpoint(c, tx, who.Subject, "updated", &row, &out); err != nil {
+		return internal("update webhook endpoint", err)
+	}
+	if err := tx.Commit(); err != nil {
 		return internal("update webhook endpoint", err)
 	}
 	h.logger.InfoContext(c.Request().Context(), "webhook endpoint updated", "endpoint_id", out.ID, "owner_id", who.Subject)
@@ -357,19 +394,36 @@ func (h *Handler) deleteEndpoint(c echo.Context) error {
 		return errEndpointNotFound
 	}
 	ctx := c.Request().Context()
-	// Idempotent: deleting a deleted endpoint of the caller answers 204 again.
-	res, err := h.deps.DB.ExecContext(ctx, `UPDATE api_gateway.webhook_endpoints
-		SET deleted_at = coalesce(deleted_at, $3), updated_at = $3 WHERE id = $1 AND owner_id = $2`,
-		id.String(), who.Subject, h.deps.Now().UTC())
+	tx, err := h.deps.DB.BeginTxx(ctx, nil)
 	if err != nil {
 		return internal("delete webhook endpoint", err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	defer func() { _ = tx.Rollback() }()
+	var before endpointRow
+	err = tx.GetContext(ctx, &before, `SELECT `+endpointColumns+`, deleted_at IS NOT NULL AS deleted
+		FROM api_gateway.webhook_endpoints WHERE id = $1 AND owner_id = $2 FOR UPDATE`, id.String(), who.Subject)
+	if errors.Is(err, sql.ErrNoRows) {
 		return errEndpointNotFound
 	}
-	// Nothing more is sent to it.
-	if _, err := h.deps.DB.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries SET status = 'failed',
-		last_error = 'the endpoint was deleted', next_attempt_at = NULL WHERE endpoint_id = $1 AND status = 'pending'`, id.String()); err != nil {
+	if err != nil {
+		return internal("delete webhook endpoint", err)
+	}
+	// Idempotent: deleting a deleted endpoint of the caller answers 204 again.
+	if !before.Deleted {
+		if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_endpoints SET deleted_at = $2, updated_at = $2 WHERE id = $1`,
+			id.String(), h.deps.Now().UTC()); err != nil {
+			return internal("delete webhook endpoint", err)
+		}
+		// Nothing more is sent to it.
+		if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries SET status = 'failed',
+			last_error = 'the endpoint was deleted', next_attempt_at = NULL WHERE endpoint_id = $1 AND status = 'pending'`, id.String()); err != nil {
+			return internal("delete webhook endpoint", err)
+		}
+		if err := h.auditEndpoint(c, tx, who.Subject, "deleted", &before, nil); err != nil {
+			return internal("delete webhook endpoint", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
 		return internal("delete webhook endpoint", err)
 	}
 	h.logger.InfoContext(ctx, "webhook endpoint deleted", "endpoint_id", id.String(), "owner_id", who.Subject)

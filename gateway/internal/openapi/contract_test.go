@@ -656,6 +656,11 @@ func TestResponsesMatchTheDocument(t *testing.T) {
 	g.do(g.bearer(jsonCall(http.MethodGet, hookPath+"/deliveries", nil, http.StatusOK), owner, ""))
 	g.do(g.bearer(jsonCall(http.MethodDelete, hookPath, nil, http.StatusNoContent), owner, ""))
 
+	// The audit trail of the changes above.
+	g.do(g.bearer(jsonCall(http.MethodGet, "/audit", nil, http.StatusOK), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodGet, "/audit?from="+today+"&to="+today+"&limit=5", nil, http.StatusOK), "admin-1", "admin"))
+	g.do(g.bearer(jsonCall(http.MethodGet, "/audit?from=2026-03-02&to=2026-03-01", nil, http.StatusUnprocessableEntity), owner, ""))
+
 	// Regenerate, then delete; the old secrets stop working.
 	_, body = g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/regenerate", nil, http.StatusOK), owner, ""))
 	regenerated := decode[struct{ Key string }](t, body)

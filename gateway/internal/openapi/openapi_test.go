@@ -72,7 +72,7 @@ func TestEveryOperationIsComplete(t *testing.T) {
 			switch {
 			case strings.HasPrefix(path, "/v1/"):
 				want = "apiKey"
-			case strings.HasPrefix(path, "/api-keys"), strings.HasPrefix(path, "/billing/"), strings.HasPrefix(path, "/webhooks"), path == "/me", path == "/tiers":
+			case strings.HasPrefix(path, "/api-keys"), strings.HasPrefix(path, "/billing/"), strings.HasPrefix(path, "/webhooks"), path == "/audit", path == "/me", path == "/tiers":
 				want = "bearerJWT"
 			}
 			if op.Security == nil {
