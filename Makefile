@@ -10,7 +10,7 @@ SHELL := /usr/bin/env bash
 STACK := .ci/stack.sh
 PKGS = $(shell go list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)/|./|; s|$$|/...|')
 
-.PHONY: help run up down status test lint shellcheck build migrate proto bench bench-smoke \
+.PHONY: help run up down status test lint fuzz shellcheck build migrate proto bench bench-smoke \
 	up-cluster capacity replay reconcile audit-verify events servers servers-stop compose-check rules clean distclean
 
 help: ## list the targets
@@ -33,6 +33,9 @@ status: ## show what runs
 
 test: lint ## lint, then go test -race over every module against real servers
 	@.ci/test.sh
+
+fuzz: ## run every fuzz target for FUZZTIME (1m; FUZZTIME=10m for the long run); FUZZ_SAVE=1 keeps the corpus in testdata/fuzz
+	@.ci/fuzz.sh
 
 lint: ## go vet and staticcheck over every module of go.work
 	@.ci/lint.sh
