@@ -322,6 +322,9 @@ func (h *harness) setup(ctx context.Context) error {
 		"STT_SERVICE_URL=http://127.0.0.1:9", "TTS_SERVICE_URL=http://127.0.0.1:9",
 		"MANA_CORE_AUTH_URL=" + authURL, "API_KEY_PEPPER=bench-pepper-0123456789abcdef",
 		"PRICING_FILE=" + pricing, "SPOOL_DIR=" + spool, "GATEWAY_ID=bench", "LOG_LEVEL=warn",
+		// Every load generator's connection comes from 127.0.0.1, as from
+		// a load balancer: the per-address connection cap is for clients.
+		"CONNECTIONS_PER_ADDRESS=0",
 	}
 	if h.gateway, err = h.start("gateway", h.bin("gateway"), gwEnv); err != nil {
 		return err
