@@ -69,6 +69,7 @@ func TestDaily(t *testing.T) {
 	late := proto.Clone(evs[0]).(*usagev1.UsageEvent)
 	at := time.Now().UTC().AddDate(0, -1, -3).Truncate(time.Microsecond)
 	late.EventId, late.KeyId, late.OccurredAt, late.Period = "01HZZZZZZZZZZZZZZZZZZZZZZZ", "8d0c5b1e-0000-4000-8000-000000000001", timestamppb.New(at), at.Format("2006-01")
+	late.TraceId = "4bf92f3577b34da6a3ce929d0e0e4736" // finance's row leads back to the call's trace
 	cfg := e.start(nil)
 	e.Publish(evs, nil)
 	e.waitUsage(int64(len(evs)), 60*time.Second)
@@ -79,6 +80,10 @@ func TestDaily(t *testing.T) {
 	e.checkUsage(all)
 	if got := e.daily()[at.Format(time.DateOnly)+"/"+late.KeyId+"/"+late.Endpoint]; got.Requests != 1 || got.Credits != late.Credits {
 		t.Errorf("late event's day row = %+v", got)
+	}
+	var trace string
+	if err := e.db.Get(&trace, `SELECT trace_id FROM api_gateway.api_usage WHERE event_id = $1`, late.EventId); err != nil || trace != late.TraceId {
+		t.Errorf("late event's trace_id = %q (%v), want %q", trace, err, late.TraceId)
 	}
 	part := fmt.Sprintf("api_gateway.api_usage_%s", at.Format("2006_01"))
 	if n := e.Count(`SELECT count(*) FROM `+part+` WHERE event_id = $1`, late.EventId); n != 1 {

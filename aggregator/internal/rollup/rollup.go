@@ -41,6 +41,7 @@ type Row struct {
 	Units      int64
 	Unit       string
 	LatencyUS  int64
+	TraceID    string // the call's W3C trace ID; empty when tracing was off
 }
 
 // RowOf turns a decoded (validated) event into its api_usage row.
@@ -58,6 +59,7 @@ func RowOf(ev *usagev1.UsageEvent) Row {
 		Units:      ev.GetUnits(),
 		Unit:       ev.GetUnit(),
 		LatencyUS:  ev.GetLatencyUs(),
+		TraceID:    ev.GetTraceId(),
 	}
 }
 
@@ -216,22 +218,22 @@ func (s *Store) Record(ctx context.Context, tx *sqlx.Tx, rows []Row) (Result, er
 	slices.SortFunc(sorted, func(a, b Row) int { return cmp.Compare(a.EventID, b.EventID) })
 	n := len(sorted)
 	ids, times, reqs, keys, owners := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	tiers, endpoints, units := make([]string, n), make([]string, n), make([]string, n)
+	tiers, endpoints, units, traces := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	status, credits, amounts, latency := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	for i, r := range sorted {
 		ids[i], times[i], reqs[i], keys[i], owners[i] = r.EventID, r.OccurredAt.Format(time.RFC3339Nano), r.RequestID, r.KeyID, r.OwnerID
-		tiers[i], endpoints[i], units[i] = r.Tier, r.Endpoint, r.Unit
+		tiers[i], endpoints[i], units[i], traces[i] = r.Tier, r.Endpoint, r.Unit, r.TraceID
 		status[i], credits[i], amounts[i], latency[i] = int64(r.Status), r.Credits, r.Units, r.LatencyUS
 	}
 	var inserted []string
 	q := `INSERT INTO ` + s.table("api_usage") + ` (` + usageColumns + `)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-                     $8::int[], $9::bigint[], $10::bigint[], $11::text[], $12::bigint[])
+                     $8::int[], $9::bigint[], $10::bigint[], $11::text[], $12::bigint[], $13::text[])
 ON CONFLICT (event_id, occurred_at) DO NOTHING
 RETURNING event_id`
 	if err := tx.SelectContext(ctx, &inserted, q, pq.Array(ids), pq.Array(times), pq.Array(reqs), pq.Array(keys),
 		pq.Array(owners), pq.Array(tiers), pq.Array(endpoints), pq.Array(status), pq.Array(credits), pq.Array(amounts),
-		pq.Array(units), pq.Array(latency)); err != nil {
+		pq.Array(units), pq.Array(latency), pq.Array(traces)); err != nil {
 		return Result{}, fmt.Errorf("insert api_usage: %w", err)
 	}
 	isNew := make(map[string]bool, len(inserted))
@@ -304,6 +306,6 @@ ON CONFLICT (day, key_id, endpoint) DO UPDATE SET
 }
 
 const (
-	usageColumns = `event_id, occurred_at, request_id, key_id, owner_id, tier, endpoint, status, credits, units, unit, latency_us`
+	usageColumns = `event_id, occurred_at, request_id, key_id, owner_id, tier, endpoint, status, credits, units, unit, latency_us, trace_id`
 	dailyColumns = `day, key_id, owner_id, endpoint, requests, credits, units, errors`
 )
