@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mana/apigw/services/stt/wav"
+	"github.com/mana/apigw/proto/wav"
 )
 
 // wavFile is a mono 8 kHz 8-bit WAV of the given length.

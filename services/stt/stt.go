@@ -21,13 +21,10 @@ package stt
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"time"
 
 	"github.com/mana/apigw/services/httpjson"
-	"github.com/mana/apigw/services/stt/wav"
 )
 
 // Defaults.
@@ -37,10 +34,6 @@ const (
 	DefaultLanguage       = "en"
 )
 
-// WAVDuration reads a WAV header from r and returns the duration it declares;
-// it reads no samples. It is wav.Duration, kept here under the name the
-// gateway's pricing knows.
-func WAVDuration(r io.Reader) (time.Duration, error) { return wav.Duration(r) }
 
 // Config configures the STT stand-in; the zero value is usable.
 type Config struct {

@@ -11,9 +11,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/mana/apigw/services/stt/wav"
+	"github.com/mana/apigw/proto/wav"
 
 	"github.com/mana/apigw/services/httpjson"
 )
@@ -187,13 +186,6 @@ func TestCatalogues(t *testing.T) {
 		if resp.StatusCode != 200 || !strings.Contains(string(b), want) || resp.Header.Get("Content-Type") != "application/json" {
 			t.Fatalf("%s: %d %s", path, resp.StatusCode, b)
 		}
-	}
-}
-
-func TestWAVDuration(t *testing.T) {
-	d, err := WAVDuration(bytes.NewReader(wavBytes(t, 1, 16000, 48000, 0)))
-	if err != nil || d != 1500*time.Millisecond {
-		t.Fatalf("WAVDuration = %v, %v", d, err)
 	}
 }
 

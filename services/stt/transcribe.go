@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/mana/apigw/services/httpjson"
-	"github.com/mana/apigw/services/stt/wav"
+	"github.com/mana/apigw/proto/wav"
 )
 
 // maxFieldBytes bounds a non-file form field.

@@ -17,7 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/mana/apigw/services/httpjson"
-	"github.com/mana/apigw/services/stt/wav"
+	"github.com/mana/apigw/proto/wav"
 )
 
 // synthesizeBody is a synthesize request body.

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mana/apigw/services/stt/wav"
+	"github.com/mana/apigw/proto/wav"
 
 	"github.com/mana/apigw/services/httpjson"
 )

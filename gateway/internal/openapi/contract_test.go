@@ -46,7 +46,7 @@ import (
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 	"github.com/mana/apigw/services/search"
 	"github.com/mana/apigw/services/stt"
-	"github.com/mana/apigw/services/stt/wav"
+	"github.com/mana/apigw/proto/wav"
 	"github.com/mana/apigw/services/testenv"
 	"github.com/mana/apigw/services/tts"
 )

@@ -13,7 +13,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/mana/apigw/gateway/internal/audio"
+	"github.com/mana/apigw/proto/wav"
 	"github.com/mana/apigw/gateway/internal/problem"
 )
 
@@ -197,11 +197,11 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 	if _, err := pr.Peek(1); err != nil {
 		return nil, 0, problem.New(http.StatusBadRequest, "the file is empty")
 	}
-	hdr, err := audio.ParseWAV(pr)
+	hdr, err := wav.ParseHeader(pr)
 	switch {
-	case errors.Is(err, audio.ErrNotWAV):
+	case errors.Is(err, wav.ErrNotWAV):
 		return nil, 0, problem.New(http.StatusUnsupportedMediaType, "the file must be a WAV (RIFF/WAVE) audio file")
-	case errors.Is(err, audio.ErrUnpriceable):
+	case errors.Is(err, wav.ErrUnsupported):
 		return nil, 0, problem.New(http.StatusUnsupportedMediaType, err.Error())
 	case err != nil:
 		return nil, 0, problem.New(http.StatusUnprocessableEntity, err.Error())

@@ -40,7 +40,7 @@ import (
 	"github.com/mana/apigw/gateway/internal/usage"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 	"github.com/mana/apigw/services/search"
-	"github.com/mana/apigw/services/stt/wav"
+	"github.com/mana/apigw/proto/wav"
 	"github.com/mana/apigw/services/testenv"
 )
 

@@ -1,28 +1,33 @@
-// Package audio reads what the gateway needs to price an audio upload before
-// it is proxied: the format and data chunk of a RIFF/WAVE header. A duration
+// Package wav reads and writes the header of a RIFF/WAVE file: the format
+// and data chunks of the audio the speech-to-text route takes. The gateway
+// prices an upload with it before the upload is proxied, and the stand-in
+// backends decode with it, so both read a header the same way. A duration
 // follows from the frame size and the sample rate, as real decoders compute
 // it, never from the header's byte rate, which a client can set to anything.
 // It reads no samples, so it works on a stream of any length.
-package audio
+package wav
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"time"
 )
 
-// Errors of ParseWAV. ErrNotWAV and ErrUnpriceable mean the upload is not
-// audio the gateway can price (415); ErrMalformed that it claims to be a WAV
-// whose header does not hold together (422). Each wraps the detail.
+// Errors of ParseHeader. ErrNotWAV (e.g. an MP3 upload) and ErrUnsupported
+// mean the input is not audio whose duration follows from its length (415);
+// ErrMalformed that it claims to be a WAV whose header does not hold
+// together (422). Each wraps the detail.
 var (
 	ErrNotWAV      = errors.New("not a RIFF/WAVE file")
-	ErrUnpriceable = errors.New("WAV encoding whose duration cannot be priced")
+	ErrUnsupported = errors.New("WAV encoding without a fixed frame size")
 	ErrMalformed   = errors.New("malformed WAV header")
 )
 
-// Format codes the gateway prices: each has a fixed frame size, so the
-// duration of n bytes is n / (sample rate × block align).
+// Format codes accepted: each has a fixed frame size, so the duration of n
+// bytes is n / (sample rate × block align).
 const (
 	FormatPCM        = 0x0001
 	FormatFloat      = 0x0003
@@ -31,7 +36,7 @@ const (
 	FormatExtensible = 0xFFFE
 )
 
-// Limits of a header the gateway accepts.
+// Limits of a header that is accepted.
 const (
 	MaxChannels   = 32
 	MaxSampleRate = 768_000
@@ -46,6 +51,7 @@ type Header struct {
 	Format        uint16 // the effective format: an extensible header's sub-format
 	Channels      uint16
 	SampleRate    uint32 // frames per second
+	ByteRate      uint32 // bytes per second, as declared; never used for a duration
 	BlockAlign    uint16 // bytes per frame
 	BitsPerSample uint16
 	// DataSize is the data chunk's declared size (see Open).
@@ -71,8 +77,36 @@ func (h Header) Seconds(n int64) int64 {
 	return (frames + int64(h.SampleRate) - 1) / int64(h.SampleRate)
 }
 
-// ParseWAV reads a RIFF/WAVE header from r up to the first sample.
-func ParseWAV(r io.Reader) (Header, error) {
+// Duration is how long the declared data plays.
+func (h Header) Duration() time.Duration {
+	return h.BytesDuration(int64(h.DataSize))
+}
+
+// BytesDuration is how long n bytes of samples play, as a decoder plays
+// them: whole frames only; 0 for a header without a frame size or rate.
+func (h Header) BytesDuration(n int64) time.Duration {
+	if h.BlockAlign == 0 || h.SampleRate == 0 || n <= 0 {
+		return 0
+	}
+	frames := n / int64(h.BlockAlign)
+	rate := int64(h.SampleRate)
+	return time.Duration(frames/rate)*time.Second + time.Duration(frames%rate)*time.Second/time.Duration(rate)
+}
+
+// Duration reads a WAV header from r and returns the duration it declares.
+// It reads up to the first sample and no further.
+func Duration(r io.Reader) (time.Duration, error) {
+	h, err := ParseHeader(r)
+	if err != nil {
+		return 0, err
+	}
+	return h.Duration(), nil
+}
+
+// ParseHeader reads a RIFF/WAVE header from r up to the first sample, where
+// it leaves r. Chunks other than "fmt " and "data" are skipped, within
+// bounds, so a hostile header cannot make it read for long.
+func ParseHeader(r io.Reader) (Header, error) {
 	var h Header
 	read := func(b []byte) error {
 		n, err := io.ReadFull(r, b)
@@ -80,7 +114,10 @@ func ParseWAV(r io.Reader) (Header, error) {
 		return err
 	}
 	var riff [12]byte
-	if err := read(riff[:]); err != nil || string(riff[0:4]) != "RIFF" || string(riff[8:12]) != "WAVE" {
+	if err := read(riff[:]); err != nil {
+		return h, fmt.Errorf("%w: %d bytes, too short for a RIFF header", ErrNotWAV, h.DataOffset)
+	}
+	if string(riff[0:4]) != "RIFF" || string(riff[8:12]) != "WAVE" {
 		return h, ErrNotWAV
 	}
 	haveFmt := false
@@ -136,7 +173,7 @@ func (h *Header) readFormat(b []byte) error {
 	h.Format = binary.LittleEndian.Uint16(b[0:2])
 	h.Channels = binary.LittleEndian.Uint16(b[2:4])
 	h.SampleRate = binary.LittleEndian.Uint32(b[4:8])
-	// b[8:12] is the byte rate: not used, a decoder ignores it too.
+	h.ByteRate = binary.LittleEndian.Uint32(b[8:12]) // a decoder ignores it, and so does Seconds
 	h.BlockAlign = binary.LittleEndian.Uint16(b[12:14])
 	h.BitsPerSample = binary.LittleEndian.Uint16(b[14:16])
 	if h.Format == FormatExtensible {
@@ -147,11 +184,11 @@ func (h *Header) readFormat(b []byte) error {
 			return fmt.Errorf("%w: %d valid bits in %d-bit samples", ErrMalformed, valid, h.BitsPerSample)
 		}
 		if [14]byte(b[26:40]) != extensibleSuffix {
-			return fmt.Errorf("%w: extensible sub-format %x", ErrUnpriceable, b[24:40])
+			return fmt.Errorf("%w: extensible sub-format %x", ErrUnsupported, b[24:40])
 		}
 		h.Format = binary.LittleEndian.Uint16(b[24:26])
 		if h.Format == FormatExtensible {
-			return fmt.Errorf("%w: extensible sub-format %x", ErrUnpriceable, b[24:40])
+			return fmt.Errorf("%w: extensible sub-format %x", ErrUnsupported, b[24:40])
 		}
 	}
 	var bits []uint16
@@ -163,7 +200,7 @@ func (h *Header) readFormat(b []byte) error {
 	case FormatALaw, FormatMuLaw:
 		bits = []uint16{8}
 	default:
-		return fmt.Errorf("%w: format 0x%04x (accepted: PCM, IEEE float, A-law, µ-law, or extensible of those)", ErrUnpriceable, h.Format)
+		return fmt.Errorf("%w: format 0x%04x (accepted: PCM, IEEE float, A-law, µ-law, or extensible of those)", ErrUnsupported, h.Format)
 	}
 	var errs []error
 	if h.Channels == 0 || h.Channels > MaxChannels {
@@ -184,6 +221,34 @@ func (h *Header) readFormat(b []byte) error {
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrMalformed, errors.Join(errs...))
+	}
+	return nil
+}
+
+// Encode writes a canonical 44-byte PCM WAV header for dataSize bytes of
+// audio: the inverse of ParseHeader for PCM, for the TTS stand-in and for
+// tests that need a WAV file.
+func Encode(w io.Writer, channels uint16, sampleRate uint32, bitsPerSample uint16, dataSize uint32) error {
+	if dataSize > math.MaxUint32-36 {
+		return fmt.Errorf("wav header: data size %d too large", dataSize)
+	}
+	blockAlign := channels * ((bitsPerSample + 7) / 8)
+	var b [44]byte
+	copy(b[0:4], "RIFF")
+	binary.LittleEndian.PutUint32(b[4:8], 36+dataSize)
+	copy(b[8:12], "WAVE")
+	copy(b[12:16], "fmt ")
+	binary.LittleEndian.PutUint32(b[16:20], 16)
+	binary.LittleEndian.PutUint16(b[20:22], FormatPCM)
+	binary.LittleEndian.PutUint16(b[22:24], channels)
+	binary.LittleEndian.PutUint32(b[24:28], sampleRate)
+	binary.LittleEndian.PutUint32(b[28:32], sampleRate*uint32(blockAlign))
+	binary.LittleEndian.PutUint16(b[32:34], blockAlign)
+	binary.LittleEndian.PutUint16(b[34:36], bitsPerSample)
+	copy(b[36:40], "data")
+	binary.LittleEndian.PutUint32(b[40:44], dataSize)
+	if _, err := w.Write(b[:]); err != nil {
+		return fmt.Errorf("write wav header: %w", err)
 	}
 	return nil
 }
