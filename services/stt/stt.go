@@ -34,7 +34,6 @@ const (
 	DefaultLanguage       = "en"
 )
 
-
 // Config configures the STT stand-in; the zero value is usable.
 type Config struct {
 	// MaxUploadBytes caps a request body; default 200 MiB.

@@ -10,8 +10,8 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/mana/apigw/services/httpjson"
 	"github.com/mana/apigw/proto/wav"
+	"github.com/mana/apigw/services/httpjson"
 )
 
 // maxFieldBytes bounds a non-file form field.

@@ -16,8 +16,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/mana/apigw/services/httpjson"
 	"github.com/mana/apigw/proto/wav"
+	"github.com/mana/apigw/services/httpjson"
 )
 
 // synthesizeBody is a synthesize request body.

@@ -44,9 +44,9 @@ import (
 	"github.com/mana/apigw/gateway/internal/server"
 	"github.com/mana/apigw/gateway/internal/usage"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
+	"github.com/mana/apigw/proto/wav"
 	"github.com/mana/apigw/services/search"
 	"github.com/mana/apigw/services/stt"
-	"github.com/mana/apigw/proto/wav"
 	"github.com/mana/apigw/services/testenv"
 	"github.com/mana/apigw/services/tts"
 )

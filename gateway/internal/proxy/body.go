@@ -13,8 +13,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/mana/apigw/proto/wav"
 	"github.com/mana/apigw/gateway/internal/problem"
+	"github.com/mana/apigw/proto/wav"
 )
 
 // readJSONBody reads a small JSON body within limit.

@@ -39,8 +39,8 @@ import (
 	"github.com/mana/apigw/gateway/internal/server"
 	"github.com/mana/apigw/gateway/internal/usage"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
-	"github.com/mana/apigw/services/search"
 	"github.com/mana/apigw/proto/wav"
+	"github.com/mana/apigw/services/search"
 	"github.com/mana/apigw/services/testenv"
 )
 
