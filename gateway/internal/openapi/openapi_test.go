@@ -97,7 +97,7 @@ func TestEveryOperationIsComplete(t *testing.T) {
 						t.Errorf("%s %s: not application/problem+json with the Problem schema", name, code)
 					}
 				}
-				if code == "429" || code == "402" || (code == "503" && path != "/ready") {
+				if code == "429" || code == "402" || code == "503" {
 					if h := r.Headers["Retry-After"]; h == nil || !h.Value.Required {
 						t.Errorf("%s %s: Retry-After not required", name, code)
 					}

@@ -164,6 +164,8 @@ func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, acce
 			if err != nil {
 				return err
 			}
+			// The probes run on every request: a second later is worth a try.
+			c.Response().Header().Set("Retry-After", "1")
 			return c.Blob(http.StatusServiceUnavailable, problem.ContentType, body)
 		}
 		return c.JSON(http.StatusOK, map[string]any{"status": "ready", "checks": out})
