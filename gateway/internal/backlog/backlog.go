@@ -297,7 +297,7 @@ func (t *Tail) index(seq uint64, subject string, data []byte) {
 				byPeriod = map[string]int64{}
 				st.credits[ev.GetKeyId()] = byPeriod
 			}
-			byPeriod[ev.GetPeriod()] += ev.GetCredits()
+			byPeriod[ev.GetPeriod()] += ev.Spent()
 			st.events++
 		}
 	default:
@@ -318,7 +318,7 @@ func (t *Tail) index(seq uint64, subject string, data []byte) {
 				period = ev.GetPeriod()
 				t.periods[period] = period
 			}
-			ke.evs[ev.GetEventId()] = entry{credits: ev.GetCredits(), period: period, seq: seq}
+			ke.evs[ev.GetEventId()] = entry{credits: ev.Spent(), period: period, seq: seq}
 			m.refs = append(m.refs, ref{ke, ev.GetEventId()})
 			t.size++
 		}

@@ -141,6 +141,17 @@ func EnsureStreamWith(ctx context.Context, js jetstream.JetStream, o StreamOptio
 	return s, nil
 }
 
+// GrantEndpoint is the endpoint of a credit grant's event: not a route of
+// the edge, so a grant is never mistaken for a call.
+const GrantEndpoint = "credits.grant"
+
+// IsGrant reports whether the event is a credit grant rather than a call.
+func (e *UsageEvent) IsGrant() bool { return e.GetGrant() != nil }
+
+// Spent is what the event takes from its key's balance of the period: the
+// credits a call was charged, or minus the credits a grant added.
+func (e *UsageEvent) Spent() int64 { return e.GetCredits() - e.GetGrant().GetCredits() }
+
 // ErrInvalid marks an event that decodes but breaks the schema's rules.
 var ErrInvalid = errors.New("invalid usage event")
 
@@ -240,6 +251,16 @@ func (e *UsageEvent) Validate() error {
 	}
 	if e.GetStatus() < 100 || e.GetStatus() > 599 {
 		errs = append(errs, errors.New("status is not an HTTP status"))
+	}
+	if g := e.GetGrant(); g != nil {
+		if g.GetCredits() <= 0 {
+			errs = append(errs, errors.New("a grant's credits must be positive"))
+		}
+		if e.GetEndpoint() != GrantEndpoint || e.GetCredits() != 0 || e.GetUnits() != 0 {
+			errs = append(errs, errors.New("a grant's endpoint must be "+GrantEndpoint+" and it charges nothing"))
+		}
+	} else if e.GetEndpoint() == GrantEndpoint {
+		errs = append(errs, errors.New("endpoint "+GrantEndpoint+" without a grant"))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))

@@ -59,7 +59,12 @@ type UsageEvent struct {
 	GatewayId string `protobuf:"bytes,15,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
 	// The W3C trace ID (32 hex digits) of the call's trace; empty when tracing
 	// is off. Leads from a ledger or usage row back to the trace.
-	TraceId       string `protobuf:"bytes,16,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	TraceId string `protobuf:"bytes,16,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	// Set on a credit grant instead of a call: finance or an admin added
+	// credits to the key for the period. Its endpoint is "credits.grant", its
+	// credits and units are 0 and its status 200; monthly_credits is the key's
+	// own grant at the time, as for a call.
+	Grant         *CreditGrant `protobuf:"bytes,17,opt,name=grant,proto3" json:"grant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -206,6 +211,78 @@ func (x *UsageEvent) GetTraceId() string {
 	return ""
 }
 
+func (x *UsageEvent) GetGrant() *CreditGrant {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
+}
+
+// CreditGrant is what a grant adds to a key's allowance of one period, and
+// who gave it why.
+type CreditGrant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Credits added (> 0).
+	Credits int64 `protobuf:"varint,1,opt,name=credits,proto3" json:"credits,omitempty"`
+	// Why, as the granting person wrote it.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Who granted them (the JWT subject).
+	Actor         string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreditGrant) Reset() {
+	*x = CreditGrant{}
+	mi := &file_usage_v1_usage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreditGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreditGrant) ProtoMessage() {}
+
+func (x *CreditGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_usage_v1_usage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreditGrant.ProtoReflect.Descriptor instead.
+func (*CreditGrant) Descriptor() ([]byte, []int) {
+	return file_usage_v1_usage_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CreditGrant) GetCredits() int64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
+}
+
+func (x *CreditGrant) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CreditGrant) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
 // UsageBatch is one JetStream message of the group commit: the events that
 // one gateway instance made durable together (one when it is idle, dozens
 // under load), so the stream's fsync is paid once per batch. Its batch_id is
@@ -228,7 +305,7 @@ type UsageBatch struct {
 
 func (x *UsageBatch) Reset() {
 	*x = UsageBatch{}
-	mi := &file_usage_v1_usage_proto_msgTypes[1]
+	mi := &file_usage_v1_usage_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -240,7 +317,7 @@ func (x *UsageBatch) String() string {
 func (*UsageBatch) ProtoMessage() {}
 
 func (x *UsageBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_usage_v1_usage_proto_msgTypes[1]
+	mi := &file_usage_v1_usage_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -253,7 +330,7 @@ func (x *UsageBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageBatch.ProtoReflect.Descriptor instead.
 func (*UsageBatch) Descriptor() ([]byte, []int) {
-	return file_usage_v1_usage_proto_rawDescGZIP(), []int{1}
+	return file_usage_v1_usage_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *UsageBatch) GetBatchId() string {
@@ -288,7 +365,7 @@ var File_usage_v1_usage_proto protoreflect.FileDescriptor
 
 const file_usage_v1_usage_proto_rawDesc = "" +
 	"\n" +
-	"\x14usage/v1/usage.proto\x12\rmana.usage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x03\n" +
+	"\x14usage/v1/usage.proto\x12\rmana.usage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x04\n" +
 	"\n" +
 	"UsageEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
@@ -311,7 +388,12 @@ const file_usage_v1_usage_proto_rawDesc = "" +
 	"\x0fmonthly_credits\x18\x0e \x01(\x03R\x0emonthlyCredits\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x0f \x01(\tR\tgatewayId\x12\x19\n" +
-	"\btrace_id\x18\x10 \x01(\tR\atraceId\"\xb2\x01\n" +
+	"\btrace_id\x18\x10 \x01(\tR\atraceId\x120\n" +
+	"\x05grant\x18\x11 \x01(\v2\x1a.mana.usage.v1.CreditGrantR\x05grant\"U\n" +
+	"\vCreditGrant\x12\x18\n" +
+	"\acredits\x18\x01 \x01(\x03R\acredits\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05actor\x18\x03 \x01(\tR\x05actor\"\xb2\x01\n" +
 	"\n" +
 	"UsageBatch\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x1d\n" +
@@ -332,21 +414,23 @@ func file_usage_v1_usage_proto_rawDescGZIP() []byte {
 	return file_usage_v1_usage_proto_rawDescData
 }
 
-var file_usage_v1_usage_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_usage_v1_usage_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_usage_v1_usage_proto_goTypes = []any{
 	(*UsageEvent)(nil),            // 0: mana.usage.v1.UsageEvent
-	(*UsageBatch)(nil),            // 1: mana.usage.v1.UsageBatch
-	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
+	(*CreditGrant)(nil),           // 1: mana.usage.v1.CreditGrant
+	(*UsageBatch)(nil),            // 2: mana.usage.v1.UsageBatch
+	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
 }
 var file_usage_v1_usage_proto_depIdxs = []int32{
-	2, // 0: mana.usage.v1.UsageEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	2, // 1: mana.usage.v1.UsageBatch.sealed_at:type_name -> google.protobuf.Timestamp
-	0, // 2: mana.usage.v1.UsageBatch.events:type_name -> mana.usage.v1.UsageEvent
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	3, // 0: mana.usage.v1.UsageEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	1, // 1: mana.usage.v1.UsageEvent.grant:type_name -> mana.usage.v1.CreditGrant
+	3, // 2: mana.usage.v1.UsageBatch.sealed_at:type_name -> google.protobuf.Timestamp
+	0, // 3: mana.usage.v1.UsageBatch.events:type_name -> mana.usage.v1.UsageEvent
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_usage_v1_usage_proto_init() }
@@ -360,7 +444,7 @@ func file_usage_v1_usage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_usage_v1_usage_proto_rawDesc), len(file_usage_v1_usage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
