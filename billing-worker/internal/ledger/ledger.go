@@ -4,8 +4,10 @@
 // The ledger is keyed by event ID: recording an event that is already in it
 // changes nothing, so redelivered or republished events are never charged twice.
 // Balances are only ever updated from the rows a transaction actually inserted,
-// in the same transaction, so used = Σ ledger credits and requests = ledger rows
-// per key and period.
+// in the same transaction, so used = Σ ledger credits, grants = Σ ledger
+// granted and requests = the ledger's rows of calls per key and period. A
+// credit grant is a row of its own (credits 0, granted > 0): the period's
+// allowance is the monthly grant plus the grants.
 package ledger
 
 import (
@@ -32,6 +34,10 @@ type Entry struct {
 	MonthlyCredits int64
 	OccurredAt     time.Time
 	StreamSeq      uint64
+	// Granted is set on a credit grant (then Credits is 0), with who gave
+	// it why.
+	Granted       int64
+	Reason, Actor string
 }
 
 // EntryOf turns a decoded (already validated) event into a ledger entry.
@@ -50,6 +56,9 @@ func EntryOf(ev *usagev1.UsageEvent, streamSeq uint64) (Entry, error) {
 		MonthlyCredits: ev.GetMonthlyCredits(),
 		OccurredAt:     ev.GetOccurredAt().AsTime().UTC(),
 		StreamSeq:      streamSeq,
+		Granted:        ev.GetGrant().GetCredits(),
+		Reason:         ev.GetGrant().GetReason(),
+		Actor:          ev.GetGrant().GetActor(),
 	}, nil
 }
 
@@ -62,10 +71,14 @@ type Result struct {
 	Credits int64
 	// Changes are the balances the inserted entries moved, by key and period.
 	Changes []Change
+	// Grants are the inserted credit grants, each with its key's balance
+	// after the batch.
+	Grants []Grant
 }
 
 // Change is one balance as a Record call moved it: Used went from
-// UsedBefore to Used, out of Granted.
+// UsedBefore to Used, out of Granted — the period's whole allowance, the
+// monthly grant plus the credit grants, as it stands after the batch.
 type Change struct {
 	KeyID, OwnerID   string
 	Period           time.Time
@@ -73,22 +86,30 @@ type Change struct {
 	UsedBefore, Used int64
 }
 
+// Grant is one credit grant the ledger took in, with the balance of its
+// key and period after the batch that holds it.
+type Grant struct {
+	Entry
+	Allowance, Used int64
+}
+
 const insertLedger = `
 INSERT INTO api_gateway.credit_ledger
-    (event_id, key_id, owner_id, period, endpoint, credits, occurred_at, stream_seq)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::date[], $5::text[], $6::bigint[], $7::timestamptz[], $8::bigint[])
+    (event_id, key_id, owner_id, period, endpoint, credits, occurred_at, stream_seq, granted)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::date[], $5::text[], $6::bigint[], $7::timestamptz[], $8::bigint[], $9::bigint[])
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id`
 
 const upsertBalances = `
-INSERT INTO api_gateway.credit_balances AS b (key_id, period, granted, used, requests)
-SELECT * FROM unnest($1::uuid[], $2::date[], $3::bigint[], $4::bigint[], $5::bigint[])
+INSERT INTO api_gateway.credit_balances AS b (key_id, period, granted, used, requests, grants)
+SELECT * FROM unnest($1::uuid[], $2::date[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
 ON CONFLICT (key_id, period) DO UPDATE SET
     granted    = EXCLUDED.granted,
     used       = b.used + EXCLUDED.used,
     requests   = b.requests + EXCLUDED.requests,
+    grants     = b.grants + EXCLUDED.grants,
     updated_at = now()
-RETURNING key_id::text, period, granted, used`
+RETURNING key_id::text, period, granted + grants AS allowance, used`
 
 // Record inserts the entries into the ledger inside tx and adds the ones that
 // were actually inserted to their balances. Entries already in the ledger are
@@ -106,7 +127,7 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 
 	n := len(sorted)
 	ids, keys, owners, periods, endpoints := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	credits, seqs := make([]int64, n), make([]int64, n)
+	credits, seqs, grantedCol := make([]int64, n), make([]int64, n), make([]int64, n)
 	times := make([]string, n)
 	for i, e := range sorted {
 		ids[i], keys[i], owners[i], endpoints[i] = e.EventID, e.KeyID, e.OwnerID, e.Endpoint
@@ -114,11 +135,12 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 		credits[i] = e.Credits
 		times[i] = e.OccurredAt.Format(time.RFC3339Nano)
 		seqs[i] = int64(e.StreamSeq)
+		grantedCol[i] = e.Granted
 	}
 	var inserted []string
 	if err := tx.SelectContext(ctx, &inserted, insertLedger,
 		pq.Array(ids), pq.Array(keys), pq.Array(owners), pq.Array(periods), pq.Array(endpoints),
-		pq.Array(credits), pq.Array(times), pq.Array(seqs)); err != nil {
+		pq.Array(credits), pq.Array(times), pq.Array(seqs), pq.Array(grantedCol)); err != nil {
 		return Result{}, fmt.Errorf("insert ledger rows: %w", err)
 	}
 
@@ -135,9 +157,11 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 		granted        int64
 		grantedAt      time.Time
 		used, requests int64
+		grants         int64
 	}
 	deltas := make(map[bkey]*bval)
 	var res Result
+	var grants []Entry
 	for _, e := range sorted {
 		if !isNew[e.EventID] {
 			continue
@@ -155,7 +179,12 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 			v.granted, v.grantedAt = e.MonthlyCredits, e.OccurredAt
 		}
 		v.used += e.Credits
-		v.requests++
+		if e.Granted > 0 {
+			v.grants += e.Granted
+			grants = append(grants, e)
+		} else {
+			v.requests++
+		}
 	}
 	res.Duplicates = len(entries) - res.Inserted
 	if len(deltas) == 0 {
@@ -171,29 +200,37 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 	})
 	m := len(bkeys)
 	bk, bp := make([]string, m), make([]string, m)
-	granted, used, reqs := make([]int64, m), make([]int64, m), make([]int64, m)
+	granted, used, reqs, added := make([]int64, m), make([]int64, m), make([]int64, m), make([]int64, m)
 	for i, k := range bkeys {
 		v := deltas[k]
 		bk[i], bp[i] = k.key, k.period.Format(time.DateOnly)
-		granted[i], used[i], reqs[i] = v.granted, v.used, v.requests
+		granted[i], used[i], reqs[i], added[i] = v.granted, v.used, v.requests, v.grants
 	}
 	var after []struct {
-		KeyID   string    `db:"key_id"`
-		Period  time.Time `db:"period"`
-		Granted int64     `db:"granted"`
-		Used    int64     `db:"used"`
+		KeyID     string    `db:"key_id"`
+		Period    time.Time `db:"period"`
+		Allowance int64     `db:"allowance"`
+		Used      int64     `db:"used"`
 	}
 	if err := tx.SelectContext(ctx, &after, upsertBalances,
-		pq.Array(bk), pq.Array(bp), pq.Array(granted), pq.Array(used), pq.Array(reqs)); err != nil {
+		pq.Array(bk), pq.Array(bp), pq.Array(granted), pq.Array(used), pq.Array(reqs), pq.Array(added)); err != nil {
 		return Result{}, fmt.Errorf("upsert balances: %w", err)
 	}
+	type bal struct{ allowance, used int64 }
+	balances := make(map[bkey]bal, len(after))
 	for _, a := range after {
-		v := deltas[bkey{a.KeyID, a.Period.UTC()}]
+		k := bkey{a.KeyID, a.Period.UTC()}
+		v := deltas[k]
 		if v == nil {
 			continue
 		}
+		balances[k] = bal{a.Allowance, a.Used}
 		res.Changes = append(res.Changes, Change{KeyID: a.KeyID, OwnerID: v.owner, Period: a.Period.UTC(),
-			Granted: a.Granted, UsedBefore: a.Used - v.used, Used: a.Used})
+			Granted: a.Allowance, UsedBefore: a.Used - v.used, Used: a.Used})
+	}
+	for _, g := range grants {
+		b := balances[bkey{g.KeyID, g.Period}]
+		res.Grants = append(res.Grants, Grant{Entry: g, Allowance: b.allowance, Used: b.used})
 	}
 	return res, nil
 }

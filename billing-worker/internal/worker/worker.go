@@ -108,7 +108,8 @@ func (s store) Begin(ctx context.Context) (consumer.Tx, error) {
 type batch struct{ *sqlx.Tx }
 
 // Apply records the events in the ledger and raises the credit alerts the
-// batch crosses, in the same transaction.
+// batch crosses and the credits.granted events of its grants, in the same
+// transaction.
 func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.Applied, error) {
 	entries := make([]ledger.Entry, 0, len(events))
 	for _, ev := range events {
@@ -123,6 +124,9 @@ func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.App
 		return consumer.Applied{}, err
 	}
 	if _, err := alerts.Raise(ctx, b.Tx, res.Changes, time.Now()); err != nil {
+		return consumer.Applied{}, err
+	}
+	if err := alerts.Granted(ctx, b.Tx, res.Grants, time.Now()); err != nil {
 		return consumer.Applied{}, err
 	}
 	return consumer.Applied{Inserted: res.Inserted, Duplicates: res.Duplicates}, nil
