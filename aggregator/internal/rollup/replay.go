@@ -436,14 +436,16 @@ func carryOver(ctx context.Context, db *sqlx.DB, schema string, days []time.Time
 	RETURNING *
 )
 INSERT INTO ` + s + `.api_usage_daily AS d (` + dailyColumns + `)
-SELECT ` + usageDayExpr + `, key_id, min(owner_id), endpoint, count(*), sum(credits), sum(units), count(*) FILTER (WHERE status >= 400)
+SELECT ` + usageDayExpr + `, key_id, min(owner_id), endpoint, count(*) FILTER (WHERE granted = 0), sum(credits), sum(units),
+       count(*) FILTER (WHERE status >= 400), sum(granted)
 FROM carried GROUP BY 1, 2, 4
 ON CONFLICT (day, key_id, endpoint) DO UPDATE SET
     owner_id = LEAST(d.owner_id, EXCLUDED.owner_id),
     requests = d.requests + EXCLUDED.requests,
     credits  = d.credits + EXCLUDED.credits,
     units    = d.units + EXCLUDED.units,
-    errors   = d.errors + EXCLUDED.errors`
+    errors   = d.errors + EXCLUDED.errors,
+    granted  = d.granted + EXCLUDED.granted`
 	if _, err := db.ExecContext(ctx, q, pq.Array(dayStrings(days))); err != nil {
 		return fmt.Errorf("replay: carry over live rows: %w", err)
 	}
@@ -557,7 +559,7 @@ func apply(ctx context.Context, db *sqlx.DB, schema string, days []time.Time) er
 // DailyDigest is the SHA-256 (hex) of the ordered, tab-separated dump of a
 // schema's api_usage_daily: equal digests mean equal tables, row for row.
 func DailyDigest(ctx context.Context, db *sqlx.DB, schema string) (string, error) {
-	rows, err := db.QueryContext(ctx, `SELECT to_char(day, 'YYYY-MM-DD'), key_id::text, owner_id, endpoint, requests, credits, units, errors
+	rows, err := db.QueryContext(ctx, `SELECT to_char(day, 'YYYY-MM-DD'), key_id::text, owner_id, endpoint, requests, credits, units, errors, granted
 FROM `+pq.QuoteIdentifier(schema)+`.api_usage_daily ORDER BY day, key_id, endpoint`)
 	if err != nil {
 		return "", fmt.Errorf("daily digest: %w", err)
@@ -566,11 +568,11 @@ FROM `+pq.QuoteIdentifier(schema)+`.api_usage_daily ORDER BY day, key_id, endpoi
 	h := sha256.New()
 	for rows.Next() {
 		var day, key, owner, endpoint string
-		var requests, credits, units, errs int64
-		if err := rows.Scan(&day, &key, &owner, &endpoint, &requests, &credits, &units, &errs); err != nil {
+		var requests, credits, units, errs, granted int64
+		if err := rows.Scan(&day, &key, &owner, &endpoint, &requests, &credits, &units, &errs, &granted); err != nil {
 			return "", fmt.Errorf("daily digest: %w", err)
 		}
-		fmt.Fprintf(h, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", day, key, owner, endpoint, requests, credits, units, errs)
+		fmt.Fprintf(h, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", day, key, owner, endpoint, requests, credits, units, errs, granted)
 	}
 	if err := rows.Err(); err != nil {
 		return "", fmt.Errorf("daily digest: %w", err)

@@ -42,6 +42,9 @@ type Row struct {
 	Unit       string
 	LatencyUS  int64
 	TraceID    string // the call's W3C trace ID; empty when tracing was off
+	// Granted is the credits a credit grant added (endpoint credits.grant);
+	// 0 for a call. A grant counts in its daily row's granted, not as a request.
+	Granted int64
 }
 
 // RowOf turns a decoded (validated) event into its api_usage row.
@@ -60,6 +63,7 @@ func RowOf(ev *usagev1.UsageEvent) Row {
 		Unit:       ev.GetUnit(),
 		LatencyUS:  ev.GetLatencyUs(),
 		TraceID:    ev.GetTraceId(),
+		Granted:    ev.GetGrant().GetCredits(),
 	}
 }
 
@@ -219,21 +223,21 @@ func (s *Store) Record(ctx context.Context, tx *sqlx.Tx, rows []Row) (Result, er
 	n := len(sorted)
 	ids, times, reqs, keys, owners := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	tiers, endpoints, units, traces := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	status, credits, amounts, latency := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	status, credits, amounts, latency, granted := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	for i, r := range sorted {
 		ids[i], times[i], reqs[i], keys[i], owners[i] = r.EventID, r.OccurredAt.Format(time.RFC3339Nano), r.RequestID, r.KeyID, r.OwnerID
 		tiers[i], endpoints[i], units[i], traces[i] = r.Tier, r.Endpoint, r.Unit, r.TraceID
-		status[i], credits[i], amounts[i], latency[i] = int64(r.Status), r.Credits, r.Units, r.LatencyUS
+		status[i], credits[i], amounts[i], latency[i], granted[i] = int64(r.Status), r.Credits, r.Units, r.LatencyUS, r.Granted
 	}
 	var inserted []string
 	q := `INSERT INTO ` + s.table("api_usage") + ` (` + usageColumns + `)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-                     $8::int[], $9::bigint[], $10::bigint[], $11::text[], $12::bigint[], $13::text[])
+                     $8::int[], $9::bigint[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bigint[])
 ON CONFLICT (event_id, occurred_at) DO NOTHING
 RETURNING event_id`
 	if err := tx.SelectContext(ctx, &inserted, q, pq.Array(ids), pq.Array(times), pq.Array(reqs), pq.Array(keys),
 		pq.Array(owners), pq.Array(tiers), pq.Array(endpoints), pq.Array(status), pq.Array(credits), pq.Array(amounts),
-		pq.Array(units), pq.Array(latency), pq.Array(traces)); err != nil {
+		pq.Array(units), pq.Array(latency), pq.Array(traces), pq.Array(granted)); err != nil {
 		return Result{}, fmt.Errorf("insert api_usage: %w", err)
 	}
 	isNew := make(map[string]bool, len(inserted))
@@ -246,8 +250,8 @@ RETURNING event_id`
 		key, endpoint string
 	}
 	type dval struct {
-		owner                          string
-		requests, credits, units, errs int64
+		owner                                   string
+		requests, credits, units, errs, granted int64
 	}
 	daily := map[dkey]*dval{}
 	var res Result
@@ -264,7 +268,11 @@ RETURNING event_id`
 			daily[k] = v
 		}
 		v.owner = min(v.owner, r.OwnerID)
-		v.requests++
+		if r.Granted > 0 {
+			v.granted += r.Granted
+		} else {
+			v.requests++
+		}
 		v.credits += r.Credits
 		v.units += r.Units
 		if r.Status >= 400 {
@@ -284,28 +292,29 @@ RETURNING event_id`
 	})
 	m := len(dkeys)
 	days, dk, downer, dep := make([]string, m), make([]string, m), make([]string, m), make([]string, m)
-	dreq, dcred, dunits, derr := make([]int64, m), make([]int64, m), make([]int64, m), make([]int64, m)
+	dreq, dcred, dunits, derr, dgrant := make([]int64, m), make([]int64, m), make([]int64, m), make([]int64, m), make([]int64, m)
 	for i, k := range dkeys {
 		v := daily[k]
 		days[i], dk[i], downer[i], dep[i] = k.day.Format(time.DateOnly), k.key, v.owner, k.endpoint
-		dreq[i], dcred[i], dunits[i], derr[i] = v.requests, v.credits, v.units, v.errs
+		dreq[i], dcred[i], dunits[i], derr[i], dgrant[i] = v.requests, v.credits, v.units, v.errs, v.granted
 	}
 	uq := `INSERT INTO ` + s.table("api_usage_daily") + ` AS d (` + dailyColumns + `)
-SELECT * FROM unnest($1::date[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+SELECT * FROM unnest($1::date[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
 ON CONFLICT (day, key_id, endpoint) DO UPDATE SET
     owner_id = LEAST(d.owner_id, EXCLUDED.owner_id),
     requests = d.requests + EXCLUDED.requests,
     credits  = d.credits + EXCLUDED.credits,
     units    = d.units + EXCLUDED.units,
-    errors   = d.errors + EXCLUDED.errors`
+    errors   = d.errors + EXCLUDED.errors,
+    granted  = d.granted + EXCLUDED.granted`
 	if _, err := tx.ExecContext(ctx, uq, pq.Array(days), pq.Array(dk), pq.Array(downer), pq.Array(dep),
-		pq.Array(dreq), pq.Array(dcred), pq.Array(dunits), pq.Array(derr)); err != nil {
+		pq.Array(dreq), pq.Array(dcred), pq.Array(dunits), pq.Array(derr), pq.Array(dgrant)); err != nil {
 		return Result{}, fmt.Errorf("upsert api_usage_daily: %w", err)
 	}
 	return res, nil
 }
 
 const (
-	usageColumns = `event_id, occurred_at, request_id, key_id, owner_id, tier, endpoint, status, credits, units, unit, latency_us, trace_id`
-	dailyColumns = `day, key_id, owner_id, endpoint, requests, credits, units, errors`
+	usageColumns = `event_id, occurred_at, request_id, key_id, owner_id, tier, endpoint, status, credits, units, unit, latency_us, trace_id, granted`
+	dailyColumns = `day, key_id, owner_id, endpoint, requests, credits, units, errors, granted`
 )
