@@ -293,26 +293,29 @@ async function loadDetail(live = false) {
   $('toggle-active').textContent = k.active ? 'Deactivate' : 'Activate';
   if (!live) $('rename-name').value = k.name;
   renderGauge(summary);
-  renderUsage(usage.data, from, to);
+  renderUsage(usage.data.filter((r) => r.endpoint !== 'credits.grant'), from, to);
   renderTier(k.tier);
   updated();
 }
 
 function renderGauge(s) {
   const left = s.creditsRemaining, used = s.creditsUsed;
+  // The month's allowance: the monthly grant and what credit grants added.
+  const granted = s.grantedCredits || 0, allowed = s.monthlyCredits + granted;
   chart('gauge-canvas', {
     type: 'doughnut',
     data: {
       labels: ['Used', 'Left'],
-      datasets: [{ data: [used, left], backgroundColor: [used > s.monthlyCredits * 0.9 ? '#ef4444' : '#2563eb', '#e5e7eb'], borderWidth: 0 }],
+      datasets: [{ data: [used, left], backgroundColor: [used > allowed * 0.9 ? '#ef4444' : '#2563eb', '#e5e7eb'], borderWidth: 0 }],
     },
     options: { rotation: -90, circumference: 180, cutout: '70%', plugins: { legend: { display: false } } },
   });
-  const share = s.monthlyCredits > 0 ? used / s.monthlyCredits : 0;
+  const share = allowed > 0 ? used / allowed : 0;
   $('gauge-pct').textContent = new Intl.NumberFormat(undefined, { style: 'percent', maximumFractionDigits: share > 0 && share < 0.1 ? 1 : 0 }).format(share);
-  $('gauge-canvas').setAttribute('aria-label', num(used) + ' of ' + num(s.monthlyCredits) + ' credits used this period');
+  $('gauge-canvas').setAttribute('aria-label', num(used) + ' of ' + num(allowed) + ' credits used this period');
   $('gauge-text').replaceChildren(
-    el('strong', { id: 'gauge-used' }, num(used)), ' of ' + num(s.monthlyCredits) + ' credits used · ',
+    el('strong', { id: 'gauge-used' }, num(used)), ' of ' + num(allowed) + ' credits used' +
+      (granted > 0 ? ' (' + num(granted) + ' granted)' : '') + ' · ',
     el('strong', { id: 'gauge-left' }, num(left)), ' left · ' + num(s.requests) + ' requests this period · resets ' + when(s.period.end));
 }
 

@@ -199,14 +199,14 @@ func TestBillingDaily(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(records) != 4 || strings.Join(records[0], ",") != "date,key_id,owner_id,endpoint,requests,credits,units,errors" {
+	if len(records) != 4 || strings.Join(records[0], ",") != "date,key_id,owner_id,endpoint,requests,credits,units,errors,granted" {
 		t.Fatalf("csv %q", records)
 	}
 	for _, rec := range records[1:] {
 		if rec[1] == b.ID && rec[2] != "'=cmd|' /C calc'!A0" {
 			t.Fatalf("formula not neutralised: %q", rec)
 		}
-		if rec[1] == a.ID && rec[0] == "2026-03-01" && strings.Join(rec[3:], ",") != "search,5,5,5,1" {
+		if rec[1] == a.ID && rec[0] == "2026-03-01" && strings.Join(rec[3:], ",") != "search,5,5,5,1,0" {
 			t.Fatalf("csv row %q", rec)
 		}
 	}
@@ -217,7 +217,7 @@ func TestBillingDaily(t *testing.T) {
 		t.Fatalf("empty json: %d %s", r.code, r.body)
 	}
 	r = en.do("fin", "finance", http.MethodGet, "/billing/daily?from=2027-01-01&to=2027-01-31&format=csv", nil)
-	if r.code != http.StatusOK || strings.TrimSpace(string(r.body)) != "date,key_id,owner_id,endpoint,requests,credits,units,errors" {
+	if r.code != http.StatusOK || strings.TrimSpace(string(r.body)) != "date,key_id,owner_id,endpoint,requests,credits,units,errors,granted" {
 		t.Fatalf("empty csv: %d %s", r.code, r.body)
 	}
 

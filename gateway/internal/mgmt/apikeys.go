@@ -35,11 +35,11 @@ type keyView struct {
 	Secret             string     `json:"key,omitempty"`
 }
 
-func view(k *keys.Key, used int64) keyView {
+func view(k *keys.Key, b spent) keyView {
 	return keyView{
 		ID: k.ID, Name: k.Name, KeyPrefix: k.Prefix, Tier: k.Tier, Active: k.Active,
 		RateLimitPerMinute: k.RateLimitPerMinute, MonthlyCredits: k.MonthlyCredits,
-		CreditsRemaining: max(0, k.MonthlyCredits-used),
+		CreditsRemaining: max(0, k.MonthlyCredits+b.grants-b.used),
 		CreatedAt:        k.CreatedAt.UTC(), ExpiresAt: utc(k.ExpiresAt), LastUsedAt: utc(k.LastUsedAt),
 	}
 }
@@ -58,14 +58,18 @@ func monthStart(t time.Time) time.Time {
 	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
 }
 
-// creditsUsed returns the credits each key used this month, as the billing
-// worker recorded them (keys without a row used none).
-func (h *Handler) creditsUsed(ctx context.Context, ids ...string) (map[string]int64, error) {
-	used := make(map[string]int64, len(ids))
+// spent is a key's month as the billing worker recorded it: the credits
+// used, and those credit grants added.
+type spent struct{ used, grants int64 }
+
+// creditsUsed returns the credits each key used this month and those grants
+// added, as the billing worker recorded them (keys without a row: none).
+func (h *Handler) creditsUsed(ctx context.Context, ids ...string) (map[string]spent, error) {
+	used := make(map[string]spent, len(ids))
 	if len(ids) == 0 {
 		return used, nil
 	}
-	rows, err := h.deps.DB.QueryContext(ctx, `SELECT key_id, used FROM api_gateway.credit_balances
+	rows, err := h.deps.DB.QueryContext(ctx, `SELECT key_id, used, grants FROM api_gateway.credit_balances
 		WHERE period = $1 AND key_id = ANY($2::uuid[])`, monthStart(h.deps.Now()), pq.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("read credit balances: %w", err)
@@ -73,11 +77,11 @@ func (h *Handler) creditsUsed(ctx context.Context, ids ...string) (map[string]in
 	defer rows.Close()
 	for rows.Next() {
 		var id string
-		var n int64
-		if err := rows.Scan(&id, &n); err != nil {
+		var b spent
+		if err := rows.Scan(&id, &b.used, &b.grants); err != nil {
 			return nil, fmt.Errorf("read credit balances: %w", err)
 		}
-		used[id] = n
+		used[id] = b
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read credit balances: %w", err)

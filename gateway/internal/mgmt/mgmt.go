@@ -1,7 +1,8 @@
 // Package mgmt owns the management API: owners create, list, change,
 // regenerate and delete their API keys and read their usage; finance reads
 // every key's daily usage and the keys that used the most; every caller may
-// read who the token says they are and the tiers; owners register webhook
+// read who the token says they are and the tiers; finance and admin grant
+// credits to a key for the period; owners register webhook
 // endpoints and see and retry their deliveries. Callers are identified by the auth middleware;
 // a key of another owner is indistinguishable from one that does not exist.
 package mgmt
@@ -110,6 +111,8 @@ type Deps struct {
 	// Catalog is what GET /tiers lists (the tiers, their limits and
 	// endpoints); nil lists none.
 	Catalog []TierInfo
+	// Granter makes credit grants take effect; nil answers them 503.
+	Granter Granter
 }
 
 // Handler serves the management API.
@@ -164,6 +167,7 @@ func (h *Handler) Register(e *echo.Echo, authMW echo.MiddlewareFunc) {
 		{http.MethodPatch, "/api-keys/:id", h.update},
 		{http.MethodDelete, "/api-keys/:id", h.delete},
 		{http.MethodPost, "/api-keys/:id/regenerate", h.regenerate},
+		{http.MethodPost, "/api-keys/:id/credits", h.grant},
 		{http.MethodGet, "/api-keys/:id/usage", h.usage},
 		{http.MethodGet, "/api-keys/:id/usage/summary", h.summary},
 		{http.MethodGet, "/billing/daily", h.billingDaily},

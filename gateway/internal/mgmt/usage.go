@@ -82,6 +82,9 @@ type usageRow struct {
 	Credits  int64  `json:"credits"`
 	Units    int64  `json:"units"`
 	Errors   int64  `json:"errors"`
+	// Granted is what credit grants added that day (in the row of endpoint
+	// credits.grant); 0 in the rows of calls.
+	Granted int64 `json:"granted"`
 }
 
 func (h *Handler) usage(c echo.Context) error {
@@ -98,7 +101,7 @@ func (h *Handler) usage(c echo.Context) error {
 		return err
 	}
 	rows, err := h.deps.DB.QueryContext(c.Request().Context(), `
-		SELECT day, endpoint, requests, credits, units, errors FROM api_gateway.api_usage_daily
+		SELECT day, endpoint, requests, credits, units, errors, granted FROM api_gateway.api_usage_daily
 		WHERE key_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day, endpoint`, k.ID, from, to)
 	if err != nil {
 		return internal("read daily usage", err)
@@ -110,7 +113,7 @@ func (h *Handler) usage(c echo.Context) error {
 	for rows.Next() {
 		var r usageRow
 		var day time.Time
-		if err := rows.Scan(&day, &r.Endpoint, &r.Requests, &r.Credits, &r.Units, &r.Errors); err != nil {
+		if err := rows.Scan(&day, &r.Endpoint, &r.Requests, &r.Credits, &r.Units, &r.Errors, &r.Granted); err != nil {
 			return internal("read daily usage", err)
 		}
 		r.Date = day.Format(time.DateOnly)
@@ -134,7 +137,10 @@ type summary struct {
 		Start time.Time `json:"start"`
 		End   time.Time `json:"end"`
 	} `json:"period"`
-	MonthlyCredits   int64           `json:"monthlyCredits"`
+	MonthlyCredits int64 `json:"monthlyCredits"`
+	// GrantedCredits are what credit grants added to the period, as the
+	// billing worker recorded them; the allowance is monthly + granted.
+	GrantedCredits   int64           `json:"grantedCredits"`
 	CreditsUsed      int64           `json:"creditsUsed"`
 	CreditsRemaining int64           `json:"creditsRemaining"`
 	Requests         int64           `json:"requests"`
@@ -161,12 +167,13 @@ func (h *Handler) summary(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	s.MonthlyCredits, s.CreditsUsed = k.MonthlyCredits, used[k.ID]
-	s.CreditsRemaining = max(0, k.MonthlyCredits-s.CreditsUsed)
+	b := used[k.ID]
+	s.MonthlyCredits, s.GrantedCredits, s.CreditsUsed = k.MonthlyCredits, b.grants, b.used
+	s.CreditsRemaining = max(0, k.MonthlyCredits+b.grants-b.used)
 	s.ByEndpoint = []endpointUsage{}
 	rows, err := h.deps.DB.QueryContext(ctx, `
 		SELECT endpoint, sum(requests), sum(credits) FROM api_gateway.api_usage_daily
-		WHERE key_id = $1 AND day >= $2 AND day < $3 GROUP BY endpoint ORDER BY endpoint`,
+		WHERE key_id = $1 AND day >= $2 AND day < $3 AND endpoint <> 'credits.grant' GROUP BY endpoint ORDER BY endpoint`,
 		k.ID, s.Period.Start, s.Period.End)
 	if err != nil {
 		return internal("read usage summary", err)
@@ -207,9 +214,11 @@ type billingRow struct {
 	Credits  int64  `json:"credits"`
 	Units    int64  `json:"units"`
 	Errors   int64  `json:"errors"`
+	// Granted: credits added by credit grants (rows of endpoint credits.grant).
+	Granted int64 `json:"granted"`
 }
 
-var csvHeader = []string{"date", "key_id", "owner_id", "endpoint", "requests", "credits", "units", "errors"}
+var csvHeader = []string{"date", "key_id", "owner_id", "endpoint", "requests", "credits", "units", "errors", "granted"}
 
 // billingDaily streams every key's daily rows (finance and admin only) as
 // JSON {"data": [...]} or, with format=csv, as CSV with a header row.
@@ -227,7 +236,7 @@ func (h *Handler) billingDaily(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	rows, err := h.deps.DB.QueryContext(ctx, `
-		SELECT day, key_id, owner_id, endpoint, requests, credits, units, errors
+		SELECT day, key_id, owner_id, endpoint, requests, credits, units, errors, granted
 		FROM api_gateway.api_usage_daily WHERE day BETWEEN $1 AND $2 ORDER BY day, key_id, endpoint`, from, to)
 	if err != nil {
 		return internal("read billing rows", err)
@@ -253,7 +262,7 @@ func (h *Handler) billingDaily(c echo.Context) error {
 			}
 			return cw.Write([]string{r.Date, r.KeyID, csvCell(r.OwnerID), csvCell(r.Endpoint),
 				strconv.FormatInt(r.Requests, 10), strconv.FormatInt(r.Credits, 10),
-				strconv.FormatInt(r.Units, 10), strconv.FormatInt(r.Errors, 10)})
+				strconv.FormatInt(r.Units, 10), strconv.FormatInt(r.Errors, 10), strconv.FormatInt(r.Granted, 10)})
 		}
 		finish = func() error {
 			if !started {
@@ -295,7 +304,7 @@ func (h *Handler) billingDaily(c echo.Context) error {
 	for rows.Next() {
 		var r billingRow
 		var day time.Time
-		if err := rows.Scan(&day, &r.KeyID, &r.OwnerID, &r.Endpoint, &r.Requests, &r.Credits, &r.Units, &r.Errors); err != nil {
+		if err := rows.Scan(&day, &r.KeyID, &r.OwnerID, &r.Endpoint, &r.Requests, &r.Credits, &r.Units, &r.Errors, &r.Granted); err != nil {
 			return h.abort(c, fmt.Errorf("scan billing row: %w", err))
 		}
 		r.Date = day.Format(time.DateOnly)

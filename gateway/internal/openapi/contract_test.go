@@ -116,6 +116,7 @@ func newGateway(t *testing.T) *gateway {
 	g.hasher = keys.NewHasher([]byte("contract-test-pepper"))
 	resolver := keys.NewResolver(keys.ResolverConfig{Size: 1000, TTL: time.Minute, UnknownTTL: time.Second}, g.store, g.hasher)
 	q := quota.NewStore(rdb, quota.NewPGLoader(g.db, nil, nil, logger), nil)
+	held := holds.NewLedger()
 
 	g.searchURL = startSearch(t)
 	g.stt = startHandler(t, func() (http.Handler, error) { return stt.New(stt.Config{}, logger) })
@@ -127,14 +128,14 @@ func newGateway(t *testing.T) *gateway {
 		},
 		GatewayID:      "contract",
 		PublishTimeout: 5 * time.Second,
-	}, p, resolver, q, pub, proxy.NewLastUsed(g.store, time.Hour, logger), holds.NewLedger(), logger)
+	}, p, resolver, q, pub, proxy.NewLastUsed(g.store, time.Hour, logger), held, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	verifier := g.startIssuer(ctx, logger)
 	h, err := mgmt.New(mgmt.Config{}, mgmt.Deps{Store: g.store, DB: g.db, Hasher: g.hasher, Tiers: p, State: q,
-		Catalog: server.TierCatalog(p)}, logger)
+		Catalog: server.TierCatalog(p), Granter: server.NewGranter("contract", q, held, pub, logger)}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,6 +532,19 @@ func TestResponsesMatchTheDocument(t *testing.T) {
 	g.do(unsupported)
 	g.do(g.bearer(jsonCall(http.MethodPost, "/api-keys", `{"name":"`+strings.Repeat("x", 70<<10)+`"}`, http.StatusRequestEntityTooLarge), owner, "").invalid())
 	g.do(g.bearer(jsonCall(http.MethodGet, "/api-keys/0195b6b4-7a1c-7cde-8f00-3b2a1c9d4e5f", nil, http.StatusNotFound), owner, ""))
+
+	// Credit grants: finance and admin only; an Idempotency-Key answers a
+	// repeat the same and refuses another body with it.
+	grant := map[string]any{"credits": 500, "reason": "contract"}
+	g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/credits", grant, http.StatusCreated), "finance-1", "finance"))
+	g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/credits", grant, http.StatusCreated), "admin-1", "admin").with("Idempotency-Key", "contract-1"))
+	resp, _ = g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/credits", grant, http.StatusCreated), "admin-1", "admin").with("Idempotency-Key", "contract-1"))
+	requireHeaders(t, "repeated grant", resp, "Idempotent-Replayed")
+	g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/credits", map[string]any{"credits": 1, "reason": "contract"}, http.StatusUnprocessableEntity), "admin-1", "admin").with("Idempotency-Key", "contract-1"))
+	g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/credits", grant, http.StatusForbidden), owner, ""))
+	g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/credits", grant, http.StatusNotFound), "someone-else", ""))
+	g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/credits", `{"credits":`, http.StatusBadRequest), "finance-1", "finance").invalid())
+	g.do(g.bearer(jsonCall(http.MethodPost, keyPath+"/credits", map[string]any{"credits": 0, "reason": "x"}, http.StatusUnprocessableEntity), "finance-1", "finance").invalid())
 	g.do(g.bearer(jsonCall(http.MethodGet, keyPath, nil, http.StatusNotFound), "someone-else", ""))
 	g.do(g.bearer(jsonCall(http.MethodPatch, keyPath, map[string]any{}, http.StatusUnprocessableEntity), owner, "").invalid())
 
@@ -623,7 +637,7 @@ func TestResponsesMatchTheDocument(t *testing.T) {
 		t.Fatalf("billing rows %s", body)
 	}
 	resp, body = g.do(g.bearer(jsonCall(http.MethodGet, "/billing/daily?format=csv&from="+today+"&to="+today, nil, http.StatusOK), "admin-1", "admin"))
-	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/csv") || !strings.HasPrefix(string(body), "date,key_id,owner_id,endpoint,requests,credits,units,errors\n") {
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/csv") || !strings.HasPrefix(string(body), "date,key_id,owner_id,endpoint,requests,credits,units,errors,granted\n") {
 		t.Fatalf("csv %q: %s", resp.Header.Get("Content-Type"), body)
 	}
 	g.do(g.bearer(jsonCall(http.MethodGet, "/billing/daily", nil, http.StatusForbidden), owner, ""))

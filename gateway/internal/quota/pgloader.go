@@ -140,12 +140,16 @@ type keyRow struct {
 	MonthlyCredits     int64        `db:"monthly_credits"`
 	UpdatedAt          time.Time    `db:"updated_at"`
 	Used               int64        `db:"used"`
+	Grants             int64        `db:"grants"`
 }
 
 // Spend is what a key's balance of a period is made of, at one moment.
 type Spend struct {
 	Grant   int64 // the key's monthly grant
+	Granted int64 // what credit grants in the ledger added to the period
 	Ledger  int64 // charged in the ledger
+	// Pending and Held count a credit grant not in the ledger yet as minus
+	// its credits: what it adds is not taken.
 	Pending int64 // events on the stream the ledger does not have yet
 	Held    int64 // holds of calls in flight, neither on the stream nor in the ledger
 	// Exact: every part was known — every live gateway answered, the stream
@@ -154,8 +158,8 @@ type Spend struct {
 	Exact bool
 }
 
-// Balance is grant − ledger − pending − held.
-func (s Spend) Balance() int64 { return s.Grant - s.Ledger - s.Pending - s.Held }
+// Balance is grant + granted − ledger − pending − held.
+func (s Spend) Balance() int64 { return s.Grant + s.Granted - s.Ledger - s.Pending - s.Held }
 
 // Load implements Loader.
 func (l *PGLoader) Load(ctx context.Context, keyID, period string) (State, int64, error) {
@@ -258,7 +262,7 @@ func (l *PGLoader) spend(ctx context.Context, keyIDs []string, period string) ([
 	err = tx.SelectContext(ctx, &rows, `
 		SELECT k.id, k.key_hash, k.prev_key_hash, k.prev_key_expires_at, k.active, k.deleted_at,
 		       k.expires_at, k.rate_limit_per_minute, k.monthly_credits, k.updated_at,
-		       COALESCE(b.used, 0) AS used
+		       COALESCE(b.used, 0) AS used, COALESCE(b.grants, 0) AS grants
 		FROM api_gateway.api_keys k
 		LEFT JOIN api_gateway.credit_balances b ON b.key_id = k.id AND b.period = $2
 		WHERE k.id = ANY($1::uuid[])`, pq.Array(keyIDs), start)
@@ -277,7 +281,7 @@ func (l *PGLoader) spend(ctx context.Context, keyIDs []string, period string) ([
 	}
 	spends := make(map[string]Spend, len(rows))
 	for _, r := range rows {
-		s := Spend{Grant: r.MonthlyCredits, Ledger: r.Used, Exact: exact}
+		s := Spend{Grant: r.MonthlyCredits, Granted: r.Grants, Ledger: r.Used, Exact: exact}
 		for id, c := range pending[r.ID] {
 			if !inLedger[id] {
 				s.Pending += c

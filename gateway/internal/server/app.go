@@ -28,6 +28,7 @@ import (
 	"github.com/mana/apigw/gateway/internal/dashboard"
 	"github.com/mana/apigw/gateway/internal/holds"
 	"github.com/mana/apigw/gateway/internal/keys"
+	"github.com/mana/apigw/gateway/internal/mgmt"
 	"github.com/mana/apigw/gateway/internal/openapi"
 	"github.com/mana/apigw/gateway/internal/pricing"
 	"github.com/mana/apigw/gateway/internal/proxy"
@@ -192,7 +193,8 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 	}
 	dash.Register(a.Echo)
 	if mgmt != nil {
-		if err := mgmt(a.Echo, MgmtDeps{DB: db, Store: store, Hasher: hasher, Pricing: p, Quota: q}); err != nil {
+		if err := mgmt(a.Echo, MgmtDeps{DB: db, Store: store, Hasher: hasher, Pricing: p, Quota: q,
+			Granter: NewGranter(cfg.GatewayID, q, a.holds, a.pub, logger)}); err != nil {
 			return nil, err
 		}
 	}
@@ -228,6 +230,7 @@ type MgmtDeps struct {
 	Hasher  keys.Hasher
 	Pricing *pricing.Pricing
 	Quota   *quota.Store
+	Granter mgmt.Granter
 }
 
 // Run serves until ctx ends, then shuts down gracefully: the listener

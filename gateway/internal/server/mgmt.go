@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sort"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -28,13 +29,34 @@ func Management(ctx context.Context, cfg config.Config, logger *slog.Logger) fun
 		}
 		h, err := mgmt.New(mgmt.Config{}, mgmt.Deps{
 			Store: deps.Store, DB: deps.DB, Hasher: deps.Hasher, Tiers: deps.Pricing, State: deps.Quota,
-			Catalog: TierCatalog(deps.Pricing),
+			Catalog: TierCatalog(deps.Pricing), Granter: deps.Granter,
 		}, logger)
 		if err != nil {
 			return err
 		}
 		h.Register(e, auth.Middleware(v))
+		go republishGrants(ctx, h, cfg.ReconcileInterval, logger)
 		return nil
+	}
+}
+
+// republishGrants publishes, every interval until ctx ends, the credit
+// grants that were recorded an interval ago or more and never published.
+func republishGrants(ctx context.Context, h *mgmt.Handler, interval time.Duration, logger *slog.Logger) {
+	if interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := h.RepublishGrants(ctx, interval); err != nil && ctx.Err() == nil {
+			logger.WarnContext(ctx, "republish credit grants", "error", err)
+		}
 	}
 }
 
