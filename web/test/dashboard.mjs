@@ -229,7 +229,7 @@ try {
   assert.match(download.suggestedFilename(), /^billing-daily-\d{4}-\d\d-\d\d-\d{4}-\d\d-\d\d\.csv$/);
   const csv = await readFile(await download.path(), 'utf8');
   const lines = csv.trim().split('\n');
-  assert.equal(lines[0], 'date,key_id,owner_id,endpoint,requests,credits,units,errors');
+  assert.equal(lines[0], 'date,key_id,owner_id,endpoint,requests,credits,units,errors,granted');
   const ours = lines.filter((l) => l.includes(keyId));
   assert.equal(ours.length, 2, 'the CSV has the key’s two endpoints: ' + csv);
   assert.equal(ours.reduce((s, l) => s + Number(l.split(',')[5]), 0), 6, 'the CSV’s credits');
