@@ -9,9 +9,15 @@
 # starts the stand-in, nginx, the bare proxy, the gateway and the workers and
 # writes the report.
 #
-# usage: .ci/bench.sh [full|smoke]
+# usage: [CLUSTER=1] .ci/bench.sh [full|smoke]
 #   full   about 10 minutes on 2 cores; writes docs/benchmarks.md
 #   smoke  a few seconds of each step; writes .data/bench/smoke.md
+# CLUSTER=1 also starts three nats-servers in one JetStream cluster and a
+# Redis Cluster of three masters (own ports and data, like the servers
+# above); the harness then measures the scaled-out full path (nginx in front
+# of two gateways, the USAGE stream at three replicas, and at one for
+# comparison) in the same rounds as the single-node targets, and writes it
+# beside them in a section of its own.
 # BENCH_* variables override the harness's settings (services/cmd/bench/config.go).
 set -euo pipefail
 # shellcheck source=.ci/lib.sh
@@ -48,7 +54,7 @@ go build -o "$BIN/" ./gateway/cmd/gateway ./services/cmd/search ./billing-worker
 
 # ---------------------------------------------------------------- servers
 
-rm -rf "$WORK" "$BENCH/redis" "$BENCH/nats" "$BENCH/nats2"
+rm -rf "$WORK" "$BENCH/redis" "$BENCH/nats" "$BENCH/nats2" "$BENCH/cluster"
 mkdir -p "$WORK" "$BENCH/redis" "$BENCH/nats"
 
 # PostgreSQL refuses to run as root: as root the cluster belongs to the
@@ -66,21 +72,23 @@ PGSOCK=$PGROOT/sock
 REDIS_PID=""
 NATS_PID=""
 NATS2_PID=""
+CLUSTER_PIDS=()
 
 cleanup() {
 	trap '' INT TERM
 	local pid
-	for pid in "$NATS_PID" "$NATS2_PID"; do
+	for pid in "$NATS_PID" "$NATS2_PID" "${CLUSTER_PIDS[@]}"; do
 		if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
 			kill -TERM "$pid" 2>/dev/null || true
 			wait "$pid" 2>/dev/null || true
 		fi
 	done
 	stop_pidfile "$BENCH/redis/redis.pid" Redis 10 2>/dev/null || true
+	for pid in 1 2 3; do stop_pidfile "$BENCH/cluster/redis-$pid.pid" "Redis Cluster node $pid" 10 2>/dev/null || true; done
 	if [[ -s $PGDATA_DIR/postmaster.pid ]]; then
 		as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null 2>&1 || true
 	fi
-	rm -rf "$PGROOT" "$BENCH/redis" "$BENCH/nats" "$BENCH/nats2"
+	rm -rf "$PGROOT" "$BENCH/redis" "$BENCH/nats" "$BENCH/nats2" "$BENCH/cluster"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -158,6 +166,112 @@ for ((i = 0; i < 150; i++)); do
 done
 port_open "$NATS2_PORT" || die "the second NATS did not start: $(tail -n 5 "$BENCH/nats2/nats.log")"
 
+# ---------------------------------------------------------- the cluster (CLUSTER=1)
+
+# Three nats-servers routed into one JetStream cluster, every write fsynced
+# (as .ci/cluster.sh runs them), and a Redis Cluster of three masters. The
+# NATS cluster has two accounts, each with its own JetStream: the cluster
+# gateways of account R3 keep USAGE at three replicas, those of account R1 at
+# one, so what replication costs is measured on the same servers, disk and
+# routes, in the same rounds.
+CLUSTER_ENV=()
+if [[ -n ${CLUSTER:-} && ${CLUSTER:-} != 0 ]]; then
+	ensure_cmd curl curl
+	mkdir -p "$BENCH/cluster"
+	c_client=() c_route=() c_mon=() c_mons=() c_pids=() c_redis=() r_pids=() taken=() routes=""
+	pick() { # pick PREFERRED: a free port none of the cluster's servers took yet
+		local p
+		p=$(free_port "$1") || die "no free port for the cluster"
+		while [[ " ${taken[*]} " == *" $p "* ]] || port_open "$p"; do p=$((p + 1)); done
+		printf '%s\n' "$p"
+	}
+	for n in 1 2 3; do
+		c_client+=("$(pick $((24480 + n)))") && taken+=("${c_client[-1]}")
+		c_route+=("$(pick $((24490 + n)))") && taken+=("${c_route[-1]}")
+		c_mon+=("$(pick $((24500 + n)))") && taken+=("${c_mon[-1]}")
+		routes+="nats-route://127.0.0.1:${c_route[-1]},"
+	done
+	for n in 1 2 3; do
+		i=$((n - 1))
+		mkdir -p "$BENCH/cluster/nats-$n"
+		cat >"$BENCH/cluster/nats-$n.conf" <<EOF
+# written by .ci/bench.sh (CLUSTER=1); JetStream fsyncs every write, as .ci/cluster.sh
+server_name: bench-n$n
+listen: 127.0.0.1:${c_client[$i]}
+http: 127.0.0.1:${c_mon[$i]}
+cluster {
+  name: bench
+  listen: 127.0.0.1:${c_route[$i]}
+  routes: [${routes%,}]
+}
+jetstream {
+  store_dir: "$BENCH/cluster/nats-$n"
+  sync_interval: always
+}
+accounts {
+  R3: { jetstream: enabled, users: [{user: r3, password: bench}] }
+  R1: { jetstream: enabled, users: [{user: r1, password: bench}] }
+}
+EOF
+		"$NATS_BIN" -c "$BENCH/cluster/nats-$n.conf" >"$BENCH/cluster/nats-$n.log" 2>&1 &
+		CLUSTER_PIDS+=($!)
+		c_pids+=($!)
+		c_mons+=("http://127.0.0.1:${c_mon[$i]}")
+	done
+	log "starting a JetStream cluster of three nats-servers on 127.0.0.1:${c_client[*]}"
+	for n in 1 2 3; do
+		m=${c_mons[$((n - 1))]}
+		for ((i = 0; i < 300; i++)); do
+			curl -sf "$m/healthz" >/dev/null 2>&1 && break
+			sleep 0.1
+		done
+		curl -sf "$m/healthz" >/dev/null 2>&1 || die "cluster nats-server $n was not healthy: $(tail -n 5 "$BENCH/cluster/nats-$n.log")"
+	done
+	for n in 1 2 3; do
+		p=$(pick $((26480 + n))) && taken+=("$p")
+		bus=$(pick $((26490 + n))) && taken+=("$bus")
+		mkdir -p "$BENCH/cluster/redis-$n"
+		# As .ci/cluster.sh runs them: append-only, fsync every second.
+		redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-port "$bus" \
+			--cluster-config-file nodes.conf --cluster-node-timeout 2000 --dir "$BENCH/cluster/redis-$n" \
+			--save "" --appendonly yes --appendfsync everysec --daemonize yes \
+			--pidfile "$BENCH/cluster/redis-$n.pid" --logfile "$BENCH/cluster/redis-$n.log"
+		c_redis+=("127.0.0.1:$p")
+	done
+	for n in 1 2 3; do
+		p=${c_redis[$((n - 1))]#*:}
+		for ((i = 0; i < 100; i++)); do
+			[[ $(redis-cli -p "$p" ping 2>/dev/null) == PONG ]] && break
+			sleep 0.1
+		done
+		[[ $(redis-cli -p "$p" ping 2>/dev/null) == PONG ]] || die "Redis Cluster node $n did not start"
+		r_pids+=("$(<"$BENCH/cluster/redis-$n.pid")")
+	done
+	log "redis-cli --cluster create ${c_redis[*]}"
+	redis-cli --cluster create "${c_redis[@]}" --cluster-yes >"$BENCH/cluster/redis-create.log" 2>&1 ||
+		die "redis-cli --cluster create failed: $(tail -n 5 "$BENCH/cluster/redis-create.log")"
+	for n in 1 2 3; do
+		p=${c_redis[$((n - 1))]#*:}
+		for ((i = 0; i < 300; i++)); do
+			redis-cli -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && break
+			sleep 0.1
+		done
+		redis-cli -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || die "the Redis Cluster was not ok"
+	done
+	urls() { # urls USER: the cluster's client URLs with USER's (benchmark-only) credentials
+		local out="" p
+		for p in "${c_client[@]}"; do out+="nats://$1:bench@127.0.0.1:$p,"; done
+		printf '%s\n' "${out%,}"
+	}
+	commas() {
+		local IFS=,
+		printf '%s\n' "$*"
+	}
+	CLUSTER_ENV=("BENCH_CLUSTER_NATS_URL=$(urls r3)" "BENCH_CLUSTER_R1_NATS_URL=$(urls r1)"
+		"BENCH_CLUSTER_NATS_PIDS=$(commas "${c_pids[@]}")" "BENCH_CLUSTER_NATS_MONITORS=$(commas "${c_mons[@]}")"
+		"BENCH_CLUSTER_REDIS_ADDRS=$(commas "${c_redis[@]}")" "BENCH_CLUSTER_REDIS_PIDS=$(commas "${r_pids[@]}")")
+fi
+
 # ------------------------------------------------- handler-chain benchmark
 
 benchtime=2s
@@ -187,5 +301,5 @@ BENCH_PROFILE=$PROFILE BENCH_DATABASE_URL=$PG_URL BENCH_REDIS_ADDR=127.0.0.1:$RE
 	BENCH_NATS_NOFSYNC_URL=nats://127.0.0.1:$NATS2_PORT BENCH_NATS_NOFSYNC_PID=$NATS2_PID \
 	BENCH_BIN_DIR=$BIN BENCH_WORK_DIR=$WORK BENCH_OUT=$OUT BENCH_NGINX=$NGINX_BIN BENCH_NATS_SERVER=$NATS_BIN \
 	BENCH_NATS_DIR=$BENCH/nats BENCH_GO_BENCH=$WORK/gobench.txt BENCH_PPROF_TOP=$WORK/pprof-top.txt \
-	"$BIN/bench" run
+	env "${CLUSTER_ENV[@]}" "$BIN/bench" run
 log "report: ${OUT#"$ROOT"/}"

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -51,7 +52,24 @@ type config struct {
 	// NATSDir is the NATS server's data folder: the disk's own fsync
 	// latency is measured there (optional).
 	NATSDir string
+	// Cluster is the scaled-out stack's servers (CLUSTER=1), zero when
+	// only the single-node targets run.
+	Cluster clusterConfig
 }
+
+// clusterConfig is the servers .ci/bench.sh starts with CLUSTER=1: a
+// JetStream cluster of three nats-servers with two accounts (their client
+// URL lists carry each account's credentials) and a Redis Cluster.
+type clusterConfig struct {
+	NATSURL, R1NATSURL string   // account R3 (USAGE at three replicas), account R1 (at one)
+	NATSPIDs           []int    // every nats-server of the cluster
+	NATSMonitors       []string // their monitoring URLs (route bytes)
+	RedisAddrs         string   // REDIS_ADDRS for the gateways
+	RedisPIDs          []int    // every master
+	PipelineEvents     int      // events on the R3 stream for the cluster's pipeline rates
+}
+
+func (c clusterConfig) enabled() bool { return c.NATSURL != "" }
 
 type profile struct {
 	rounds                         int
@@ -59,15 +77,16 @@ type profile struct {
 	pipelineEvents, replayEvents   int
 	connections, openWorkers, rate int
 	keys, fewKeys, manyKeys        int
+	clusterEvents                  int
 }
 
 var profiles = map[string]profile{
 	"full": {rounds: 3, maxDur: 3 * time.Second, rateDur: 3 * time.Second, warmup: time.Second,
 		pipelineEvents: 300_000, replayEvents: 1_000_000, connections: 64, openWorkers: 512, rate: 2000,
-		keys: 1000, fewKeys: 100, manyKeys: 10_000},
+		keys: 1000, fewKeys: 100, manyKeys: 10_000, clusterEvents: 100_000},
 	"smoke": {rounds: 1, maxDur: 300 * time.Millisecond, rateDur: 300 * time.Millisecond, warmup: 100 * time.Millisecond,
 		pipelineEvents: 2000, replayEvents: 3000, connections: 16, openWorkers: 64, rate: 200,
-		keys: 20, fewKeys: 5, manyKeys: 50},
+		keys: 20, fewKeys: 5, manyKeys: 50, clusterEvents: 2000},
 }
 
 // configFromEnv reads the settings, reporting every problem at once.
@@ -107,6 +126,21 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		}
 		return d
 	}
+	pids := func(k string) []int {
+		var out []int
+		for _, f := range strings.Split(getenv(k), ",") {
+			if f = strings.TrimSpace(f); f == "" {
+				continue
+			}
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 1 {
+				errs = append(errs, fmt.Errorf("%s: %q is not a process ID", k, f))
+				continue
+			}
+			out = append(out, n)
+		}
+		return out
+	}
 	c := config{
 		Profile:        name,
 		DatabaseURL:    getenv("BENCH_DATABASE_URL"),
@@ -138,6 +172,22 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		FewKeys:        intv("BENCH_FEW_KEYS", p.fewKeys),
 		ManyKeys:       intv("BENCH_MANY_KEYS", p.manyKeys),
 		NATSDir:        getenv("BENCH_NATS_DIR"),
+		Cluster: clusterConfig{
+			NATSURL: getenv("BENCH_CLUSTER_NATS_URL"), R1NATSURL: getenv("BENCH_CLUSTER_R1_NATS_URL"),
+			NATSPIDs: pids("BENCH_CLUSTER_NATS_PIDS"), RedisAddrs: getenv("BENCH_CLUSTER_REDIS_ADDRS"),
+			RedisPIDs: pids("BENCH_CLUSTER_REDIS_PIDS"), PipelineEvents: intv("BENCH_CLUSTER_PIPELINE_EVENTS", p.clusterEvents),
+		},
+	}
+	if m := getenv("BENCH_CLUSTER_NATS_MONITORS"); m != "" {
+		c.Cluster.NATSMonitors = strings.Split(m, ",")
+	}
+	if cl := c.Cluster; cl.NATSURL != "" || cl.R1NATSURL != "" || cl.RedisAddrs != "" {
+		if cl.NATSURL == "" || cl.R1NATSURL == "" || cl.RedisAddrs == "" {
+			errs = append(errs, errors.New("BENCH_CLUSTER_NATS_URL, BENCH_CLUSTER_R1_NATS_URL and BENCH_CLUSTER_REDIS_ADDRS go together (CLUSTER=1 sets them)"))
+		}
+		if cl.PipelineEvents < 1 {
+			errs = append(errs, errors.New("BENCH_CLUSTER_PIPELINE_EVENTS must be at least 1"))
+		}
 	}
 	for k, v := range map[string]string{"BENCH_DATABASE_URL": c.DatabaseURL, "BENCH_REDIS_ADDR": c.RedisAddr,
 		"BENCH_NATS_URL": c.NATSURL, "BENCH_BIN_DIR": c.BinDir, "BENCH_WORK_DIR": c.WorkDir, "BENCH_OUT": c.Out} {

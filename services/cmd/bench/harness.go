@@ -90,6 +90,7 @@ type harness struct {
 	js                                       jetstream.JetStream
 	noFsyncURL                               string // the diagnostic gateway, if any
 	noFsync                                  *proc
+	cl                                       *clusterStack // CLUSTER=1: the scaled-out stack
 }
 
 func runHarness(ctx context.Context, cfg config, logger *slog.Logger) error {
@@ -118,6 +119,11 @@ func runHarness(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	if err := h.pipelinePhase(ctx, res); err != nil {
 		return err
+	}
+	if h.cl != nil {
+		if err := h.clusterPipelinePhase(ctx, res); err != nil {
+			return err
+		}
 	}
 	res.machine = machineInfo(ctx, cfg, h.dsn)
 	res.goBench = readOptional(cfg.GoBench)
@@ -210,6 +216,15 @@ func (h *harness) freshProxies(ctx context.Context, res *results, rate int) erro
 			return err
 		}
 	}
+	if h.cl != nil {
+		for _, side := range h.cl.sides() {
+			for i := range side.gateways {
+				if err := h.restart(ctx, &side.gateways[i], side.gatewayURLs[i]+"/ready"); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	for _, t := range res.targets {
 		if s := attack(ctx, t, attackOpts{duration: h.cfg.Warmup, rate: rate, workers: h.cfg.OpenWorkers}); s.errors > 0 {
 			return fmt.Errorf("warm-up of %s after restart: %d errors (first: %s)", t.name, s.errors, s.firstErr)
@@ -218,20 +233,26 @@ func (h *harness) freshProxies(ctx context.Context, res *results, rate int) erro
 	return nil
 }
 
-// billingCaughtUp starts the billing worker and returns once it has applied
-// every event on the stream; stop ends it.
-func (h *harness) billingCaughtUp(ctx context.Context) (stop func(), err error) {
+// billingCaughtUp starts a billing worker on the stream of natsURL and
+// returns once it has applied every event on it; stop ends it.
+func (h *harness) billingCaughtUp(ctx context.Context, name, natsURL string) (stop func(), err error) {
+	return h.workerCaughtUp(ctx, name, "billing-worker", usagev1.BillingConsumer, natsURL)
+}
+
+// workerCaughtUp starts a worker binary on the stream of natsURL and
+// returns once its durable consumer has nothing pending or unacknowledged.
+func (h *harness) workerCaughtUp(ctx context.Context, name, bin, durable, natsURL string) (stop func(), err error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	env := []string{"DATABASE_URL=" + h.dsn, "NATS_URL=" + h.cfg.NATSURL, "METRICS_PORT=" + strconv.Itoa(port), "LOG_LEVEL=warn"}
-	p, err := startProc("billing-worker-live", h.cfg.WorkDir, h.bin("billing-worker"), env)
+	env := []string{"DATABASE_URL=" + h.dsn, "NATS_URL=" + natsURL, "METRICS_PORT=" + strconv.Itoa(port), "LOG_LEVEL=warn"}
+	p, err := startProc(name, h.cfg.WorkDir, h.bin(bin), env)
 	if err != nil {
 		return nil, err
 	}
 	stop = func() { p.stop(30 * time.Second) }
-	nc, err := nats.Connect(h.cfg.NATSURL, nats.Name("bench"), nats.Timeout(5*time.Second))
+	nc, err := nats.Connect(natsURL, nats.Name("bench"), nats.Timeout(5*time.Second))
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("nats: %w", err)
@@ -247,15 +268,15 @@ func (h *harness) billingCaughtUp(ctx context.Context) (stop func(), err error) 
 	for {
 		if p.exited() {
 			stop()
-			return nil, fmt.Errorf("billing worker exited:\n%s", p.tail())
+			return nil, fmt.Errorf("%s exited:\n%s", name, p.tail())
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return nil, errors.New("the billing worker did not catch up in 10 minutes")
+			return nil, fmt.Errorf("%s did not catch up in 10 minutes", name)
 		}
-		if c, err := js.Consumer(ctx, usagev1.StreamName, usagev1.BillingConsumer); err == nil {
+		if c, err := js.Consumer(ctx, usagev1.StreamName, durable); err == nil {
 			if info, err := c.Info(ctx); err == nil && info.NumPending+uint64(info.NumAckPending) == 0 {
-				h.logger.Info("billing worker caught up", "seconds", time.Since(t0).Seconds())
+				h.logger.Info("worker caught up", "worker", name, "seconds", time.Since(t0).Seconds())
 				return stop, nil
 			}
 		}
@@ -348,6 +369,11 @@ func (h *harness) setup(ctx context.Context) error {
 			return err
 		}
 	}
+	if h.cfg.Cluster.enabled() {
+		if err := h.setupCluster(ctx, gwEnv); err != nil {
+			return err
+		}
+	}
 
 	self, err := os.Executable()
 	if err != nil {
@@ -403,16 +429,20 @@ func (h *harness) setup(ctx context.Context) error {
 	return nil
 }
 
-// streamMsgs is the number of messages on the USAGE stream (0 if unknown).
-func (h *harness) streamMsgs() uint64 {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s, err := h.js.Stream(ctx, usagev1.StreamName)
-	if err != nil {
-		h.logger.Warn("usage stream info", "err", err)
-		return 0
+// streamState reads the messages and bytes of the USAGE stream of js
+// (zero if unknown).
+func (h *harness) streamState(js jetstream.JetStream) func() streamCounts {
+	return func() streamCounts {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, usagev1.StreamName)
+		if err != nil {
+			h.logger.Warn("usage stream info", "err", err)
+			return streamCounts{}
+		}
+		st := s.CachedInfo().State
+		return streamCounts{msgs: st.Msgs, bytes: st.Bytes}
 	}
-	return s.CachedInfo().State.Msgs
 }
 
 // freshDatabase (re)creates database name on the cluster of adminURL and
@@ -538,12 +568,12 @@ func (h *harness) targets() []*target {
 	gwHdr := hdr.Clone()
 	// Through the harness's fields: a restarted process has a new pid.
 	one := func(p **proc) func() []int { return func() []int { return []int{(*p).pid()} } }
-	extra := map[string]int{}
+	extra := map[string][]int{}
 	if h.cfg.RedisPID > 0 {
-		extra["redis"] = h.cfg.RedisPID
+		extra["redis"] = []int{h.cfg.RedisPID}
 	}
 	if h.cfg.NATSPID > 0 {
-		extra["nats"] = h.cfg.NATSPID
+		extra["nats"] = []int{h.cfg.NATSPID}
 	}
 	body := []byte(searchBody)
 	ts := []*target{
@@ -552,18 +582,23 @@ func (h *harness) targets() []*target {
 			pids: func() []int { return append([]int{h.nginx.pid()}, children(h.nginx.pid())...) }},
 		{name: "bare-go", label: "bare Go proxy (features off)", url: h.bareURL + "/search", header: hdr, body: body, pids: one(&h.bare)},
 		{name: "gateway", label: fmt.Sprintf("gateway, full path (%d enterprise keys)", len(h.keys)), url: h.gatewayURL + "/v1/search",
-			header: gwHdr, body: body, keys: h.keys, pids: one(&h.gateway), extra: extra, streamMsgs: h.streamMsgs},
+			header: gwHdr, body: body, keys: h.keys, pids: one(&h.gateway), extra: extra, stream: h.streamState(h.js)},
 	}
 	if h.noFsync != nil {
-		extra := map[string]int{}
+		extra := map[string][]int{}
 		if h.cfg.RedisPID > 0 {
-			extra["redis"] = h.cfg.RedisPID
+			extra["redis"] = []int{h.cfg.RedisPID}
 		}
 		if h.cfg.NATSNoFsyncPID > 0 {
-			extra["nats"] = h.cfg.NATSNoFsyncPID
+			extra["nats"] = []int{h.cfg.NATSNoFsyncPID}
 		}
 		ts = append(ts, &target{name: "gateway-nofsync", label: "gateway, full path, JetStream without per-write fsync (diagnostic)",
 			url: h.noFsyncURL + "/v1/search", header: gwHdr, body: body, keys: h.keys, pids: one(&h.noFsync), extra: extra})
+	}
+	if h.cl != nil {
+		for _, side := range h.cl.sides() {
+			ts = append(ts, h.clusterTarget(side, h.keys))
+		}
 	}
 	return ts
 }
@@ -574,9 +609,17 @@ func (h *harness) keyTargets() []*target {
 	hdr := http.Header{"Content-Type": []string{"application/json"}}
 	mk := func(name string, keys []string) *target {
 		return &target{name: name, label: fmt.Sprintf("gateway, %d keys in use", len(keys)), url: h.gatewayURL + "/v1/search",
-			header: hdr, body: []byte(searchBody), keys: keys, pids: func() []int { return []int{h.gateway.pid()} }, streamMsgs: h.streamMsgs}
+			header: hdr, body: []byte(searchBody), keys: keys, pids: func() []int { return []int{h.gateway.pid()} }, stream: h.streamState(h.js)}
 	}
-	return []*target{mk("keys-few", h.fewKeys), mk("keys-many", h.manyKeys)}
+	ts := []*target{mk("keys-few", h.fewKeys), mk("keys-many", h.manyKeys)}
+	if h.cl != nil {
+		// The many keys through the scaled-out stack too: their state is
+		// spread over the Redis Cluster's slots.
+		t := h.clusterTarget(h.cl.r3, h.manyKeys)
+		t.name, t.label = "keys-many-cluster", fmt.Sprintf("cluster R3 (nginx, 2 gateways), %d keys in use", len(h.manyKeys))
+		ts = append(ts, t)
+	}
+	return ts
 }
 
 // keysPhase measures closed-loop throughput with few and with many keys in
@@ -719,11 +762,19 @@ func (h *harness) httpPhase(ctx context.Context, res *results) error {
 			// As in a deployment, the billing worker applies the events
 			// meanwhile: the gateway keeps only what it has not applied
 			// yet (the closed-loop runs measure the gateway without it).
-			stopBilling, err := h.billingCaughtUp(ctx)
-			if err != nil {
-				return err
+			streams := map[string]string{"billing-worker-live": h.cfg.NATSURL}
+			if h.cl != nil {
+				for _, side := range h.cl.sides() {
+					streams["billing-worker-live-"+side.name] = side.natsURL
+				}
 			}
-			defer stopBilling()
+			for name, u := range streams {
+				stopBilling, err := h.billingCaughtUp(ctx, name, u)
+				if err != nil {
+					return err
+				}
+				defer stopBilling()
+			}
 			if err := h.freshProxies(ctx, res, rr.rate); err != nil {
 				return err
 			}
@@ -776,6 +827,10 @@ func (h *harness) ourCPU() float64 {
 		if p > 0 {
 			pids = append(pids, p)
 		}
+	}
+	if h.cl != nil {
+		pids = append(append(pids, h.cfg.Cluster.NATSPIDs...), h.cfg.Cluster.RedisPIDs...)
+		pids = append(pids, children(h.cl.lb.pid())...)
 	}
 	return groupCPU(pids)
 }

@@ -22,16 +22,23 @@ type target struct {
 	// keys, when set, are the X-API-Key values the requests take in turn
 	// (one header set per key, built once).
 	keys []string
-	// streamMsgs, when set, counts the messages on the USAGE stream, so a
-	// run can report JetStream messages per served call.
-	streamMsgs func() uint64
+	// stream, when set, reads the USAGE stream's messages and bytes, so a
+	// run can report JetStream messages and bytes per served call.
+	stream func() streamCounts
+	// routeBytes, when set, is the bytes the NATS servers have sent each
+	// other over their routes so far (a cluster's replication traffic).
+	routeBytes func() uint64
 	// pids are the processes whose CPU and memory are the target's cost
 	// (the proxy; for direct, the stand-in itself).
 	pids func() []int
 	// extra are processes that also work for the target (Redis, NATS for
-	// the gateway), reported separately.
-	extra map[string]int
+	// the gateway; every server of a cluster, its load balancer), reported
+	// separately.
+	extra map[string][]int
 }
+
+// streamCounts is the state of a stream at one moment.
+type streamCounts struct{ msgs, bytes uint64 }
 
 // sample is one run of one target.
 type sample struct {
@@ -47,6 +54,8 @@ type sample struct {
 	extraCPU  map[string]float64 // CPU seconds of the extra processes
 	genCPU    float64            // CPU seconds of the load generator (this process)
 	jsMsgs    uint64             // messages the USAGE stream gained during the run
+	jsBytes   uint64             // bytes it gained (one replica's copy)
+	route     uint64             // bytes sent between NATS servers during the run
 }
 
 // latencies are quantiles of the successful requests' latencies.
@@ -78,14 +87,18 @@ func attack(ctx context.Context, t *target, o attackOpts) sample {
 	}
 	a := vegeta.NewAttacker(opts...)
 	pids := t.pids()
-	var msgs0 uint64
-	if t.streamMsgs != nil {
-		msgs0 = t.streamMsgs()
+	var st0 streamCounts
+	var route0 uint64
+	if t.stream != nil {
+		st0 = t.stream()
+	}
+	if t.routeBytes != nil {
+		route0 = t.routeBytes()
 	}
 	cpu0, gen0 := groupCPU(pids), selfCPU()
 	extra0 := map[string]float64{}
 	for n, p := range t.extra {
-		extra0[n] = groupCPU([]int{p})
+		extra0[n] = groupCPU(p)
 	}
 	s := sample{target: t.name, requested: float64(o.rate), extraCPU: map[string]float64{}}
 	lat := make([]time.Duration, 0, 1<<16)
@@ -115,11 +128,15 @@ func attack(ctx context.Context, t *target, o attackOpts) sample {
 	}
 	s.cpu = groupCPU(pids) - cpu0
 	s.genCPU = selfCPU() - gen0
-	if t.streamMsgs != nil {
-		s.jsMsgs = t.streamMsgs() - msgs0
+	if t.stream != nil {
+		st := t.stream()
+		s.jsMsgs, s.jsBytes = gained(st0.msgs, st.msgs), gained(st0.bytes, st.bytes)
+	}
+	if t.routeBytes != nil {
+		s.route = gained(route0, t.routeBytes())
 	}
 	for n, p := range t.extra {
-		s.extraCPU[n] = groupCPU([]int{p}) - extra0[n]
+		s.extraCPU[n] = groupCPU(p) - extra0[n]
 	}
 	if !first.IsZero() {
 		s.seconds = last.Sub(first).Seconds()
@@ -129,6 +146,14 @@ func attack(ctx context.Context, t *target, o attackOpts) sample {
 	}
 	s.lat = quantiles(lat)
 	return s
+}
+
+// gained is b − a, or 0 when a reading failed (a counter does not shrink).
+func gained(a, b uint64) uint64 {
+	if b < a {
+		return 0
+	}
+	return b - a
 }
 
 // targeter sends t's request, taking t's keys in turn when it has some.

@@ -191,6 +191,11 @@ func fillStream(ctx context.Context, js jetstream.JetStream, stream jetstream.St
 // ackLatency publishes 1,000 event-sized messages one at a time to a
 // scratch file stream and returns the quantiles of the acknowledged publish.
 func ackLatency(ctx context.Context, natsURL string) (latencies, error) {
+	return ackLatencyReplicas(ctx, natsURL, 1)
+}
+
+// ackLatencyReplicas is ackLatency on a scratch stream of that many replicas.
+func ackLatencyReplicas(ctx context.Context, natsURL string, replicas int) (latencies, error) {
 	nc, err := nats.Connect(natsURL, nats.Name("bench-ack"), nats.Timeout(5*time.Second))
 	if err != nil {
 		return latencies{}, fmt.Errorf("nats: %w", err)
@@ -200,7 +205,7 @@ func ackLatency(ctx context.Context, natsURL string) (latencies, error) {
 	if err != nil {
 		return latencies{}, err
 	}
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_ACK", Subjects: []string{"benchack.>"}, Storage: jetstream.FileStorage})
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_ACK", Subjects: []string{"benchack.>"}, Storage: jetstream.FileStorage, Replicas: replicas})
 	if err != nil {
 		return latencies{}, fmt.Errorf("scratch stream: %w", err)
 	}
@@ -243,11 +248,16 @@ func uuid4() string {
 // the moment it exists until nothing is pending or unacknowledged; then
 // stops the worker.
 func (h *harness) drainWith(ctx context.Context, js jetstream.JetStream, bin, durable string) (drainResult, error) {
+	return h.drainWithURL(ctx, js, bin, durable, h.cfg.NATSURL)
+}
+
+// drainWithURL is drainWith on the stream of natsURL.
+func (h *harness) drainWithURL(ctx context.Context, js jetstream.JetStream, bin, durable, natsURL string) (drainResult, error) {
 	port, err := freePort()
 	if err != nil {
 		return drainResult{}, err
 	}
-	env := []string{"DATABASE_URL=" + h.dsn, "NATS_URL=" + h.cfg.NATSURL, "METRICS_PORT=" + strconv.Itoa(port), "LOG_LEVEL=warn"}
+	env := []string{"DATABASE_URL=" + h.dsn, "NATS_URL=" + natsURL, "METRICS_PORT=" + strconv.Itoa(port), "LOG_LEVEL=warn"}
 	p, err := startProc(bin, h.cfg.WorkDir, h.bin(bin), env)
 	if err != nil {
 		return drainResult{}, err

@@ -46,6 +46,7 @@ type results struct {
 	keys       map[string][]sample
 	firstCalls map[string]float64 // first calls of fresh keys served per second
 	fsync      latencies          // the disk's own fsync in the NATS data folder
+	cluster    []clusterPipeline  // CLUSTER=1: the pipeline on each side's stream
 }
 
 func (r *results) maxRate(name string) float64 { return median(rates(r.max[name])) }
@@ -285,6 +286,11 @@ func writeReport(w io.Writer, r *results) {
 			"setting (an acknowledgement would not mean \"on disk\"); it shows how much of the full path's cost is JetStream's fsync. " +
 			"It is in no target.\n")
 	}
+	if len(r.max["cluster-r3"]) > 0 {
+		p("- **cluster R3, cluster R1** (`CLUSTER=1`): the full path scaled out, nginx in front of two gateways on a Redis Cluster " +
+			"and a three-node JetStream cluster, the stream at three and at one replica; see *The cluster beside one node* below. " +
+			"Their CPU per request is both gateways'; they are in no target.\n")
+	}
 	p("- **Servers** (own ports and data, started by `.ci/bench.sh`, nothing shared with `make up`): PostgreSQL with its " +
 		"default durability settings, redis-server with `appendonly yes`, `appendfsync everysec` (as `make up`), nats-server " +
 		"with JetStream `sync_interval: always` (every acknowledged write is fsynced, as `make up`).\n")
@@ -478,6 +484,8 @@ func writeReport(w io.Writer, r *results) {
 		p("; linearly extrapolated to 1 M events: %.1f s", pl.replay1M())
 	}
 	p(". The aggregator had processed the same events first, so a correct replay finds no difference (exit 0).\n\n")
+
+	writeClusterReport(w, r)
 
 	p("## Targets\n\n| target | measured | wanted | verdict |\n|---|---|---|---|\n")
 	for _, c := range r.checks() {

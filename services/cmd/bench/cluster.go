@@ -1,0 +1,319 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
+)
+
+// clusterSide is one account of the JetStream cluster and the gateways that
+// publish to it: behind one port of the load balancer, on the Redis Cluster.
+type clusterSide struct {
+	name        string // r3, r1
+	replicas    int    // of its USAGE stream
+	natsURL     string // the cluster's client URLs with the account's credentials
+	url         string // its port of the load balancer
+	gateways    []*proc
+	gatewayURLs []string
+	js          jetstream.JetStream
+}
+
+// clusterStack is the scaled-out full path: nginx in front of two gateways
+// per side, every gateway on the Redis Cluster and the JetStream cluster.
+type clusterStack struct {
+	r3, r1 *clusterSide
+	lb     *proc
+}
+
+func (c *clusterStack) sides() []*clusterSide { return []*clusterSide{c.r3, c.r1} }
+
+// lbConf is nginx as .ci/cluster.sh runs it in front of the gateways, with
+// one server per side.
+const lbConf = `# written by the bench harness, as .ci/cluster.sh writes it
+worker_processes 2;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %[1]s/body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+    upstream r3 {
+        server 127.0.0.1:%[2]d max_fails=1 fail_timeout=2s;
+        server 127.0.0.1:%[3]d max_fails=1 fail_timeout=2s;
+        keepalive 64;
+    }
+    upstream r1 {
+        server 127.0.0.1:%[4]d max_fails=1 fail_timeout=2s;
+        server 127.0.0.1:%[5]d max_fails=1 fail_timeout=2s;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:%[6]d;
+        client_max_body_size 0;
+        proxy_request_buffering off;
+        proxy_buffering off;
+        location / {
+            proxy_pass http://r3;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout;
+        }
+    }
+    server {
+        listen 127.0.0.1:%[7]d;
+        client_max_body_size 0;
+        proxy_request_buffering off;
+        proxy_buffering off;
+        location / {
+            proxy_pass http://r1;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout;
+        }
+    }
+}
+`
+
+// setupCluster starts two gateways per side with the settings of a cluster
+// (REDIS_ADDRS, the NATS_URL list, USAGE_STREAM_REPLICAS) and otherwise the
+// single-node gateway's environment, then nginx in front of them.
+func (h *harness) setupCluster(ctx context.Context, gwEnv []string) error {
+	cc := h.cfg.Cluster
+	c := &clusterStack{
+		r3: &clusterSide{name: "r3", replicas: 3, natsURL: cc.NATSURL},
+		r1: &clusterSide{name: "r1", replicas: 1, natsURL: cc.R1NATSURL},
+	}
+	h.cl = c
+	var gwPorts []int
+	for _, side := range c.sides() {
+		for i := 1; i <= 2; i++ {
+			port, err := freePort()
+			if err != nil {
+				return err
+			}
+			name := fmt.Sprintf("gateway-%s-%d", side.name, i)
+			env := append(append([]string{}, gwEnv...), "PORT="+strconv.Itoa(port), "NATS_URL="+side.natsURL,
+				"REDIS_ADDRS="+cc.RedisAddrs, "USAGE_STREAM_REPLICAS="+strconv.Itoa(side.replicas),
+				"SPOOL_DIR="+filepath.Join(h.cfg.WorkDir, "spool-"+name), "GATEWAY_ID=bench-"+side.name+"-"+strconv.Itoa(i))
+			p, err := h.start(name, h.bin("gateway"), env)
+			if err != nil {
+				return err
+			}
+			u := fmt.Sprintf("http://127.0.0.1:%d", port)
+			// One at a time: the first creates the side's stream.
+			if err := waitReady(ctx, p, u+"/ready", 90*time.Second); err != nil {
+				return err
+			}
+			side.gateways = append(side.gateways, p)
+			side.gatewayURLs = append(side.gatewayURLs, u)
+			gwPorts = append(gwPorts, port)
+		}
+		nc, err := nats.Connect(side.natsURL, nats.Name("bench-stream-count-"+side.name), nats.Timeout(5*time.Second))
+		if err != nil {
+			return fmt.Errorf("nats (cluster, %s): %w", side.name, err)
+		}
+		h.closers = append(h.closers, nc.Close)
+		if side.js, err = jetstream.New(nc); err != nil {
+			return fmt.Errorf("jetstream (cluster, %s): %w", side.name, err)
+		}
+		if err := checkReplicas(ctx, side.js, side.replicas); err != nil {
+			return fmt.Errorf("cluster %s: %w", side.name, err)
+		}
+	}
+	lbPorts := make([]int, 2)
+	for i := range lbPorts {
+		var err error
+		if lbPorts[i], err = freePort(); err != nil {
+			return err
+		}
+	}
+	c.r3.url = fmt.Sprintf("http://127.0.0.1:%d", lbPorts[0])
+	c.r1.url = fmt.Sprintf("http://127.0.0.1:%d", lbPorts[1])
+	prefix := filepath.Join(h.cfg.WorkDir, "nginx-lb")
+	for _, d := range []string{"body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		if err := os.MkdirAll(filepath.Join(prefix, d), 0o777); err != nil {
+			return err
+		}
+	}
+	conf := filepath.Join(prefix, "nginx.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, lbConf, prefix, gwPorts[0], gwPorts[1], gwPorts[2], gwPorts[3], lbPorts[0], lbPorts[1]), 0o644); err != nil {
+		return err
+	}
+	var err error
+	if c.lb, err = h.start("nginx-lb", h.cfg.Nginx, nil, "-p", prefix, "-c", conf, "-g", "daemon off;"); err != nil {
+		return err
+	}
+	for _, side := range c.sides() {
+		if err := waitReady(ctx, c.lb, side.url+"/ready", 30*time.Second); err != nil {
+			return err
+		}
+	}
+	h.logger.Info("cluster stack ready", "r3", c.r3.url, "r1", c.r1.url, "redis", cc.RedisAddrs)
+	return nil
+}
+
+// checkReplicas fails unless the USAGE stream of js has want replicas: the
+// comparison means nothing if a setting did not take.
+func checkReplicas(ctx context.Context, js jetstream.JetStream, want int) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, usagev1.StreamName)
+	if err != nil {
+		return fmt.Errorf("usage stream: %w", err)
+	}
+	if got := s.CachedInfo().Config.Replicas; max(got, 1) != want {
+		return fmt.Errorf("usage stream has %d replicas, want %d", got, want)
+	}
+	return nil
+}
+
+// clusterTarget is one side's full path through the load balancer with keys.
+func (h *harness) clusterTarget(side *clusterSide, keys []string) *target {
+	cc := h.cfg.Cluster
+	lb := h.cl.lb
+	return &target{
+		name: "cluster-" + side.name,
+		label: fmt.Sprintf("cluster %s: nginx → 2 gateways, Redis Cluster, JetStream R%d on 3 nodes (%d enterprise keys)",
+			map[int]string{3: "R3", 1: "R1"}[side.replicas], side.replicas, len(keys)),
+		url: side.url + "/v1/search", header: http.Header{"Content-Type": []string{"application/json"}}, body: []byte(searchBody),
+		keys: keys,
+		pids: func() []int {
+			out := make([]int, 0, len(side.gateways))
+			for _, p := range side.gateways {
+				out = append(out, p.pid())
+			}
+			return out
+		},
+		extra: map[string][]int{
+			"redis": cc.RedisPIDs, "nats": cc.NATSPIDs, "lb": append([]int{lb.pid()}, children(lb.pid())...),
+		},
+		stream:     h.streamState(side.js),
+		routeBytes: h.routeBytes,
+	}
+}
+
+// routeBytes sums what every server of the cluster has sent over its
+// routes (monitoring endpoint /routez); 0 if a server does not answer.
+func (h *harness) routeBytes() uint64 {
+	var sum uint64
+	c := &http.Client{Timeout: 2 * time.Second}
+	for _, m := range h.cfg.Cluster.NATSMonitors {
+		resp, err := c.Get(m + "/routez")
+		if err != nil {
+			h.logger.Warn("routez", "server", m, "err", err)
+			return 0
+		}
+		var rz struct {
+			Routes []struct {
+				OutBytes uint64 `json:"out_bytes"`
+			} `json:"routes"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&rz)
+		resp.Body.Close()
+		if err != nil {
+			h.logger.Warn("routez", "server", m, "err", err)
+			return 0
+		}
+		for _, r := range rz.Routes {
+			sum += r.OutBytes
+		}
+	}
+	return sum
+}
+
+// clusterPipeline is what the cluster's pipeline phase measured, per side.
+type clusterPipeline struct {
+	side                string
+	replicas            int
+	ack                 latencies // one acknowledged publish at a time
+	publishRate         float64   // synthetic events/s, 2,000 in flight
+	streamEvents        uint64
+	billing, aggregator drainResult
+	gatewayEvents       uint64 // published by the side's gateways during the HTTP runs
+	streamBytes         uint64
+}
+
+// clusterPipelinePhase measures, on each side's stream, the acknowledged
+// publish one at a time, the publish rate with many in flight, and the
+// billing worker and the aggregator reading it from the cluster.
+func (h *harness) clusterPipelinePhase(ctx context.Context, res *results) error {
+	for _, side := range h.cl.sides() {
+		cp := clusterPipeline{side: side.name, replicas: side.replicas}
+		nc, err := nats.Connect(side.natsURL, nats.Name("bench-"+side.name), nats.Timeout(5*time.Second))
+		if err != nil {
+			return fmt.Errorf("nats (cluster, %s): %w", side.name, err)
+		}
+		js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+		if err != nil {
+			nc.Close()
+			return err
+		}
+		err = func() error {
+			defer nc.Close()
+			if cp.ack, err = ackLatencyReplicas(ctx, side.natsURL, side.replicas); err != nil {
+				return err
+			}
+			stream, err := js.Stream(ctx, usagev1.StreamName)
+			if err != nil {
+				return fmt.Errorf("usage stream: %w", err)
+			}
+			info, err := stream.Info(ctx)
+			if err != nil {
+				return err
+			}
+			cp.gatewayEvents = info.State.Msgs
+			// Both workers' durable consumers exist and are caught up
+			// before the fill (creating an R3 consumer takes a moment of
+			// its own), so each drain below is only its reading and writing.
+			for _, w := range []struct{ bin, durable string }{{"billing-worker", usagev1.BillingConsumer}, {"aggregator", usagev1.AggregatorConsumer}} {
+				stop, err := h.workerCaughtUp(ctx, w.bin+"-first-"+side.name, w.bin, w.durable, side.natsURL)
+				if err != nil {
+					return err
+				}
+				stop()
+			}
+			want := info.State.Msgs + uint64(h.cfg.Cluster.PipelineEvents)
+			if cp.publishRate, err = fillStream(ctx, js, stream, want); err != nil {
+				return err
+			}
+			if info, err = stream.Info(ctx); err != nil {
+				return err
+			}
+			cp.streamEvents, cp.streamBytes = info.State.Msgs, info.State.Bytes
+			if cp.billing, err = h.drainWithURL(ctx, js, "billing-worker", usagev1.BillingConsumer, side.natsURL); err != nil {
+				return err
+			}
+			if cp.aggregator, err = h.drainWithURL(ctx, js, "aggregator", usagev1.AggregatorConsumer, side.natsURL); err != nil {
+				return err
+			}
+			return nil
+		}()
+		if err != nil {
+			return fmt.Errorf("cluster pipeline (%s): %w", side.name, err)
+		}
+		h.logger.Info("cluster pipeline", "side", side.name, "ack_p50", cp.ack.p50.String(), "publish_rate", int(cp.publishRate),
+			"billing_per_s", int(cp.billing.rate()), "aggregator_per_s", int(cp.aggregator.rate()))
+		res.cluster = append(res.cluster, cp)
+	}
+	return nil
+}
