@@ -53,10 +53,10 @@ migrate: ## apply the database migrations to the dev database (starts the server
 proto: ## regenerate proto/usage/v1/usage.pb.go (protoc + protoc-gen-go v1.36.12)
 	@.ci/proto.sh
 
-bench: ## gateway vs direct, nginx and a bare Go proxy, plus the pipeline (~10 min); writes docs/benchmarks.md
+bench: ## gateway vs direct, nginx and a bare Go proxy, plus the pipeline (~12 min); CLUSTER=1 adds the cluster stack beside it; writes docs/benchmarks.md
 	@.ci/bench.sh full
 
-bench-smoke: ## the same harness with tiny durations (seconds), to check it still works; writes .data/bench/smoke.md
+bench-smoke: ## the same harness with tiny durations (seconds), to check it still works (CLUSTER=1 too); writes .data/bench/smoke.md
 	@.ci/bench.sh smoke
 
 capacity: ## recompute the capacity model of docs/scaling.md from docs/benchmarks.md (services/cmd/capacity)

@@ -272,3 +272,121 @@ func TestBareDrainBothForms(t *testing.T) {
 		t.Errorf("bare drain settled %d messages, want 13", res.events)
 	}
 }
+
+func TestClusterConfig(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{"BENCH_DATABASE_URL": "postgres://x@127.0.0.1:1/postgres", "BENCH_REDIS_ADDR": "127.0.0.1:2",
+		"BENCH_NATS_URL": "nats://127.0.0.1:3", "BENCH_BIN_DIR": dir, "BENCH_WORK_DIR": dir, "BENCH_OUT": dir + "/r.md",
+		"BENCH_PROFILE": "smoke"}
+	c, err := configFromEnv(func(k string) string { return env[k] })
+	if err != nil || c.Cluster.enabled() {
+		t.Fatalf("without CLUSTER=1: %v, %+v", err, c.Cluster)
+	}
+	env["BENCH_CLUSTER_NATS_URL"] = "nats://r3:bench@127.0.0.1:4,nats://r3:bench@127.0.0.1:5"
+	env["BENCH_CLUSTER_R1_NATS_URL"] = "nats://r1:bench@127.0.0.1:4"
+	env["BENCH_CLUSTER_REDIS_ADDRS"] = "127.0.0.1:6,127.0.0.1:7,127.0.0.1:8"
+	env["BENCH_CLUSTER_NATS_PIDS"] = "11,12,13"
+	env["BENCH_CLUSTER_REDIS_PIDS"] = "21,22,23"
+	env["BENCH_CLUSTER_NATS_MONITORS"] = "http://127.0.0.1:9,http://127.0.0.1:10"
+	c, err = configFromEnv(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := c.Cluster
+	if !cl.enabled() || len(cl.NATSPIDs) != 3 || cl.NATSPIDs[2] != 13 || len(cl.RedisPIDs) != 3 || len(cl.NATSMonitors) != 2 ||
+		cl.PipelineEvents != 2000 {
+		t.Fatalf("%+v", cl)
+	}
+	env["BENCH_CLUSTER_R1_NATS_URL"] = ""
+	env["BENCH_CLUSTER_REDIS_PIDS"] = "21,x"
+	_, err = configFromEnv(func(k string) string { return env[k] })
+	if err == nil || !strings.Contains(err.Error(), "go together") || !strings.Contains(err.Error(), `"x" is not a process ID`) {
+		t.Fatalf("error %v", err)
+	}
+}
+
+// clusterResults is a run with the single-node gateway and both cluster
+// sides, every figure chosen so the ratios are exact.
+func clusterResults() *results {
+	run := func(rate float64, served int, cpu float64, extra map[string]float64, msgs, bytes, route uint64) []sample {
+		return []sample{{rate: rate, requests: served, cpu: cpu, extraCPU: extra, jsMsgs: msgs, jsBytes: bytes, route: route,
+			lat: latencies{p50: 2 * time.Millisecond, p99: 8 * time.Millisecond}}}
+	}
+	r := &results{cfg: config{Profile: "smoke", Rounds: 1, RateDuration: time.Second, FixedRate: 2000, ManyKeys: 10000},
+		started: time.Now(), peakAll: map[string]int64{}, peakFixed: map[string]int64{"cluster-r3": 100 * 1024},
+		targets: []*target{{name: "direct", label: "direct"}, {name: "gateway", label: "gateway, full path (2 enterprise keys)"},
+			{name: "cluster-r3", label: "cluster R3"}, {name: "cluster-r1", label: "cluster R1"}},
+		max: map[string][]sample{
+			// 1,000 calls each: CPU seconds × 1,000 = µs per call.
+			"gateway":    run(2000, 1000, 0.2, map[string]float64{"redis": 0.05, "nats": 0.05}, 100, 25_000, 0),
+			"cluster-r3": run(1000, 1000, 0.3, map[string]float64{"redis": 0.06, "nats": 0.18, "lb": 0.04}, 80, 22_000, 90_000),
+			"cluster-r1": run(1250, 1000, 0.28, map[string]float64{"redis": 0.06, "nats": 0.09, "lb": 0.04}, 80, 22_000, 30_000),
+		},
+		keys: map[string][]sample{"keys-many": {{rate: 1900}}, "keys-many-cluster": {{rate: 950}}},
+		pipeline: pipelineResult{ackLatency: latencies{p50: time.Millisecond}, publishRate: 9000,
+			billing: drainResult{events: 20000, seconds: 1}, aggregator: drainResult{events: 30000, seconds: 1}},
+		cluster: []clusterPipeline{
+			{side: "r3", replicas: 3, ack: latencies{p50: 3 * time.Millisecond}, publishRate: 3000, billing: drainResult{events: 18000, seconds: 1}},
+			{side: "r1", replicas: 1, ack: latencies{p50: 1500 * time.Microsecond}, publishRate: 6000, billing: drainResult{events: 19000, seconds: 1}},
+		},
+	}
+	return r
+}
+
+func TestClusterRows(t *testing.T) {
+	rows := map[string][3]float64{}
+	for _, cr := range clusterResults().clusterRows() {
+		rows[cr.what] = cr.v
+	}
+	near := func(what string, want [3]float64) {
+		t.Helper()
+		got, ok := rows[what]
+		if !ok {
+			t.Errorf("no row %q", what)
+			return
+		}
+		for i := range want {
+			if math.IsNaN(want[i]) != math.IsNaN(got[i]) || (!math.IsNaN(want[i]) && math.Abs(got[i]-want[i]) > 1e-6) {
+				t.Errorf("%s: %v, want %v", what, got, want)
+				return
+			}
+		}
+	}
+	nan := math.NaN()
+	near("max throughput, req/s", [3]float64{2000, 1000, 1250})
+	near("gateway CPU per call, all instances, µs", [3]float64{200, 300, 280})
+	near("load balancer (nginx) CPU per call, µs", [3]float64{nan, 40, 40})
+	near("nats-server CPU per call, all nodes, µs", [3]float64{50, 180, 90})
+	near("CPU per call of all of these, µs", [3]float64{300, 580, 470})
+	near("JetStream messages per call", [3]float64{0.1, 0.08, 0.08})
+	near("JetStream bytes stored per call, one replica", [3]float64{25, 22, 22})
+	near("bytes between the NATS servers per call (routes)", [3]float64{nan, 90, 30})
+	near("max throughput with 10000 keys, req/s", [3]float64{1900, 950, nan})
+	near("acknowledged publish one at a time, p50, ms", [3]float64{1, 3, 1.5})
+	near("billing worker, events/s read and written to Postgres", [3]float64{20000, 18000, 19000})
+	near("aggregator, events/s read and written to Postgres", [3]float64{30000, nan, nan})
+}
+
+// The cluster's section is written when the run had the cluster, with the
+// row the capacity model reads, and not otherwise.
+func TestWriteReportCluster(t *testing.T) {
+	var b strings.Builder
+	writeReport(&b, clusterResults())
+	for _, s := range []string{"## The cluster beside one node (CLUSTER=1)",
+		"| nats-server CPU per call, all nodes, µs | 50.0 | 180.0 | 90.0 | 3.60 | 2.00 |",
+		"**What R3 costs against R1** (same servers, same rounds): throughput × 0.80, nats-server CPU per call × 2.00",
+		"bytes between the servers per call × 3.00"} {
+		if !strings.Contains(b.String(), s) {
+			t.Errorf("report lacks %q", s)
+		}
+	}
+	r := clusterResults()
+	delete(r.max, "cluster-r3")
+	delete(r.max, "cluster-r1")
+	r.cluster = nil
+	b.Reset()
+	writeReport(&b, r)
+	if strings.Contains(b.String(), "## The cluster beside") {
+		t.Error("a run without the cluster has its section")
+	}
+}

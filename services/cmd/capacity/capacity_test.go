@@ -49,6 +49,34 @@ func TestModelArithmetic(t *testing.T) {
 	}
 }
 
+// A report with the cluster's section gives the R3 cost of NATS measured,
+// and the model uses it instead of three times the one-replica figure.
+func TestClusterFigureReplacesTheEstimate(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "benchmarks.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The section as the harness writes it (services/cmd/bench's
+	// TestWriteReportCluster checks the same row).
+	report := clusterNATS.ReplaceAllString(string(b), "") +
+		"\n| nats-server CPU per call, all nodes, µs | 50.0 | 180.0 | 90.0 | 3.60 | 2.00 |\n"
+	c, err := parse(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NATSCPUR3 != 180 {
+		t.Fatalf("R3 NATS CPU %v, want 180", c.NATSCPUR3)
+	}
+	// 100k × 180 µs = 18 cores over the cluster.
+	if p := model(c, 100_000); math.Abs(p.NATSCores-18) > 1e-9 {
+		t.Errorf("NATS cores %v, want 18", p.NATSCores)
+	}
+	c.NATSCPUR3 = 0
+	if p := model(c, 100_000); math.Abs(p.NATSCores-100_000*c.NATSCPU/1e6*3) > 1e-9 {
+		t.Errorf("NATS cores without the cluster figure %v", p.NATSCores)
+	}
+}
+
 func TestRewriteReplacesOnlyTheMarkedPart(t *testing.T) {
 	dir := t.TempDir()
 	report, _ := os.ReadFile(filepath.Join("..", "..", "..", "docs", "benchmarks.md"))

@@ -89,7 +89,14 @@ type Costs struct {
 	BillingRate   float64 // events/s of one billing worker on one Postgres
 	BillingCPU    float64 // µs of billing-worker CPU per event
 	AggregatorCPU float64 // µs of aggregator CPU per event
+	// NATSCPUR3 is µs of nats-server CPU per request over the three nodes
+	// of a cluster at three replicas (`CLUSTER=1 make bench`; 0 when the
+	// report has no cluster section: then NATSCPU × replicas stands in).
+	NATSCPUR3 float64
 }
+
+// clusterNATS is the R3 column of the cluster section's nats-server row.
+var clusterNATS = regexp.MustCompile(`(?m)^\| nats-server CPU per call, all nodes, µs \| [^|]* \| ([\d.]+) \|`)
 
 var figures = []struct {
 	name string
@@ -134,6 +141,12 @@ func parse(report string) (Costs, error) {
 			f.set(&c, v)
 		}
 	}
+	// Optional: only a run with CLUSTER=1 measured it.
+	if m := clusterNATS.FindStringSubmatch(report); m != nil {
+		if v, err := strconv.ParseFloat(m[1], 64); err == nil && v > 0 {
+			c.NATSCPUR3 = v
+		}
+	}
 	return c, errors.Join(errs...)
 }
 
@@ -169,7 +182,11 @@ func model(c Costs, rps float64) Plan {
 	p.RedisShards = max(3, int(math.Ceil(rps*c.RedisCPU/1e6/redisShardBudget)))
 	p.JetStreamMsgs = rps / c.EventsPerMsg
 	p.Streams = max(1, int(math.Ceil(p.JetStreamMsgs/streamMsgCeiling)))
-	p.NATSCores = rps * c.NATSCPU / 1e6 * replicas
+	if c.NATSCPUR3 > 0 {
+		p.NATSCores = rps * c.NATSCPUR3 / 1e6
+	} else {
+		p.NATSCores = rps * c.NATSCPU / 1e6 * replicas
+	}
 	p.LedgerRows = rps
 	p.UsageRows = rps
 	p.BillingWorkers = max(1, int(math.Ceil(rps/c.BillingRate)))
@@ -179,8 +196,12 @@ func model(c Costs, rps float64) Plan {
 }
 
 func write(w io.Writer, c Costs, rates []float64) error {
-	_, err := fmt.Fprintf(w, "Measured per request: gateway %.1f µs CPU, Redis %.3f commands and %.1f µs CPU, NATS %.1f µs CPU at one replica, %.1f events per JetStream message; billing worker %.0f events/s (%.1f µs CPU each), aggregator %.1f µs CPU per event.\n\n",
-		c.GatewayCPU, c.RedisCmds, c.RedisCPU, c.NATSCPU, c.EventsPerMsg, c.BillingRate, c.BillingCPU, c.AggregatorCPU)
+	r3 := fmt.Sprintf("not measured (no cluster section in the report): the model takes %d × the one-replica figure", replicas)
+	if c.NATSCPUR3 > 0 {
+		r3 = fmt.Sprintf("%.1f µs over the three nodes at three replicas (`CLUSTER=1 make bench`), which the NATS column uses", c.NATSCPUR3)
+	}
+	_, err := fmt.Fprintf(w, "Measured per request: gateway %.1f µs CPU, Redis %.3f commands and %.1f µs CPU, NATS %.1f µs CPU at one replica and %s, %.1f events per JetStream message; billing worker %.0f events/s (%.1f µs CPU each), aggregator %.1f µs CPU per event.\n\n",
+		c.GatewayCPU, c.RedisCmds, c.RedisCPU, c.NATSCPU, r3, c.EventsPerMsg, c.BillingRate, c.BillingCPU, c.AggregatorCPU)
 	if err != nil {
 		return err
 	}
