@@ -14,14 +14,7 @@ import (
 // NATS_OUTAGE_SECONDS) while the gateway serves traffic. Every 2xx has
 // exactly one ledger entry after recovery, and the spool is empty.
 func TestNATSOutage(t *testing.T) {
-	outage := 30 * time.Second
-	if v := os.Getenv("NATS_OUTAGE_SECONDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		outage = time.Duration(n) * time.Second
-	}
+	outage := envSeconds(t, "NATS_OUTAGE_SECONDS", 30*time.Second)
 	s := newStack(t, stackOpts{pricing: testPricing})
 	gw := s.gwURLs[0]
 	tok := s.login("user@example.com")
@@ -122,4 +115,19 @@ func (s *stack) spoolBytes(i int) int64 {
 		total += info.Size()
 	}
 	return total
+}
+
+// envSeconds is the duration the environment variable name gives in whole
+// seconds, or def when it is unset; a value that is not a number fails t.
+func envSeconds(t *testing.T, name string, def time.Duration) time.Duration {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", name, v, err)
+	}
+	return time.Duration(n) * time.Second
 }

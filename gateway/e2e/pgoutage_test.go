@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,14 +23,7 @@ import (
 // call served is charged exactly once.
 func TestPostgresOutageUnderLoad(t *testing.T) {
 	const clients, nkeys = 8, 4
-	outage := 5 * time.Second
-	if v := os.Getenv("PG_OUTAGE_SECONDS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		outage = time.Duration(n) * time.Second
-	}
+	outage := envSeconds(t, "PG_OUTAGE_SECONDS", 5*time.Second)
 	s := newStack(t, stackOpts{pricing: testPricing, ownPostgres: true})
 	gw := s.gwURLs[0]
 	tok := s.login("user@example.com")
