@@ -62,26 +62,47 @@ func TestNATSClusterKeepsAnR3StreamThroughItsLeadersDeath(t *testing.T) {
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s"}, Replicas: 3}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.Publish(ctx, "s", []byte("1")); err != nil {
-		t.Fatal(err)
+	// A new R3 stream answers once its replicas have elected a leader, which
+	// may be a moment after CreateStream returns.
+	if took, err := publishUntilAcked(ctx, js, "1"); err != nil {
+		t.Fatalf("no publish to the new stream: %v", err)
+	} else {
+		t.Logf("new stream acknowledging in %s", took)
 	}
 	l := c.StreamLeader("S")
 	if l == nil {
 		t.Fatal("no stream leader")
 	}
 	l.Stop()
-	start = time.Now()
-	for {
-		if _, err := js.Publish(ctx, "s", []byte("2"), jetstream.WithMsgID("2")); err == nil {
-			break
-		} else if ctx.Err() != nil {
-			t.Fatalf("no publish after the leader died: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	took, err := publishUntilAcked(ctx, js, "2")
+	if err != nil {
+		t.Fatalf("no publish after the leader died: %v", err)
 	}
-	t.Logf("new leader acknowledging in %s", time.Since(start))
+	t.Logf("new leader acknowledging in %s", took)
 	s, err := js.Stream(ctx, "S")
 	if err != nil || s.CachedInfo().State.Msgs != 2 {
 		t.Fatalf("stream after failover: %v %+v", err, s)
+	}
+}
+
+// publishUntilAcked publishes data to subject s (message ID data) until an
+// ack comes or ctx ends, and says how long it took. Each try has its own
+// short deadline: a publish sent while the client reconnects, or to a leader
+// that has just stepped down, may never be answered, and waiting all of ctx
+// for that one reply would hide the new leader. The message ID makes the
+// retries one message.
+func publishUntilAcked(ctx context.Context, js jetstream.JetStream, data string) (time.Duration, error) {
+	start := time.Now()
+	for {
+		try, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := js.Publish(try, "s", []byte(data), jetstream.WithMsgID(data))
+		cancel()
+		if err == nil {
+			return time.Since(start), nil
+		}
+		if ctx.Err() != nil {
+			return time.Since(start), err
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

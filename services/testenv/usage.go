@@ -39,7 +39,7 @@ func StartUsage(t testing.TB) *Usage {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	if u.JS, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096)); err != nil {
+	if u.JS, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -116,12 +116,8 @@ func UsageEvents(n, keys int) []*usagev1.UsageEvent {
 // decides the Nats-Msg-Id: nil means the event ID (the gateway's way).
 func (u *Usage) Publish(evs []*usagev1.UsageEvent, msgID func(*usagev1.UsageEvent) string) {
 	u.t.Helper()
-	for len(evs) > 2000 {
-		u.Publish(evs[:2000], msgID)
-		evs = evs[2000:]
-	}
-	var futures []jetstream.PubAckFuture
-	for _, ev := range evs {
+	msgs := make([]outMsg, len(evs))
+	for i, ev := range evs {
 		data, err := proto.Marshal(ev)
 		if err != nil {
 			u.t.Fatal(err)
@@ -130,24 +126,75 @@ func (u *Usage) Publish(evs []*usagev1.UsageEvent, msgID func(*usagev1.UsageEven
 		if msgID != nil {
 			id = msgID(ev)
 		}
-		f, err := u.JS.PublishAsync(usagev1.Subject(ev.GetKeyId()), data, jetstream.WithMsgID(id), jetstream.WithStallWait(10*time.Second))
-		if err != nil {
-			u.t.Fatalf("publish: %v", err)
+		msgs[i] = outMsg{subject: usagev1.Subject(ev.GetKeyId()), data: data, id: id}
+	}
+	u.publishAll(msgs)
+}
+
+// outMsg is one message for publishAll.
+type outMsg struct {
+	subject string
+	data    []byte
+	id      string
+}
+
+// publishWithin bounds publishAll: every message acknowledged within it.
+const publishWithin = 60 * time.Second
+
+// publishAll publishes the messages asynchronously, 2,000 at most in flight,
+// and waits for every ack. An ack that does not come (the reply was lost
+// while the server restarted or the stream was re-created) times out after
+// the JetStream context's async timeout, and the message is published again
+// under the same Nats-Msg-Id, so the stream holds it once.
+func (u *Usage) publishAll(msgs []outMsg) {
+	u.t.Helper()
+	deadline := time.Now().Add(publishWithin)
+	for len(msgs) > 0 {
+		n := min(len(msgs), 2000)
+		futures := make([]jetstream.PubAckFuture, n)
+		for i, m := range msgs[:n] {
+			f, err := u.JS.PublishAsync(m.subject, m.data, msgOpts(m.id, jetstream.WithStallWait(10*time.Second))...)
+			if err != nil {
+				u.t.Fatalf("publish: %v", err)
+			}
+			futures[i] = f
 		}
-		futures = append(futures, f)
-	}
-	select {
-	case <-u.JS.PublishAsyncComplete():
-	case <-time.After(60 * time.Second):
-		u.t.Fatal("publish did not complete")
-	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			u.t.Fatalf("publish ack: %v", err)
+		for i, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				u.republish(msgs[i], err, deadline)
+			case <-time.After(time.Until(deadline)):
+				u.t.Fatalf("publish: no ack within %s", publishWithin)
+			}
 		}
+		msgs = msgs[n:]
 	}
+}
+
+// republish publishes m synchronously until it is acknowledged or the
+// deadline passes; first is the error of the first try.
+func (u *Usage) republish(m outMsg, first error, deadline time.Time) {
+	u.t.Helper()
+	err := first
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), min(5*time.Second, time.Until(deadline)))
+		_, err = u.JS.Publish(ctx, m.subject, m.data, msgOpts(m.id)...)
+		cancel()
+		if err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	u.t.Fatalf("publish %s: not acknowledged within %s: %v (first try: %v)", m.id, publishWithin, err, first)
+}
+
+// msgOpts adds the message ID, when there is one, to opts.
+func msgOpts(id string, opts ...jetstream.PublishOpt) []jetstream.PublishOpt {
+	if id == "" {
+		return opts
+	}
+	return append(opts, jetstream.WithMsgID(id))
 }
 
 // BatchGateway is the gateway ID PublishBatch and PublishBatches publish as.
@@ -183,27 +230,12 @@ func (u *Usage) PublishBatch(id string, evs []*usagev1.UsageEvent) string {
 func (u *Usage) PublishBatches(evs []*usagev1.UsageEvent, size int) []string {
 	u.t.Helper()
 	var ids []string
-	var futures []jetstream.PubAckFuture
+	var msgs []outMsg
 	for i := 0; i < len(evs); i += size {
 		id, data := Batch(u.t, "", evs[i:min(i+size, len(evs))])
-		f, err := u.JS.PublishAsync(usagev1.BatchSubject(BatchGateway), data, jetstream.WithMsgID(id), jetstream.WithStallWait(10*time.Second))
-		if err != nil {
-			u.t.Fatalf("publish batch: %v", err)
-		}
-		ids, futures = append(ids, id), append(futures, f)
+		ids, msgs = append(ids, id), append(msgs, outMsg{subject: usagev1.BatchSubject(BatchGateway), data: data, id: id})
 	}
-	select {
-	case <-u.JS.PublishAsyncComplete():
-	case <-time.After(60 * time.Second):
-		u.t.Fatal("publish did not complete")
-	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			u.t.Fatalf("publish ack: %v", err)
-		}
-	}
+	u.publishAll(msgs)
 	return ids
 }
 
