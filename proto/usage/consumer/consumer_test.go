@@ -614,17 +614,22 @@ func TestRecreate(t *testing.T) {
 func TestHealthStale(t *testing.T) {
 	t.Parallel()
 	srv, _, stream := startServer(t)
-	c, _ := runConsumer(t, stream, consumer.Config{Store: newMemStore(), StaleAfter: 500 * time.Millisecond})
-	// Idle for three times StaleAfter: every fetch is answered by the
-	// server's timeout, and that is a success.
-	for start := time.Now(); time.Since(start) < 1500*time.Millisecond; time.Sleep(20 * time.Millisecond) {
+	// StaleAfter is many fetches long: each fetch of an idle consumer is a
+	// success only when the server's timeout reaches the client before the
+	// client's own deadline, 10 % later, which a busy machine can miss a
+	// few times in a row; a stale consumer is one that misses for seconds.
+	const staleAfter = 3 * time.Second
+	c, _ := runConsumer(t, stream, consumer.Config{Store: newMemStore(), StaleAfter: staleAfter})
+	// Idle for twice StaleAfter: every fetch is answered by the server's
+	// timeout, and that is a success.
+	for start := time.Now(); time.Since(start) < 2*staleAfter; time.Sleep(20 * time.Millisecond) {
 		if err := c.Health(); err != nil {
 			t.Fatalf("health of an idle consumer: %v", err)
 		}
 	}
 	srv.Shutdown()
 	var err error
-	waitFor(t, 10*time.Second, "health reports the stale consumer", func() bool { err = c.Health(); return err != nil })
+	waitFor(t, 30*time.Second, "health reports the stale consumer", func() bool { err = c.Health(); return err != nil })
 	if !strings.Contains(err.Error(), "no successful fetch") {
 		t.Errorf("health error %q", err)
 	}
