@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -212,7 +213,8 @@ func TestConfigFromEnv(t *testing.T) {
 type process struct {
 	cmd  *exec.Cmd
 	done chan error
-	port int // METRICS_PORT
+	port int    // METRICS_PORT
+	log  string // its stderr, printed when the test fails
 }
 
 func (e *env) spawn(bin string, extra ...string) *process {
@@ -222,24 +224,45 @@ func (e *env) spawn(bin string, extra ...string) *process {
 	cmd.Env = testenv.Env(append([]string{"DATABASE_URL", e.DBURL, "NATS_URL", e.NATS.URL,
 		"METRICS_PORT", strconv.Itoa(port), "FETCH_WAIT", "200ms", "NAK_DELAY", "100ms",
 		"LOG_LEVEL", "warn"}, extra...)...)
+	f, err := os.CreateTemp(e.t.TempDir(), "billing-worker-*.log")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd.Stderr = f
 	if os.Getenv("TEST_LOG") != "" {
-		cmd.Stderr = os.Stderr
+		cmd.Stderr = io.MultiWriter(f, os.Stderr)
 	}
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
-	p := &process{cmd: cmd, done: make(chan error, 1), port: port}
-	go func() { p.done <- cmd.Wait() }()
-	e.t.Cleanup(func() { p.kill() })
+	p := &process{cmd: cmd, done: make(chan error, 1), port: port, log: f.Name()}
+	go func() { err := cmd.Wait(); _ = f.Close(); p.done <- err }()
+	e.t.Cleanup(func() {
+		p.kill()
+		if e.t.Failed() {
+			b, _ := os.ReadFile(p.log)
+			e.t.Logf("--- billing worker on :%d, stderr (tail) ---\n%s", port, b[max(0, len(b)-4000):])
+		}
+	})
 	return p
 }
 
+// exited reports whether the process has ended, with its exit error.
+func (p *process) exited() (bool, error) {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return true, err
+	default:
+		return false, nil
+	}
+}
+
 func (p *process) kill() {
-	if p.cmd.ProcessState == nil {
+	if ended, _ := p.exited(); !ended {
 		_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	}
-	<-p.done
-	p.done <- nil // later kill calls return at once
+	p.done <- <-p.done // later calls return at once
 }
 
 func (p *process) stop(t testing.TB) {
@@ -288,20 +311,62 @@ func (p *process) consumed(t testing.TB) float64 {
 	return n
 }
 
-// waitGrowth waits until the ledger holds more than from rows and returns
-// its count; it returns false if it did not grow within timeout.
-func (e *env) waitGrowth(from int64, timeout time.Duration) (int64, bool) {
+// waitGrowth waits until the ledger holds more than from rows while p
+// runs. It fails the test when p exits first, or when the
+// ledger did not grow within timeout although the stream held events the
+// ledger lacks (the caller starts p only then).
+func (e *env) waitGrowth(p *process, from int64, timeout time.Duration) {
+	e.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		n := e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`)
-		if n > from {
-			return n, true
+		if e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`) > from {
+			return
+		}
+		if ended, err := p.exited(); ended {
+			e.t.Fatalf("the billing worker exited (%v) before the ledger grew past %d rows", err, from)
 		}
 		if time.Now().After(deadline) {
-			return n, false
+			e.t.Fatalf("the ledger did not grow past %d rows within %s of the worker's start; consumer: %s", from, timeout, e.consumerState())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// waitLedgerProgress waits until the ledger holds n rows, for as long as it
+// keeps growing: it fails only when no row was added for stall, so the
+// bound is on a stuck worker, not on how fast a loaded machine applies.
+func (e *env) waitLedgerProgress(n int64, stall time.Duration) {
+	e.t.Helper()
+	last, lastAt := int64(-1), time.Now()
+	for {
+		got := e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`)
+		if got >= n {
+			return
+		}
+		if got != last {
+			last, lastAt = got, time.Now()
+		}
+		if time.Since(lastAt) > stall {
+			e.t.Fatalf("the ledger stayed at %d of %d rows for %s; consumer: %s", got, n, stall, e.consumerState())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// consumerState describes the billing consumer for a failure message.
+func (e *env) consumerState() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := e.JS.Consumer(ctx, usagev1.StreamName, usagev1.BillingConsumer)
+	if err != nil {
+		return err.Error()
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("%d pending, %d unacknowledged, %d redelivered, %d pulls waiting, ack floor %d, delivered %d",
+		info.NumPending, info.NumAckPending, info.NumRedelivered, info.NumWaiting, info.AckFloor.Stream, info.Delivered.Stream)
 }
 
 func eventCount(t *testing.T, name string, def int) int {
@@ -325,6 +390,7 @@ func TestKill9(t *testing.T) {
 	kills := eventCount(t, "BILLING_KILLS", 20)
 	evs := testenv.UsageEvents(n, 10)
 
+	var acked atomic.Int64 // events the stream has acknowledged
 	published := make(chan struct{})
 	go func() {
 		defer close(published)
@@ -337,38 +403,54 @@ func TestKill9(t *testing.T) {
 			} else {
 				e.PublishBatches(part, 1+rand.IntN(100))
 			}
-			time.Sleep(time.Duration(rand.IntN(40)) * time.Millisecond)
+			acked.Add(int64(min(chunk, len(evs)-i)))
+			time.Sleep(time.Duration(rand.IntN(40)) * time.Millisecond) // an uneven pace
 		}
 	}()
+	// unapplied waits until the stream holds events beyond the ledger's
+	// rows, or the publisher is done: a worker must be measured on what
+	// it applies, not on the publisher's pace on a busy machine.
+	unapplied := func(rows int64) {
+		for acked.Load() <= rows {
+			select {
+			case <-published:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
 	// Each worker is killed while it consumes: once the ledger grew under
 	// it, at a random moment after.
 	var progress []int64
 	var last int64
+	var slowest time.Duration
 	midStream := 0
 	for range kills {
+		unapplied(last)
 		p := e.spawn(bin, "BATCH_SIZE", strconv.Itoa(50+rand.IntN(450)), "ACK_WAIT", "2s")
+		start := time.Now()
 		// Generous: a race-built worker starting on a loaded machine.
-		_, grew := e.waitGrowth(last, 90*time.Second)
-		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+		e.waitGrowth(p, last, 90*time.Second)
+		slowest = max(slowest, time.Since(start))
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // a random moment to die
 		p.kill()
 		last = e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`)
 		progress = append(progress, last)
-		if !grew {
-			t.Fatalf("the ledger did not grow under worker %d (%d rows)", len(progress), last)
-		}
 		if last >= int64(n) {
 			break
 		}
 		midStream++
 	}
-	t.Logf("ledger rows after each kill: %v", progress)
+	t.Logf("ledger rows after each kill: %v; slowest worker to its first commit: %v", progress, slowest.Round(time.Millisecond))
 	if midStream < kills/2 {
 		t.Fatalf("%d of %d kills hit a worker in mid-stream: %v", midStream, kills, progress)
 	}
 	<-published
+	start := time.Now()
 	p := e.spawn(bin, "ACK_WAIT", "2s")
-	e.waitLedger(int64(n), 90*time.Second)
-	e.waitDrained(30 * time.Second)
+	e.waitLedgerProgress(int64(n), 60*time.Second)
+	t.Logf("the last worker applied %d events in %v", int64(n)-last, time.Since(start).Round(time.Millisecond))
+	e.waitDrained(60 * time.Second)
 	p.stop(t)
 	e.checkLedger(evs)
 	t.Logf("%d events, %d kills, %d ledger rows", n, kills, e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`))
