@@ -21,9 +21,13 @@ const day = (ymd) => dayFmt.format(new Date(ymd + 'T00:00:00Z'));
 const palette = ['#2563eb', '#f59e0b', '#10b981', '#ef4444', '#8b5cf6', '#06b6d4', '#ec4899', '#84cc16', '#64748b', '#d97706', '#0ea5e9'];
 
 // state is everything the page knows; the token lives nowhere else.
+// session counts sign-ins and sign-outs, so that an answer to an earlier one
+// is dropped; gone holds the keys being deleted or found deleted, for which
+// nothing more is asked; pending holds the requests on their way.
 const state = {
   token: '', me: null, expiryTimer: 0, pollTimer: 0, view: 'owner',
   keys: [], tiers: [], selected: '', busy: false, charts: {},
+  session: 0, gone: new Set(), pending: new Set(),
 };
 
 // ---- small DOM helpers (text only: no HTML is ever built from data) ----
@@ -58,16 +62,33 @@ function daysBetween(from, to) {
 class APIError extends Error {
   constructor(status, detail) { super(detail); this.status = status; }
 }
+// Stale is a request not sent, or an answer dropped: it belongs to a session
+// that has ended, or is about a key that is gone. Nothing to show.
+class Stale extends Error {}
 
-async function api(path, { method = 'GET', json, raw = false } = {}) {
+// keyOf is the key a management path is about ('/api-keys/ID…'), or ''.
+function keyOf(path) { return /^\/api-keys\/([^/?]+)/.exec(path)?.[1] || ''; }
+
+// api calls the management API for the session given (the current one by
+// default). It sends nothing about a key that is gone but the key's DELETE
+// (deleting): the gateway would answer 404, which the browser logs.
+async function api(path, { method = 'GET', json, raw = false, session = state.session, deleting = false } = {}) {
+  const key = keyOf(path);
+  if (session !== state.session) throw new Stale('signed out');
+  if (key && state.gone.has(key) && !deleting) throw new Stale('the key is gone');
   const headers = { Authorization: 'Bearer ' + state.token };
   if (json !== undefined) headers['Content-Type'] = 'application/json';
   let res;
+  const sent = fetch(path, { method, headers, cache: 'no-store', body: json === undefined ? undefined : JSON.stringify(json) });
+  state.pending.add(sent);
   try {
-    res = await fetch(path, { method, headers, cache: 'no-store', body: json === undefined ? undefined : JSON.stringify(json) });
+    res = await sent;
   } catch (err) {
     throw new APIError(0, 'the gateway could not be reached (' + err.message + ')');
+  } finally {
+    state.pending.delete(sent);
   }
+  if (session !== state.session) throw new Stale('signed out');
   if (res.status === 401) {
     signOut('Your session has ended: sign in again.');
     throw new APIError(401, 'signed out');
@@ -82,8 +103,13 @@ async function api(path, { method = 'GET', json, raw = false } = {}) {
   return res.status === 204 ? null : res.json();
 }
 
+// answered resolves once every request on its way has its answer.
+async function answered() {
+  while (state.pending.size) await Promise.allSettled([...state.pending]);
+}
+
 function report(err) {
-  if (err instanceof APIError && err.status === 401) return;
+  if (err instanceof Stale || (err instanceof APIError && err.status === 401)) return;
   showError(err.message);
 }
 
@@ -100,6 +126,7 @@ async function signIn(token) {
   token = token.trim();
   const exp = jwtExpiry(token);
   if (exp && exp <= Date.now()) { showError('That token has expired.'); return; }
+  state.session++;
   state.token = token;
   try {
     state.me = await api('/me');
@@ -124,10 +151,13 @@ async function signIn(token) {
   } catch (err) { report(err); }
   fillTierSelect();
   await show(state.me.finance ? 'finance' : 'owner');
+  clearInterval(state.pollTimer);
   state.pollTimer = setInterval(poll, POLL_MS);
 }
 
 function signOut(message) {
+  state.session++;
+  state.gone.clear();
   state.token = '';
   state.me = null;
   state.keys = [];
@@ -232,21 +262,37 @@ function fillTierSelect() {
     t.name + ' — ' + num(t.monthlyCredits) + ' credits a month, ' + num(t.rateLimitPerMinute) + ' requests a minute')));
 }
 
-async function loadKeys(live = false) {
+async function loadKeys(live = false, session = state.session) {
   const keys = [];
   let cursor = '';
   for (let page = 0; page < 10; page++) {
-    const out = await api('/api-keys?limit=100' + (cursor ? '&cursor=' + encodeURIComponent(cursor) : ''));
+    const out = await api('/api-keys?limit=100' + (cursor ? '&cursor=' + encodeURIComponent(cursor) : ''), { session });
     keys.push(...out.data);
     if (!out.nextCursor) break;
     cursor = out.nextCursor;
   }
-  state.keys = keys;
+  // A list answered while a key was being deleted may still have it.
+  state.keys = keys.filter((k) => !state.gone.has(k.id));
   renderKeys();
-  if (state.selected && !keys.some((k) => k.id === state.selected)) state.selected = '';
-  if (!state.selected && keys.length) state.selected = keys[0].id;
+  selectListed();
+  if (state.selected) await loadDetail(live, session);
+}
+
+// selectListed keeps the selection on a listed key: the first if none is.
+function selectListed() {
+  if (state.selected && !state.keys.some((k) => k.id === state.selected)) state.selected = '';
+  if (!state.selected && state.keys.length) state.selected = state.keys[0].id;
   $('detail').hidden = !state.selected;
-  if (state.selected) await loadDetail(live);
+}
+
+// forget drops a key the gateway no longer has (deleted in another tab, or
+// by an admin), so that the polls stop asking for it.
+function forget(k) {
+  state.gone.add(k.id);
+  state.keys = state.keys.filter((x) => x.id !== k.id);
+  selectListed();
+  renderKeys();
+  status('The key “' + k.name + '” no longer exists.');
 }
 
 function renderKeys() {
@@ -274,17 +320,23 @@ function ensureRange() {
   if (!$('range-from').value) $('range-from').value = addDays($('range-to').value, -6);
 }
 
-async function loadDetail(live = false) {
+async function loadDetail(live = false, session = state.session) {
   const k = selectedKey();
-  if (!k) return;
+  if (!k || state.gone.has(k.id)) return;
   ensureRange();
   const from = $('range-from').value, to = $('range-to').value;
   if (live && to < todayUTC()) return; // nothing of today shows
-  const [summary, usage] = await Promise.all([
-    api('/api-keys/' + k.id + '/usage/summary'),
-    api('/api-keys/' + k.id + '/usage?from=' + from + '&to=' + to),
-  ]);
-  if (k.id !== state.selected) return;
+  let summary, usage;
+  try {
+    [summary, usage] = await Promise.all([
+      api('/api-keys/' + k.id + '/usage/summary', { session }),
+      api('/api-keys/' + k.id + '/usage?from=' + from + '&to=' + to, { session }),
+    ]);
+  } catch (err) {
+    if (err instanceof APIError && err.status === 404) { forget(k); return; }
+    throw err;
+  }
+  if (k.id !== state.selected || state.gone.has(k.id)) return;
   $('detail').hidden = false;
   $('detail-title').textContent = k.name;
   $('detail-title').setAttribute('tabindex', '-1');
@@ -427,11 +479,22 @@ $('confirm-no').addEventListener('click', () => $('confirm-delete').close());
 $('confirm-yes').addEventListener('click', async () => {
   $('confirm-delete').close();
   const k = selectedKey();
-  if (!k) return;
-  if (await mutate('Key deleted.', () => api('/api-keys/' + k.id, { method: 'DELETE' })) !== undefined) {
-    state.selected = '';
-    await loadKeys().catch(report);
+  if (!k || state.gone.has(k.id)) return;
+  // From here on the page asks nothing more about the key, and it sends the
+  // DELETE once every request on its way is answered: a poll's request that
+  // reached the gateway after the DELETE would be answered 404. The DELETE
+  // is of this session: none is sent if the user signs out meanwhile.
+  const session = state.session;
+  state.gone.add(k.id);
+  status('Deleting the key…');
+  await answered();
+  if (await mutate('Key deleted.', () => api('/api-keys/' + k.id, { method: 'DELETE', deleting: true, session })) === undefined) {
+    state.gone.delete(k.id); // it is still there
+    status('');
+    return;
   }
+  state.selected = '';
+  await loadKeys().catch(report);
 });
 
 $('range-form').addEventListener('submit', (ev) => {
@@ -447,11 +510,11 @@ function ensureFinanceRange() {
   if (!$('fin-from').value) $('fin-from').value = addDays($('fin-to').value, -6);
 }
 
-async function loadFinance() {
+async function loadFinance(session = state.session) {
   ensureFinanceRange();
   const from = $('fin-from').value, to = $('fin-to').value;
   const q = 'from=' + from + '&to=' + to;
-  const [daily, top] = await Promise.all([api('/billing/daily?' + q), api('/billing/keys?limit=10&' + q)]);
+  const [daily, top] = await Promise.all([api('/billing/daily?' + q, { session }), api('/billing/keys?limit=10&' + q, { session })]);
   const names = new Map(top.data.map((k) => [k.keyId, k.name + ' (' + k.keyPrefix + '…)']));
   const label = (id) => names.get(id) || id.slice(0, 8) + '…';
   // Every key's daily totals (the rows are per endpoint).

@@ -191,15 +191,44 @@ try {
   assert.equal((await http('GET', '/v1/key', { key: renewed })).status, 200, 'the new secret does not work');
   step('regenerated with 1 h of grace (both served), then without (only the newest served)');
 
-  // Delete, with a confirmation.
+  // Delete, with a confirmation, while a poll of the key is under way: the
+  // poll's request for the key's summary is held in the browser until the
+  // DELETE is answered (or 2 s have passed, when the page rightly waits for
+  // it). Every request for the key must be answered before the DELETE is
+  // sent, and none may follow it: the gateway answers 404 to those, which
+  // the browser logs.
   await page.click('#delete-key');
   await page.locator('#confirm-delete').waitFor({ state: 'visible' });
   assert.ok((await page.locator('#confirm-text').innerText()).includes(name), 'the confirmation names the key');
   await page.screenshot({ path: join(shots, 'dashboard-delete.png') });
+  const keyPath = '/api-keys/' + keyId;
+  const forKey = (r) => { const p = new URL(r.url()).pathname; return p === keyPath || p.startsWith(keyPath + '/'); };
+  const isDelete = (r) => forKey(r) && r.method() === 'DELETE';
+  const order = [];
+  const onRequest = (r) => { if (forKey(r)) order.push('sent ' + r.method() + ' ' + new URL(r.url()).pathname); };
+  const onResponse = (r) => { if (forKey(r.request())) order.push(r.status() + ' ' + r.request().method() + ' ' + new URL(r.url()).pathname); };
+  page.on('request', onRequest);
+  page.on('response', onResponse);
+  const deleteAnswered = page.waitForResponse((r) => isDelete(r.request()), { timeout: 60000 });
+  const summary = (u) => u.pathname === keyPath + '/usage/summary';
+  await page.route(summary, async (route) => {
+    await Promise.race([deleteAnswered.catch(() => {}), new Promise((r) => setTimeout(r, 2000))]);
+    await route.continue();
+  });
+  await page.waitForRequest((r) => summary(new URL(r.url())), { timeout: 30000 });
   await page.click('#confirm-yes');
+  await deleteAnswered;
   await until('the key leaves the list', async () => (await page.locator(`#keys-table tr[data-key-id="${keyId}"]`).count()) === 0);
+  await page.unroute(summary);
+  page.off('request', onRequest);
+  page.off('response', onResponse);
+  // Once the DELETE is sent, the only thing about the key is its answer: no
+  // request for the key still on its way, none sent after it.
+  const sentDelete = order.indexOf('sent DELETE ' + keyPath);
+  assert.ok(sentDelete >= 0, 'no DELETE seen: ' + order.join(', '));
+  assert.deepEqual(order.slice(sentDelete + 1), ['204 DELETE ' + keyPath], 'requests for the key around its DELETE: ' + order.join(', '));
   assert.equal((await http('GET', '/v1/key', { key: renewed })).status, 401, 'a deleted key still works');
-  step('deleted the key');
+  step('deleted the key while a poll of it was under way: ' + order.join(', ').replaceAll(keyPath, '…'));
 
   await page.click('#sign-out');
   await page.locator('#signin').waitFor({ state: 'visible' });
