@@ -32,6 +32,12 @@ fi
 
 log "${compose[*]} -f compose.yaml config -q"
 "${compose[@]}" -f compose.yaml config -q
+# The default profile: the webhook receiver for development, which the
+# billing worker may reach by its compose host name.
+services=$("${compose[@]}" -f compose.yaml config --services)
+grep -qx webhookdev <<<"$services" || die "the default profile has no webhookdev service"
+grep -qF "WEBHOOK_ALLOW_HOSTS: webhookdev,127.0.0.1,localhost" <<<"$("${compose[@]}" -f compose.yaml config billing-worker)" ||
+	die "the billing worker's WEBHOOK_ALLOW_HOSTS does not allow webhookdev"
 log "${compose[*]} -f compose.yaml --profile monitoring config -q"
 "${compose[@]}" -f compose.yaml --profile monitoring config -q
 # The monitoring profile's services, and the files they mount from deploy/.
