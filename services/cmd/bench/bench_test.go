@@ -390,3 +390,11 @@ func TestWriteReportCluster(t *testing.T) {
 		t.Error("a run without the cluster has its section")
 	}
 }
+
+func TestSignedSaysTheDirection(t *testing.T) {
+	for x, want := range map[float64]string{-63.5461: "63.546 ms lower", 0.45: "0.450 ms higher", math.NaN(): "–"} {
+		if got := signed(x); got != want {
+			t.Errorf("signed(%v) = %q, want %q", x, got, want)
+		}
+	}
+}

@@ -255,8 +255,8 @@ func writeClusterReport(w io.Writer, r *results) {
 	thr, nats, all := get("max throughput, req/s"), get("nats-server CPU per call, all nodes"), get("CPU per call of all")
 	route, p50v, p99v, ack := get("bytes between the NATS servers"), get("p50 at "), get("p99 at "), get("acknowledged publish one at a time, p50")
 	p("**What R3 costs against R1** (same servers, same rounds): throughput × %s, nats-server CPU per call × %s "+
-		"(%s against %s µs), bytes between the servers per call × %s (%s against %s), p50 %s ms and p99 %s ms at the fixed rate, "+
-		"an acknowledged publish alone %s ms at p50.\n\n",
+		"(%s against %s µs), bytes between the servers per call × %s (%s against %s), p50 %s and p99 %s at the fixed rate, "+
+		"an acknowledged publish alone %s at p50.\n\n",
 		ratioCell(thr[1], thr[2]), ratioCell(nats[1], nats[2]), cell("%.1f", nats[1]), cell("%.1f", nats[2]),
 		ratioCell(route[1], route[2]), cell("%.0f", route[1]), cell("%.0f", route[2]),
 		signed(p50v[1]-p50v[2]), signed(p99v[1]-p99v[2]), signed(ack[1]-ack[2]))
@@ -278,10 +278,14 @@ func writeClusterReport(w io.Writer, r *results) {
 	p("\n")
 }
 
-// signed prints a difference with its sign.
+// signed says a difference of milliseconds in words: "0.450 ms higher",
+// "63.546 ms lower".
 func signed(x float64) string {
-	if math.IsNaN(x) {
+	switch {
+	case math.IsNaN(x):
 		return "–"
+	case x < 0:
+		return fmt.Sprintf("%.3f ms lower", -x)
 	}
-	return fmt.Sprintf("%+.3f", x)
+	return fmt.Sprintf("%.3f ms higher", x)
 }
