@@ -1,7 +1,8 @@
 // Package webhook owns what the gateway tells key owners by webhook: the
 // event types, the outbox every producer writes to (in the transaction of
-// the change it reports), and the Standard Webhooks signature. The delivery
-// worker reads the outbox; producers never send anything themselves.
+// the change it reports), the fan-out of an event to its endpoints'
+// deliveries, and the Standard Webhooks signature. The billing worker reads
+// the outbox and sends; producers never send anything themselves.
 package webhook
 
 import (
@@ -78,22 +79,15 @@ type Execer interface {
 }
 
 const enqueue = `
-WITH ev AS (
-    INSERT INTO api_gateway.webhook_events (id, owner_id, type, payload, created_at)
-    VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id, owner_id, type, created_at
-)
-INSERT INTO api_gateway.webhook_deliveries (endpoint_id, event_id, next_attempt_at, created_at)
-SELECT e.id, ev.id, ev.created_at, ev.created_at
-FROM ev JOIN api_gateway.webhook_endpoints e ON e.owner_id = ev.owner_id
-WHERE e.deleted_at IS NULL AND e.disabled_at IS NULL
-  AND (cardinality(e.events) = 0 OR ev.type = ANY(e.events))
-  AND ($6 = 0 OR $6 = ANY(e.thresholds))`
+INSERT INTO api_gateway.webhook_events (id, owner_id, type, payload, created_at, threshold)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (id) DO NOTHING`
 
-// Enqueue writes ev to the outbox with one pending delivery per endpoint of
-// its owner that subscribes to it, inside tx: the event exists exactly when
-// the change it reports is committed. Enqueueing an ID twice changes nothing.
+// Enqueue writes ev to the outbox inside tx: the event exists exactly when
+// the change it reports is committed. The billing worker relays it to the
+// WEBHOOKS stream and makes its deliveries from there (FanOut), one per
+// endpoint of its owner that subscribes to it. Enqueueing an ID twice
+// changes nothing.
 func Enqueue(ctx context.Context, tx Execer, ev Event) error {
 	if ev.ID == "" || ev.OwnerID == "" || !KnownType(ev.Type) {
 		return errors.New("webhook: an event needs an ID, an owner and a known type")
@@ -110,6 +104,52 @@ func Enqueue(ctx context.Context, tx Execer, ev Event) error {
 		return fmt.Errorf("webhook %s: enqueue: %w", ev.Type, err)
 	}
 	return nil
+}
+
+const fanOut = `
+INSERT INTO api_gateway.webhook_deliveries (endpoint_id, event_id, next_attempt_at, created_at)
+SELECT e.id, ev.id, $2::timestamptz, $2::timestamptz
+FROM api_gateway.webhook_events ev JOIN api_gateway.webhook_endpoints e ON e.owner_id = ev.owner_id
+WHERE ev.id = ANY($1::text[]) AND e.deleted_at IS NULL AND e.disabled_at IS NULL
+  AND (cardinality(e.events) = 0 OR ev.type = ANY(e.events))
+  AND (ev.threshold = 0 OR ev.threshold = ANY(e.thresholds))
+ORDER BY e.id, ev.id
+ON CONFLICT (endpoint_id, event_id) DO NOTHING`
+
+// FanOut makes the deliveries of the outbox events ids, due at now: one per
+// live endpoint of each event's owner that subscribes to it then. It is
+// idempotent (a delivery already made is left as it is), and an ID that is
+// no longer in the outbox (pruned) makes none. It returns how many it made.
+func FanOut(ctx context.Context, tx Execer, ids []string, now time.Time) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	res, err := tx.ExecContext(ctx, fanOut, stringArray(ids), now.UTC())
+	if err != nil {
+		return 0, fmt.Errorf("webhook fan-out: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("webhook fan-out: %w", err)
+	}
+	return n, nil
+}
+
+// stringArray is ids as a PostgreSQL text[] literal, so this package needs
+// no driver: each element quoted, with its quotes and backslashes escaped.
+func stringArray(ids []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		b.WriteString(strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(id))
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 // SecretPrefix starts every signing secret.

@@ -1,9 +1,13 @@
-// Package delivery owns the sending of webhooks: it claims the due rows of
-// api_gateway.webhook_deliveries, posts each event to its endpoint signed
-// as the Standard Webhooks specification says, and records the outcome,
-// retrying with exponential backoff and disabling an endpoint that has
-// failed for days. Producers write the rows (package webhook); this package
-// only reads and settles them.
+// Package delivery owns the way of a webhook event from the outbox to its
+// endpoints. Producers write the event to api_gateway.webhook_events in
+// the transaction of the change it reports (package webhook). The Relay
+// publishes it to the JetStream stream WEBHOOKS and marks it relayed; the
+// FanOut consumes the stream and makes one row of
+// api_gateway.webhook_deliveries per subscribed endpoint; the Worker claims
+// the due rows, posts each event to its endpoint signed as the Standard
+// Webhooks specification says, and records the outcome, retrying with
+// exponential backoff and disabling an endpoint that has failed for days;
+// the Pruner deletes what is settled once it is older than the retention.
 //
 // Delivery is at least once: a row is leased while it is sent, and a worker
 // that dies mid-send leaves it to be sent again when the lease ends, under
@@ -57,16 +61,22 @@ type Config struct {
 	// Timeout × ⌈Batch/Concurrency⌉ + 20s, so the last of a batch is sent
 	// within it): after a crash it is sent again once the lease ends.
 	Lease time.Duration
+	// Retention is how long settled events and deliveries are kept, and
+	// the WEBHOOKS stream's messages (default 30 days); PruneEvery is how
+	// often the older ones are deleted (default 1h).
+	Retention, PruneEvery time.Duration
+	// Replicas of the WEBHOOKS stream on a JetStream cluster (default 1).
+	Replicas int
 }
 
 // Validate reports every problem at once.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Timeout < 0 || c.DisableAfter < 0 || c.Poll < 0 || c.Lease < 0 {
+	if c.Timeout < 0 || c.DisableAfter < 0 || c.Poll < 0 || c.Lease < 0 || c.Retention < 0 || c.PruneEvery < 0 {
 		errs = append(errs, errors.New("delivery: durations must not be negative"))
 	}
-	if c.Batch < 0 || c.Concurrency < 0 {
-		errs = append(errs, errors.New("delivery: Batch and Concurrency must not be negative"))
+	if c.Batch < 0 || c.Concurrency < 0 || c.Replicas < 0 {
+		errs = append(errs, errors.New("delivery: Batch, Concurrency and Replicas must not be negative"))
 	}
 	for _, b := range c.Backoff {
 		if b <= 0 {
@@ -99,6 +109,12 @@ func (c *Config) defaults() {
 	if c.Concurrency == 0 {
 		c.Concurrency = 8
 	}
+	if c.Retention == 0 {
+		c.Retention = 30 * 24 * time.Hour
+	}
+	if c.PruneEvery == 0 {
+		c.PruneEvery = time.Hour
+	}
 	if c.Lease == 0 {
 		// Long enough for the last of a batch: it may start only after
 		// Batch/Concurrency rounds of sends before it.
@@ -107,11 +123,16 @@ func (c *Config) defaults() {
 	}
 }
 
-// Metrics are the worker's series.
+// Metrics are the series of the relay, the fan-out, the sender and the
+// pruner.
 type Metrics struct {
 	deliveries *prometheus.CounterVec
 	latency    *prometheus.HistogramVec
 	lag        prometheus.Gauge
+	outboxLag  prometheus.Gauge
+	relayed    prometheus.Counter
+	created    prometheus.Counter
+	pruned     prometheus.Counter
 	disabled   prometheus.Counter
 }
 
@@ -123,12 +144,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "webhook_delivery_duration_seconds",
 			Help:    "Time of one delivery attempt, from connect to the end of the answer, by outcome.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"outcome"}),
-		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "webhook_outbox_lag_seconds",
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "webhook_delivery_lag_seconds",
 			Help: "How long the oldest due webhook delivery has waited (0 when none is due)."}),
+		outboxLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "webhook_outbox_lag_seconds",
+			Help: "Age of the oldest webhook event not yet relayed from the outbox to the WEBHOOKS stream (0 when none waits)."}),
+		relayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "webhook_events_relayed_total",
+			Help: "Webhook events published from the outbox to the WEBHOOKS stream and marked relayed."}),
+		created: prometheus.NewCounter(prometheus.CounterOpts{Name: "webhook_deliveries_created_total",
+			Help: "Webhook deliveries made by the fan-out (one per event and subscribed endpoint)."}),
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{Name: "webhook_events_pruned_total",
+			Help: "Settled webhook events deleted, with their deliveries, after the retention."}),
 		disabled: prometheus.NewCounter(prometheus.CounterOpts{Name: "webhook_endpoints_disabled_total",
 			Help: "Webhook endpoints disabled because every delivery failed for days."}),
 	}
-	for _, c := range []prometheus.Collector{m.deliveries, m.latency, m.lag, m.disabled} {
+	for _, c := range []prometheus.Collector{m.deliveries, m.latency, m.lag, m.outboxLag, m.relayed, m.created, m.pruned, m.disabled} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("delivery metrics: %w", err)
 		}
@@ -148,6 +177,7 @@ type Worker struct {
 	metrics *Metrics
 	logger  *slog.Logger
 	now     func() time.Time
+	wake    chan struct{}
 }
 
 // New validates cfg and returns a worker on db.
@@ -191,7 +221,17 @@ func New(cfg Config, db *sqlx.DB, metrics *Metrics, logger *slog.Logger) (*Worke
 			}
 			return nil // the next hop is dialled through the same checks
 		}}
-	return &Worker{cfg: cfg, db: db, client: client, metrics: metrics, logger: logger, now: time.Now}, nil
+	return &Worker{cfg: cfg, db: db, client: client, metrics: metrics, logger: logger, now: time.Now,
+		wake: make(chan struct{}, 1)}, nil
+}
+
+// Wake makes Run look for due deliveries now rather than at its next poll.
+// It never blocks; safe for concurrent use.
+func (w *Worker) Wake() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Run sends due deliveries until ctx is done, then lets the attempts in
@@ -214,6 +254,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-w.wake:
 		}
 	}
 }
@@ -239,7 +280,7 @@ WITH picked AS (
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
 ), claimed AS (
-    UPDATE api_gateway.webhook_deliveries d SET attempts = d.attempts + 1, last_attempt_at = $1, next_attempt_at = $3
+    UPDATE api_gateway.webhook_deliveries d SET attempts = d.attempts + 1, last_attempt_at = $1, next_attempt_at = $3, leased_until = $3
     FROM picked WHERE d.endpoint_id = picked.endpoint_id AND d.event_id = picked.event_id
     RETURNING d.endpoint_id, d.event_id, d.attempts, d.created_at
 )
@@ -408,9 +449,9 @@ func (w *Worker) record(ctx context.Context, d due, a attempt, outcome string) e
 	}
 	// Only the claim this attempt was made under settles it: if the lease
 	// ran out and another round claimed the delivery again (attempts moved
-	// on), or a retry was asked for meanwhile, this late outcome is dropped.
+	// on), this late outcome is dropped.
 	res, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries
-		SET status = $3, last_status_code = $4, last_error = $5, next_attempt_at = $6
+		SET status = $3, last_status_code = $4, last_error = $5, next_attempt_at = $6, leased_until = NULL
 		WHERE endpoint_id = $1 AND event_id = $2 AND attempts = $7 AND status = 'pending'`,
 		d.EndpointID, d.EventID, status, code, errText, next, d.Attempts)
 	if err != nil {
@@ -443,7 +484,7 @@ func (w *Worker) record(ctx context.Context, d due, a attempt, outcome string) e
 		return fmt.Errorf("record endpoint failure: %w", err)
 	}
 	if disabled {
-		if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries SET status = 'failed', next_attempt_at = NULL,
+		if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries SET status = 'failed', next_attempt_at = NULL, leased_until = NULL,
 			last_error = coalesce(last_error, 'the endpoint was disabled') WHERE endpoint_id = $1 AND status = 'pending'`, d.EndpointID); err != nil {
 			return fmt.Errorf("give up deliveries of a disabled endpoint: %w", err)
 		}

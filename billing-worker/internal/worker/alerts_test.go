@@ -74,6 +74,13 @@ func TestCreditAlertsOnce(t *testing.T) {
 	if fmt.Sprint(got) != "[{exhausted 0} {threshold 50} {threshold 80} {threshold 100}]" {
 		t.Fatalf("alerts %v", got)
 	}
+	// The deliveries are made from the WEBHOOKS stream, after the ledger's
+	// transaction: five of them (3 to one endpoint, 2 to the other).
+	deadline := time.Now().Add(60 * time.Second)
+	for e.Count(`SELECT count(*) FROM api_gateway.webhook_deliveries d JOIN api_gateway.webhook_events ev ON ev.id = d.event_id
+		WHERE ev.owner_id = $1`, owner) < 5 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	var deliveries []struct {
 		Endpoint string `db:"endpoint_id"`
 		Type     string `db:"type"`

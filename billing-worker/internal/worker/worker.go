@@ -4,6 +4,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -37,15 +38,33 @@ func (c Config) Validate() error {
 }
 
 // ConfigFromEnv reads the configuration with its defaults (METRICS_PORT
-// 9101; WEBHOOK_ALLOW_HOSTS empty: webhooks only to public addresses) and
-// validates it, reporting every problem at once.
+// 9101; WEBHOOK_ALLOW_HOSTS empty: webhooks only to public addresses;
+// WEBHOOK_TIMEOUT 10s; WEBHOOK_LEASE the timeout of a claimed batch + 20s;
+// WEBHOOK_RETENTION 720h) and validates it, reporting every problem at once.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	s, err := consumer.SettingsFromEnv(getenv, 9101)
 	allow, aerr := delivery.ParseAllowList(getenv("WEBHOOK_ALLOW_HOSTS"))
-	if err := errors.Join(err, aerr); err != nil {
+	errs := []error{err, aerr}
+	dur := func(name string, lowest time.Duration) time.Duration {
+		v := getenv(name)
+		if v == "" {
+			return 0 // the default
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < lowest {
+			errs = append(errs, fmt.Errorf("%s: %q is not a duration of at least %s", name, v, lowest))
+		}
+		return d
+	}
+	w := delivery.Config{AllowHosts: allow, Timeout: dur("WEBHOOK_TIMEOUT", time.Second), Lease: dur("WEBHOOK_LEASE", time.Second),
+		Retention: dur("WEBHOOK_RETENTION", time.Hour)}
+	if timeout := cmp.Or(w.Timeout, 10*time.Second); w.Lease > 0 && w.Lease <= timeout {
+		errs = append(errs, fmt.Errorf("WEBHOOK_LEASE %s must be longer than WEBHOOK_TIMEOUT %s: a delivery is sent again once its lease ends", w.Lease, timeout))
+	}
+	if err := errors.Join(errs...); err != nil {
 		return Config{}, err
 	}
-	return Config{Settings: s, Webhooks: delivery.Config{AllowHosts: allow}}, nil
+	return Config{Settings: s, Webhooks: w}, nil
 }
 
 // Run migrates the schema, ensures the stream and consumes until ctx is done;
@@ -59,7 +78,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return fmt.Errorf("open database: %w", err)
 	}
 	defer db.Close()
-	db.SetMaxOpenConns(8) // the ledger batch, and the webhook deliveries being recorded
+	db.SetMaxOpenConns(10) // the ledger batch, the webhook relay, fan-out and pruning, and the deliveries being recorded
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	if err := migrations.Apply(ctx, db.DB, logger); err != nil {
 		return err
@@ -69,22 +88,42 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sender, err := delivery.New(cfg.Webhooks, db, dm, logger)
-	if err != nil {
-		return err
-	}
 	conn, err := consumer.Connect(ctx, cfg.NATSURL, "billing-worker")
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	// The WEBHOOKS stream is stored by as many servers as USAGE, whose
+	// replicas the gateway sets.
+	wcfg := cfg.Webhooks
+	if wcfg.Replicas == 0 {
+		wcfg.Replicas = conn.Stream.CachedInfo().Config.Replicas
+	}
+	sender, err := delivery.New(wcfg, db, dm, logger)
+	if err != nil {
+		return err
+	}
+	relay, err := delivery.NewRelay(wcfg, db, conn.JS, dm, logger)
+	if err != nil {
+		return err
+	}
+	fanout, err := delivery.NewFanOut(wcfg, db, conn.JS, dm, logger, sender.Wake)
+	if err != nil {
+		return err
+	}
+	pruner, err := delivery.NewPruner(wcfg, db, dm, logger)
+	if err != nil {
+		return err
+	}
 	// The webhooks go out beside the ledger: the outbox it fills is in the
-	// same database, and the worker stops sending when the ledger stops.
-	// When Serve returns (an error, or ctx done), the sender is stopped
-	// before it is waited for: cancel runs first.
+	// same database, and the worker stops relaying and sending when the
+	// ledger stops. When Serve returns (an error, or ctx done), they are
+	// stopped before they are waited for: cancel runs first.
 	sctx, stopSender := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = sender.Run(sctx) })
+	for _, run := range []func(context.Context) error{relay.Run, fanout.Run, sender.Run, pruner.Run} {
+		wg.Go(func() { _ = run(sctx) })
+	}
 	defer wg.Wait()
 	defer stopSender()
 	return consumer.Serve(ctx, cfg.Settings, conn, consumer.Worker{

@@ -207,6 +207,28 @@ func TestConfigFromEnv(t *testing.T) {
 	if _, err := worker.ConfigFromEnv(func(k string) string { return map[string]string{"BATCH_SIZE": "0"}[k] }); err == nil {
 		t.Error("BATCH_SIZE=0 accepted")
 	}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		ok   bool
+	}{
+		{"webhook settings", map[string]string{"WEBHOOK_TIMEOUT": "3s", "WEBHOOK_LEASE": "10s", "WEBHOOK_RETENTION": "168h"}, true},
+		{"lease within the default timeout", map[string]string{"WEBHOOK_LEASE": "5s"}, false},
+		{"lease as long as the timeout", map[string]string{"WEBHOOK_TIMEOUT": "5s", "WEBHOOK_LEASE": "5s"}, false},
+		{"timeout below 1s", map[string]string{"WEBHOOK_TIMEOUT": "100ms"}, false},
+		{"retention below 1h", map[string]string{"WEBHOOK_RETENTION": "10m"}, false},
+		{"not a duration", map[string]string{"WEBHOOK_RETENTION": "30 days"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := worker.ConfigFromEnv(func(k string) string { return tc.env[k] })
+			if (err == nil) != tc.ok {
+				t.Fatalf("err %v, want ok %v", err, tc.ok)
+			}
+			if tc.ok && (c.Webhooks.Timeout != 3*time.Second || c.Webhooks.Lease != 10*time.Second || c.Webhooks.Retention != 168*time.Hour) {
+				t.Fatalf("webhook config %+v", c.Webhooks)
+			}
+		})
+	}
 }
 
 // process is a billing-worker binary run by a test.

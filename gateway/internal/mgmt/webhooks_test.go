@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mana/apigw/proto/webhook"
 )
@@ -140,6 +141,11 @@ func TestWebhookDeliveriesListAndRetry(t *testing.T) {
 	if err := webhook.Enqueue(t.Context(), en.db, webhook.Event{ID: id, OwnerID: "alice", Type: webhook.CreditsThreshold, Threshold: 50}); err != nil {
 		t.Fatal(err)
 	}
+	// The billing worker makes the deliveries from the stream; here the
+	// same fan-out runs at once.
+	if _, err := webhook.FanOut(t.Context(), en.db, []string{id}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	var n int
 	if err := en.db.Get(&n, `SELECT count(*) FROM api_gateway.webhook_deliveries`); err != nil || n != 1 {
 		t.Fatalf("%d deliveries (%v), want 1: only the endpoint with every event and threshold 50", n, err)
@@ -187,6 +193,13 @@ func TestKeyChangesAreWebhookEvents(t *testing.T) {
 		if r := en.do("alice", "", s.method, s.path, s.body); r.code >= 300 {
 			t.Fatalf("%s %s: %d %s", s.method, s.path, r.code, r.body)
 		}
+	}
+	var ids []string
+	if err := en.db.Select(&ids, `SELECT id FROM api_gateway.webhook_events`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := webhook.FanOut(t.Context(), en.db, ids, time.Now()); err != nil {
+		t.Fatal(err)
 	}
 	var events []struct {
 		Type    string `db:"type"`
