@@ -4,9 +4,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -416,7 +418,7 @@ func (h *Handler) deleteEndpoint(c echo.Context) error {
 		}
 		// Nothing more is sent to it.
 		if _, err := tx.ExecContext(ctx, `UPDATE api_gateway.webhook_deliveries SET status = 'failed',
-			last_error = 'the endpoint was deleted', next_attempt_at = NULL WHERE endpoint_id = $1 AND status = 'pending'`, id.String()); err != nil {
+			last_error = 'the endpoint was deleted', next_attempt_at = NULL, leased_until = NULL WHERE endpoint_id = $1 AND status = 'pending'`, id.String()); err != nil {
 			return internal("delete webhook endpoint", err)
 		}
 		if err := h.auditEndpoint(c, tx, who.Subject, "deleted", &before, nil); err != nil {
@@ -479,7 +481,10 @@ func (h *Handler) listDeliveries(c echo.Context) error {
 
 // retryDelivery makes a delivery due now, whatever its state: a failed one
 // gets a fresh round of attempts, a succeeded one is sent again (same
-// webhook-id, so a receiver that deduplicates ignores it).
+// webhook-id, so a receiver that deduplicates ignores it). A delivery a
+// sender holds (leased: being sent now) is refused with 409 and
+// Retry-After: its outcome is recorded within the lease, or, if the sender
+// died, it is sent again when the lease ends.
 func (h *Handler) retryDelivery(c echo.Context) error {
 	who, err := caller(c)
 	if err != nil {
@@ -492,14 +497,28 @@ func (h *Handler) retryDelivery(c echo.Context) error {
 	if row.DisabledAt != nil {
 		return problem.New(http.StatusConflict, "the endpoint is disabled; enable it (PATCH enabled: true) before retrying")
 	}
+	ctx, now := c.Request().Context(), h.deps.Now().UTC()
 	var d deliveryView
-	err = h.deps.DB.GetContext(c.Request().Context(), &d, `WITH d AS (
+	err = h.deps.DB.GetContext(ctx, &d, `WITH d AS (
 		UPDATE api_gateway.webhook_deliveries SET status = 'pending', next_attempt_at = $3
-		WHERE endpoint_id = $1 AND event_id = $2 RETURNING *)
+		WHERE endpoint_id = $1 AND event_id = $2 AND NOT (status = 'pending' AND coalesce(leased_until > $3, false))
+		RETURNING *)
 		SELECT `+deliveryColumns+` FROM d JOIN api_gateway.webhook_events ev ON ev.id = d.event_id`,
-		row.ID, c.Param("deliveryId"), h.deps.Now().UTC())
+		row.ID, c.Param("deliveryId"), now)
 	if errors.Is(err, sql.ErrNoRows) {
-		return problem.New(http.StatusNotFound, "webhook delivery not found")
+		var leasedUntil *time.Time
+		err = h.deps.DB.GetContext(ctx, &leasedUntil, `SELECT leased_until FROM api_gateway.webhook_deliveries
+			WHERE endpoint_id = $1 AND event_id = $2 AND status = 'pending' AND leased_until > $3`, row.ID, c.Param("deliveryId"), now)
+		if errors.Is(err, sql.ErrNoRows) {
+			return problem.New(http.StatusNotFound, "webhook delivery not found")
+		}
+		if err != nil {
+			return internal("retry webhook delivery", err)
+		}
+		wait := max(1, int(math.Ceil(leasedUntil.Sub(now).Seconds())))
+		c.Response().Header().Set("Retry-After", strconv.Itoa(wait))
+		return problem.New(http.StatusConflict, fmt.Sprintf("the delivery is being sent (leased until %s): its outcome is recorded by then, "+
+			"or it is sent again under the same webhook-id if the sender stopped", leasedUntil.UTC().Format(time.RFC3339)))
 	}
 	if err != nil {
 		return internal("retry webhook delivery", err)

@@ -3,6 +3,7 @@ package mgmt
 import (
 	"encoding/base64"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -160,7 +161,14 @@ func TestWebhookDeliveriesListAndRetry(t *testing.T) {
 		t.Fatalf("the 80%% endpoint got %+v", got.Data)
 	}
 
-	en.exec(`UPDATE api_gateway.webhook_deliveries SET status = 'failed', attempts = 8, next_attempt_at = NULL`)
+	// While a sender holds the delivery (its lease), a retry is refused.
+	en.exec(`UPDATE api_gateway.webhook_deliveries SET attempts = 1, leased_until = $1, next_attempt_at = $1`, en.now.Add(30*time.Second))
+	leased := en.do("alice", "", http.MethodPost, "/webhooks/"+all.ID+"/deliveries/"+id+"/retry", nil)
+	wantProblem(t, leased, http.StatusConflict)
+	if ra, _ := strconv.Atoi(leased.header.Get("Retry-After")); ra < 1 || ra > 30 || !strings.Contains(string(leased.body), "being sent") {
+		t.Fatalf("leased retry: Retry-After %q, %s", leased.header.Get("Retry-After"), leased.body)
+	}
+	en.exec(`UPDATE api_gateway.webhook_deliveries SET status = 'failed', attempts = 8, next_attempt_at = NULL, leased_until = NULL`)
 	r := en.do("alice", "", http.MethodPost, "/webhooks/"+all.ID+"/deliveries/"+id+"/retry", nil)
 	var d deliveryView
 	r.json(t, &d)

@@ -667,6 +667,10 @@ func TestResponsesMatchTheDocument(t *testing.T) {
 	g.do(g.bearer(jsonCall(http.MethodPatch, hookPath, map[string]any{"enabled": true}, http.StatusOK), owner, ""))
 	g.do(g.bearer(jsonCall(http.MethodPost, hookPath+"/deliveries/msg_contract/retry", nil, http.StatusAccepted), owner, ""))
 	g.do(g.bearer(jsonCall(http.MethodPost, hookPath+"/deliveries/msg_other/retry", nil, http.StatusNotFound), owner, ""))
+	g.exec(`INSERT INTO api_gateway.webhook_events (id, owner_id, type, payload) VALUES ('msg_leased', $1, 'credits.threshold', '{}')`, owner)
+	g.exec(`INSERT INTO api_gateway.webhook_deliveries (endpoint_id, event_id, attempts, last_attempt_at, next_attempt_at, leased_until)
+		VALUES ($1, 'msg_leased', 1, now(), now() + interval '1 minute', now() + interval '1 minute')`, hook.ID)
+	g.do(g.bearer(jsonCall(http.MethodPost, hookPath+"/deliveries/msg_leased/retry", nil, http.StatusConflict), owner, ""))
 	g.do(g.bearer(jsonCall(http.MethodGet, hookPath+"/deliveries", nil, http.StatusOK), owner, ""))
 	g.do(g.bearer(jsonCall(http.MethodDelete, hookPath, nil, http.StatusNoContent), owner, ""))
 
