@@ -610,8 +610,10 @@ func TestStaysLive(t *testing.T) {
 	evs := testenv.UsageEvents(300, 3)
 	// StaleAfter is many idle fetches long: an idle fetch counts only when
 	// the server's timeout beats the client's deadline by its 20 ms, which
-	// a busy machine misses now and then.
-	cfg := e.start(func(c *worker.Config) { c.StaleAfter = 5 * time.Second })
+	// a busy machine misses now and then. A message the server delivers
+	// just after the client's deadline waits AckWait for redelivery: 2 s,
+	// not the default 30 s that the test's 30 s waits cannot absorb.
+	cfg := e.start(func(c *worker.Config) { c.StaleAfter, c.AckWait = 5*time.Second, 2*time.Second })
 	e.PublishBatches(evs[:100], 20)
 	e.waitLedger(100, 30*time.Second)
 
