@@ -145,7 +145,7 @@ func ensureAhead(ctx context.Context, store *rollup.Store, db *sqlx.DB, logger *
 		case <-t.C:
 			now := time.Now().UTC()
 			if err := store.EnsurePartition(ctx, db, now.AddDate(0, 0, 32-now.Day())); err != nil {
-				logger.ErrorContext(ctx, "create next partition", "error", err)
+				logger.ErrorContext(ctx, "create next partition", "err", err)
 			}
 		}
 	}

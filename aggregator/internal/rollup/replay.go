@@ -144,7 +144,7 @@ func Replay(ctx context.Context, cfg ReplayConfig) (Report, error) {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
 			if _, err := cfg.DB.ExecContext(dctx, `DROP SCHEMA `+pq.QuoteIdentifier(cfg.Schema)+` CASCADE`); err != nil {
-				cfg.Logger.ErrorContext(ctx, "drop scratch schema", "schema", cfg.Schema, "error", err)
+				cfg.Logger.ErrorContext(ctx, "drop scratch schema", "schema", cfg.Schema, "err", err)
 			}
 		}()
 	}
@@ -373,7 +373,7 @@ func recordReplayed(ctx context.Context, cfg ReplayConfig, store *Store, rows []
 			if attempt == 4 || ctx.Err() != nil {
 				return fmt.Errorf("replay: record: %w", err)
 			}
-			cfg.Logger.WarnContext(ctx, "replay: transient failure, retrying", "error", err)
+			cfg.Logger.WarnContext(ctx, "replay: transient failure, retrying", "err", err)
 			if serr := sleep(ctx, time.Duration(200<<attempt)*time.Millisecond); serr != nil {
 				return fmt.Errorf("replay: record: %w", err)
 			}

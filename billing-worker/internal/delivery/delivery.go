@@ -244,7 +244,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		for {
 			n, err := w.RunOnce(ctx)
 			if err != nil && ctx.Err() == nil {
-				w.logger.WarnContext(ctx, "webhook delivery round failed", "error", err)
+				w.logger.WarnContext(ctx, "webhook delivery round failed", "err", err)
 			}
 			if n < w.cfg.Batch || err != nil || ctx.Err() != nil {
 				break
@@ -348,13 +348,13 @@ func (w *Worker) deliver(ctx context.Context, d due) {
 	log := w.logger.With("event_id", d.EventID, "endpoint_id", d.EndpointID, "owner_id", d.OwnerID, "attempt", d.Attempts,
 		"status", a.status, "outcome", outcome)
 	if err := w.record(rec, d, a, outcome); err != nil {
-		log.ErrorContext(rec, "record webhook delivery", "error", err)
+		log.ErrorContext(rec, "record webhook delivery", "err", err)
 		return
 	}
 	if a.ok() {
 		log.InfoContext(rec, "webhook delivered")
 	} else {
-		log.WarnContext(rec, "webhook delivery failed", "error", a.err)
+		log.WarnContext(rec, "webhook delivery failed", "err", a.err)
 	}
 }
 

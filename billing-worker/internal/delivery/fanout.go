@@ -90,7 +90,7 @@ func (f *FanOut) Run(ctx context.Context) error {
 			break
 		}
 		if !failing {
-			f.logger.WarnContext(ctx, "webhook fan-out failed; trying again", "error", err)
+			f.logger.WarnContext(ctx, "webhook fan-out failed; trying again", "err", err)
 			failing = true
 		}
 		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
@@ -117,7 +117,7 @@ func (f *FanOut) fetch(ctx context.Context, cons jetstream.Consumer) error {
 	for m := range batch.Messages() {
 		var ev Message
 		if err := json.Unmarshal(m.Data(), &ev); err != nil || ev.ID == "" {
-			f.logger.ErrorContext(ctx, "webhook stream message is not an event; dropped", "subject", m.Subject(), "error", err)
+			f.logger.ErrorContext(ctx, "webhook stream message is not an event; dropped", "subject", m.Subject(), "err", err)
 			_ = m.Term()
 			continue
 		}
@@ -142,7 +142,7 @@ func (f *FanOut) fetch(ctx context.Context, cons jetstream.Consumer) error {
 		// A lost acknowledgement only redelivers the message, which makes
 		// nothing new.
 		if err := m.Ack(); err != nil {
-			f.logger.WarnContext(ctx, "acknowledge webhook event", "error", err)
+			f.logger.WarnContext(ctx, "acknowledge webhook event", "err", err)
 		}
 	}
 	f.metrics.created.Add(float64(n))

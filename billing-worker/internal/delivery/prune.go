@@ -44,7 +44,7 @@ func (p *Pruner) Run(ctx context.Context) error {
 		n, err := p.RunOnce(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
-			p.logger.WarnContext(ctx, "webhook pruning failed", "error", err)
+			p.logger.WarnContext(ctx, "webhook pruning failed", "err", err)
 		case n > 0:
 			p.logger.InfoContext(ctx, "webhook events pruned", "events", n, "retention", p.cfg.Retention)
 		}

@@ -119,7 +119,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			n, err := r.RunOnce(ctx)
 			switch {
 			case err != nil && ctx.Err() == nil && !r.failing:
-				r.logger.WarnContext(ctx, "webhook relay failed; the events wait in the outbox", "error", err)
+				r.logger.WarnContext(ctx, "webhook relay failed; the events wait in the outbox", "err", err)
 				r.failing = true
 			case err == nil && r.failing:
 				r.logger.InfoContext(ctx, "webhook relay works again")

@@ -142,7 +142,7 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig, logger *slog.Logger) (
 		RateLimitWaitMax: cfg.HTTPTimeout,
 		RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {
 			return func(ctx context.Context, err error) {
-				logger.WarnContext(ctx, "refresh JWKS", "url", u, "error", err)
+				logger.WarnContext(ctx, "refresh JWKS", "url", u, "err", err)
 			}
 		},
 		RefreshInterval:   cfg.RefreshInterval,

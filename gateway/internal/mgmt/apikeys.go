@@ -177,7 +177,7 @@ func (h *Handler) create(c echo.Context) error {
 		// The secret is never shown, so the key must not stay usable:
 		// the client retries and gets a fresh one.
 		if _, derr := h.deps.Store.SoftDelete(context.WithoutCancel(ctx), k.ID); derr != nil {
-			h.logger.ErrorContext(ctx, "withdraw unpropagated api key", "key_id", k.ID, "error", derr)
+			h.logger.ErrorContext(ctx, "withdraw unpropagated api key", "key_id", k.ID, "err", derr)
 		}
 		return err
 	}

@@ -295,7 +295,7 @@ func (h *Handler) publishGrant(c echo.Context, g grantRow) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), h.cfg.SyncTimeout)
 	defer cancel()
 	if err := h.deps.Granter.Grant(ctx, g.Event()); err != nil {
-		h.logger.ErrorContext(ctx, "publish credit grant", "key_id", g.KeyID, "event_id", g.EventID, "error", err)
+		h.logger.ErrorContext(ctx, "publish credit grant", "key_id", g.KeyID, "event_id", g.EventID, "err", err)
 		c.Response().Header().Set("Retry-After", "2")
 		return problem.New(http.StatusServiceUnavailable,
 			"the grant is recorded but not in effect yet; retry the request with the same Idempotency-Key")
@@ -303,7 +303,7 @@ func (h *Handler) publishGrant(c echo.Context, g grantRow) error {
 	if _, err := h.deps.DB.ExecContext(ctx, `UPDATE api_gateway.credit_grants SET published_at = now()
 		WHERE event_id = $1 AND published_at IS NULL`, g.EventID); err != nil {
 		// The event is durable; a later republish is harmless (applied once).
-		h.logger.WarnContext(ctx, "mark credit grant published", "event_id", g.EventID, "error", err)
+		h.logger.WarnContext(ctx, "mark credit grant published", "event_id", g.EventID, "err", err)
 	}
 	h.logger.InfoContext(ctx, "credits granted", "key_id", g.KeyID, "event_id", g.EventID, "credits", g.Credits,
 		"actor", g.Actor, "request_id", g.RequestID)

@@ -199,7 +199,7 @@ func (h *Handler) unavailable(next echo.HandlerFunc) echo.HandlerFunc {
 			return err
 		}
 		h.logger.WarnContext(c.Request().Context(), "management request: database unavailable",
-			"path", c.Path(), "error", err)
+			"path", c.Path(), "err", err)
 		c.Response().Header().Set("Retry-After", "5")
 		return problem.New(http.StatusServiceUnavailable, "the key database is unavailable; retry the request shortly")
 	}
@@ -241,7 +241,7 @@ func (h *Handler) sync(c echo.Context, k *keys.Key, action string) error {
 	defer cancel()
 	if err := h.deps.State.Sync(ctx, k); err != nil {
 		h.logger.ErrorContext(ctx, "propagate api key state", "action", action, "key_id", k.ID,
-			"key_prefix", k.Prefix, "error", err)
+			"key_prefix", k.Prefix, "err", err)
 		c.Response().Header().Set("Retry-After", "2")
 		return problem.New(http.StatusServiceUnavailable,
 			"the change is saved but could not be propagated to the gateways yet; retry the request")

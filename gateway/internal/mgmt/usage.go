@@ -329,7 +329,7 @@ func (h *Handler) abort(c echo.Context, err error) error {
 	if !c.Response().Committed {
 		return err
 	}
-	h.logger.ErrorContext(context.WithoutCancel(c.Request().Context()), "billing export aborted", "error", err)
+	h.logger.ErrorContext(context.WithoutCancel(c.Request().Context()), "billing export aborted", "err", err)
 	if conn, _, herr := http.NewResponseController(c.Response()).Hijack(); herr == nil {
 		_ = conn.Close()
 	}

@@ -95,14 +95,14 @@ func ErrorHandler(logger *slog.Logger) echo.HTTPErrorHandler {
 		p := From(err)
 		if p.Status >= 500 {
 			logger.ErrorContext(c.Request().Context(), "request failed",
-				"status", p.Status, "method", c.Request().Method, "path", c.Path(), "error", err)
+				"status", p.Status, "method", c.Request().Method, "path", c.Path(), "err", err)
 		}
 		if c.Request().Method == http.MethodHead {
 			_ = c.NoContent(p.Status)
 			return
 		}
 		if werr := Write(c, p); werr != nil {
-			logger.ErrorContext(c.Request().Context(), "write problem", "error", werr)
+			logger.ErrorContext(c.Request().Context(), "write problem", "err", werr)
 		}
 	}
 }

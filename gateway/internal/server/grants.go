@@ -46,7 +46,7 @@ func (g granter) Grant(ctx context.Context, ev *usagev1.UsageEvent) error {
 	defer g.holds.Release(key, id)
 	if err != nil {
 		g.logger.WarnContext(ctx, "credit grant not in the enforced balance yet; the reconciler adds it",
-			"key_id", key, "event_id", id, "error", err)
+			"key_id", key, "event_id", id, "err", err)
 	}
 	if err := g.pub.Publish(ctx, ev); err != nil {
 		return fmt.Errorf("publish credit grant %s: %w", id, err)

@@ -55,7 +55,7 @@ func republishGrants(ctx context.Context, h *mgmt.Handler, interval time.Duratio
 		case <-t.C:
 		}
 		if _, err := h.RepublishGrants(ctx, interval); err != nil && ctx.Err() == nil {
-			logger.WarnContext(ctx, "republish credit grants", "error", err)
+			logger.WarnContext(ctx, "republish credit grants", "err", err)
 		}
 	}
 }

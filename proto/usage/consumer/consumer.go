@@ -172,9 +172,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 				break
 			}
 			c.failed(err)
-			c.log.WarnContext(ctx, "fetch failed", "error", err)
+			c.log.WarnContext(ctx, "fetch failed", "err", err)
 			if rerr := c.ensure(ctx); rerr != nil && ctx.Err() == nil {
-				c.log.WarnContext(ctx, "check of the durable consumer failed", "error", rerr)
+				c.log.WarnContext(ctx, "check of the durable consumer failed", "err", rerr)
 			}
 			_ = sleep(ctx, time.Second)
 			continue
@@ -349,7 +349,7 @@ func (c *Consumer) decode(ctx context.Context, msgs []jetstream.Msg) []*part {
 		meta, err := m.Metadata()
 		if err != nil {
 			// Not a JetStream message: it cannot be acknowledged or dead-lettered by sequence.
-			c.log.ErrorContext(ctx, "message without metadata", "subject", m.Subject(), "error", err)
+			c.log.ErrorContext(ctx, "message without metadata", "subject", m.Subject(), "err", err)
 			continue
 		}
 		if meta.NumDelivered > 1 {
@@ -420,7 +420,7 @@ func (c *Consumer) handle(ctx context.Context, parts []*part) {
 		// One poisonous event must not block the others: narrow down to
 		// the message, then to the event.
 		c.log.WarnContext(ctx, "batch rejected by the database, retrying message by message",
-			"error", err, "messages", len(parts), "events", events)
+			"err", err, "messages", len(parts), "events", events)
 		for _, p := range parts {
 			perr := error(nil)
 			if len(parts) > 1 {
@@ -549,9 +549,9 @@ func (c *Consumer) settle(ctx context.Context, p *part, err error) {
 	seq := p.meta.Sequence.Stream
 	if err != nil {
 		c.m.batchErrors.Inc()
-		c.log.ErrorContext(ctx, "transaction failed, redelivering", "error", err, "stream_seq", seq)
+		c.log.ErrorContext(ctx, "transaction failed, redelivering", "err", err, "stream_seq", seq)
 		if nerr := p.msg.NakWithDelay(c.backoff(p.meta.NumDelivered)); nerr != nil {
-			c.log.WarnContext(ctx, "nak failed", "stream_seq", seq, "error", nerr)
+			c.log.WarnContext(ctx, "nak failed", "stream_seq", seq, "err", nerr)
 		}
 		return
 	}
@@ -568,7 +568,7 @@ func (c *Consumer) settle(ctx context.Context, p *part, err error) {
 	}
 	if aerr != nil {
 		// The rows are committed; a redelivery will be a harmless duplicate.
-		c.log.WarnContext(ctx, "ack failed", "stream_seq", seq, "error", aerr)
+		c.log.WarnContext(ctx, "ack failed", "stream_seq", seq, "err", aerr)
 	}
 }
 

@@ -89,7 +89,7 @@ func Serve(ctx context.Context, s Settings, conn *Conn, w Worker, logger *slog.L
 		srv := MetricsServer(fmt.Sprintf(":%d", s.MetricsPort), reg, cons.Health)
 		go func() {
 			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				logger.ErrorContext(ctx, "metrics server failed", "error", err)
+				logger.ErrorContext(ctx, "metrics server failed", "err", err)
 			}
 		}()
 		defer func() {
