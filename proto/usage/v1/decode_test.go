@@ -157,3 +157,42 @@ func FuzzDecodeMessage(f *testing.F) {
 		}
 	})
 }
+
+// TestExhaustedEvent: the news of a key refused for want of credits is a
+// 402 that charges and grants nothing; anything else of its endpoint is
+// invalid.
+func TestExhaustedEvent(t *testing.T) {
+	exhausted := func(change func(*usagev1.UsageEvent)) *usagev1.UsageEvent {
+		ev := validEvent("01HZY8Q3W6R0000000000000X1")
+		ev.Endpoint, ev.Status, ev.Credits, ev.Units, ev.Unit = usagev1.ExhaustedEndpoint, 402, 0, 0, "credit"
+		if change != nil {
+			change(ev)
+		}
+		return ev
+	}
+	tests := []struct {
+		name  string
+		ev    *usagev1.UsageEvent
+		valid bool
+	}{
+		{"the news", exhausted(nil), true},
+		{"served", exhausted(func(ev *usagev1.UsageEvent) { ev.Status = 200 }), false},
+		{"charging", exhausted(func(ev *usagev1.UsageEvent) { ev.Credits = 1 }), false},
+		{"with units", exhausted(func(ev *usagev1.UsageEvent) { ev.Units = 3 }), false},
+		{"granting", exhausted(func(ev *usagev1.UsageEvent) { ev.Grant = &usagev1.CreditGrant{Credits: 5} }), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.ev.Validate()
+			if tt.valid != (err == nil) || (err != nil && !errors.Is(err, usagev1.ErrInvalid)) {
+				t.Fatalf("Validate() = %v, want valid %v", err, tt.valid)
+			}
+			if !tt.ev.IsExhausted() || tt.ev.IsGrant() != (tt.ev.Grant != nil) {
+				t.Fatal("IsExhausted/IsGrant")
+			}
+		})
+	}
+	if validEvent("01HZY8Q3W6R0000000000000X2").IsExhausted() {
+		t.Fatal("a call is no exhausted news")
+	}
+}

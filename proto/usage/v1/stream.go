@@ -152,6 +152,16 @@ func (e *UsageEvent) IsGrant() bool { return e.GetGrant() != nil }
 // credits a call was charged, or minus the credits a grant added.
 func (e *UsageEvent) Spent() int64 { return e.GetCredits() - e.GetGrant().GetCredits() }
 
+// ExhaustedEndpoint is the endpoint of the event a gateway publishes on a
+// key's first refusal for want of credits (402) in a period: not a call
+// and not a charge (status 402, credits and units 0), only the news that
+// the key ran dry, which billing tells its owner once per key and period.
+const ExhaustedEndpoint = "credits.exhausted"
+
+// IsExhausted reports whether the event tells of a key refused for want of
+// credits rather than of a call.
+func (e *UsageEvent) IsExhausted() bool { return e.GetEndpoint() == ExhaustedEndpoint }
+
 // ErrInvalid marks an event that decodes but breaks the schema's rules.
 var ErrInvalid = errors.New("invalid usage event")
 
@@ -261,6 +271,9 @@ func (e *UsageEvent) Validate() error {
 		}
 	} else if e.GetEndpoint() == GrantEndpoint {
 		errs = append(errs, errors.New("endpoint "+GrantEndpoint+" without a grant"))
+	}
+	if e.IsExhausted() && (e.GetStatus() != 402 || e.GetCredits() != 0 || e.GetUnits() != 0 || e.GetGrant() != nil) {
+		errs = append(errs, errors.New("an event of endpoint "+ExhaustedEndpoint+" is a 402 that charges and grants nothing"))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))

@@ -39,7 +39,9 @@ type UsageEvent struct {
 	OwnerId string `protobuf:"bytes,4,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
 	// free, pro, enterprise.
 	Tier string `protobuf:"bytes,5,opt,name=tier,proto3" json:"tier,omitempty"`
-	// Public route, e.g. "POST /v1/search".
+	// Public route, e.g. "POST /v1/search"; "credits.grant" for a credit
+	// grant (see grant); "credits.exhausted" for the key's first refusal for
+	// want of credits in the period (status 402, credits and units 0).
 	Endpoint string `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// HTTP status the client received.
 	Status int32 `protobuf:"varint,7,opt,name=status,proto3" json:"status,omitempty"`
