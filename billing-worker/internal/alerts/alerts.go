@@ -1,10 +1,13 @@
 // Package alerts owns the credit alerts: when a ledger batch moves a key's
-// usage across a threshold of its grant (credits.threshold) or uses it up
-// (credits.exhausted), it raises the webhook event in the same transaction.
-// A row of api_gateway.credit_alerts per key, period, kind and threshold is
-// the guard: an alert is raised once, whatever is redelivered, restarted or
-// replayed, because a batch that changes no balance crosses nothing and a
-// crossing already recorded is not recorded again.
+// usage across a threshold of its grant (credits.threshold) or uses it up,
+// or holds the gateway's news of a key's first refusal for want of credits
+// in a period (credits.exhausted: a call's hold can be refused before the
+// ledger reaches the grant), it raises the webhook event in the same
+// transaction. A row of
+// api_gateway.credit_alerts per key, period, kind and threshold is the
+// guard: an alert is raised once, whatever is redelivered, restarted or
+// replayed, because a batch that changes no balance crosses nothing and an
+// alert already recorded is not recorded again.
 package alerts
 
 import (
@@ -67,17 +70,22 @@ SELECT * FROM unnest($1::uuid[], $2::date[], $3::text[], $4::integer[], $5::text
 ON CONFLICT DO NOTHING
 RETURNING event_id`
 
-// Raise records the alerts the changes cross and writes their events to
-// the webhook outbox, inside tx. Only owners with a live endpoint that
-// subscribes to an alert are considered; a threshold no endpoint of the
-// owner asks for is not recorded, so an endpoint added later still hears of
-// a crossing that happens after it.
-func Raise(ctx context.Context, tx *sqlx.Tx, changes []ledger.Change, now time.Time) (int, error) {
+// Raise records the alerts the changes cross and the refusals for want of
+// credits tell, and writes their events to the webhook outbox, inside tx.
+// Only owners with a live endpoint that subscribes to an alert are
+// considered; an alert no endpoint of the owner asks for is not recorded, so
+// an endpoint added later still hears of a crossing that happens after it.
+// The exhausted alert comes from the gateway's refusals and from the
+// ledger reaching the grant, whichever is first: both record the same row.
+func Raise(ctx context.Context, tx *sqlx.Tx, changes []ledger.Change, exhausted []ledger.Exhausted, now time.Time) (int, error) {
 	owners := map[string]bool{}
 	for _, c := range changes {
 		if c.Granted > 0 && c.Used > c.UsedBefore {
 			owners[c.OwnerID] = true
 		}
+	}
+	for _, x := range exhausted {
+		owners[x.OwnerID] = true
 	}
 	if len(owners) == 0 {
 		return 0, nil
@@ -127,6 +135,20 @@ func Raise(ctx context.Context, tx *sqlx.Tx, changes []ledger.Change, now time.T
 		if s.exhausted && c.UsedBefore < c.Granted && c.Used >= c.Granted {
 			cands = append(cands, candidate{change: c, kind: kindExhausted})
 		}
+	}
+	type keyPeriod struct {
+		key    string
+		period time.Time
+	}
+	told := map[keyPeriod]bool{} // the news twice in one batch (Redis flushed in between) is one alert
+	for _, x := range exhausted {
+		k := keyPeriod{x.KeyID, x.Period}
+		if s := subs[x.OwnerID]; s == nil || !s.exhausted || told[k] {
+			continue
+		}
+		told[k] = true
+		c := ledger.Change{KeyID: x.KeyID, OwnerID: x.OwnerID, Period: x.Period, Granted: x.Allowance, UsedBefore: x.Used, Used: x.Used}
+		cands = append(cands, candidate{change: c, kind: kindExhausted})
 	}
 	if len(cands) == 0 {
 		return 0, nil

@@ -7,7 +7,10 @@
 // in the same transaction, so used = Σ ledger credits, grants = Σ ledger
 // granted and requests = the ledger's rows of calls per key and period. A
 // credit grant is a row of its own (credits 0, granted > 0): the period's
-// allowance is the monthly grant plus the grants.
+// allowance is the monthly grant plus the grants. The gateway's news of a
+// key refused for want of credits (endpoint credits.exhausted) is no call
+// and no charge: it never becomes a ledger row, and Record returns it with
+// the key's balance for the alerts.
 package ledger
 
 import (
@@ -74,6 +77,10 @@ type Result struct {
 	// Grants are the inserted credit grants, each with its key's balance
 	// after the batch.
 	Grants []Grant
+	// Exhausted are the batch's refusals for want of credits, each with its
+	// key's balance after the batch; they are in neither Inserted nor
+	// Duplicates, and the same refusal may come again (a redelivery).
+	Exhausted []Exhausted
 }
 
 // Change is one balance as a Record call moved it: Used went from
@@ -89,6 +96,14 @@ type Change struct {
 // Grant is one credit grant the ledger took in, with the balance of its
 // key and period after the batch that holds it.
 type Grant struct {
+	Entry
+	Allowance, Used int64
+}
+
+// Exhausted is a key the gateway refused for want of credits, first in its
+// period, with the key's balance of the period after the batch (the monthly
+// grant and nothing used when the ledger has none yet).
+type Exhausted struct {
 	Entry
 	Allowance, Used int64
 }
@@ -113,16 +128,45 @@ RETURNING key_id::text, period, granted + grants AS allowance, used`
 
 // Record inserts the entries into the ledger inside tx and adds the ones that
 // were actually inserted to their balances. Entries already in the ledger are
-// skipped. The caller commits tx; nothing is visible before that.
+// skipped; entries of endpoint credits.exhausted are not written and come
+// back in Result.Exhausted. The caller commits tx; nothing is visible before
+// that.
 //
 // Rows are written in a fixed order (ledger by event ID, balances by key and
 // period), so concurrent workers lock in the same order and never deadlock
 // each other on the same rows.
 func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
-	if len(entries) == 0 {
-		return Result{}, nil
+	var exhausted []Entry
+	sorted := make([]Entry, 0, len(entries))
+	for _, e := range entries {
+		if e.Endpoint == usagev1.ExhaustedEndpoint {
+			exhausted = append(exhausted, e)
+		} else {
+			sorted = append(sorted, e)
+		}
 	}
-	sorted := slices.Clone(entries)
+	res, balances, err := record(ctx, tx, sorted)
+	if err != nil || len(exhausted) == 0 {
+		return res, err
+	}
+	res.Exhausted, err = exhaustedBalances(ctx, tx, exhausted, balances)
+	return res, err
+}
+
+// balance is one key's balance of one period.
+type balance struct {
+	key    string
+	period time.Time
+}
+
+type amounts struct{ allowance, used int64 }
+
+// record writes the ledger rows of calls and grants and moves their
+// balances; it returns the balances it moved, as they stand after.
+func record(ctx context.Context, tx *sqlx.Tx, sorted []Entry) (Result, map[balance]amounts, error) {
+	if len(sorted) == 0 {
+		return Result{}, nil, nil
+	}
 	slices.SortFunc(sorted, func(a, b Entry) int { return cmp.Compare(a.EventID, b.EventID) })
 
 	n := len(sorted)
@@ -141,16 +185,12 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 	if err := tx.SelectContext(ctx, &inserted, insertLedger,
 		pq.Array(ids), pq.Array(keys), pq.Array(owners), pq.Array(periods), pq.Array(endpoints),
 		pq.Array(credits), pq.Array(times), pq.Array(seqs), pq.Array(grantedCol)); err != nil {
-		return Result{}, fmt.Errorf("insert ledger rows: %w", err)
+		return Result{}, nil, fmt.Errorf("insert ledger rows: %w", err)
 	}
 
 	isNew := make(map[string]bool, len(inserted))
 	for _, id := range inserted {
 		isNew[id] = true
-	}
-	type bkey struct {
-		key    string
-		period time.Time
 	}
 	type bval struct {
 		owner          string
@@ -159,7 +199,7 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 		used, requests int64
 		grants         int64
 	}
-	deltas := make(map[bkey]*bval)
+	deltas := make(map[balance]*bval)
 	var res Result
 	var grants []Entry
 	for _, e := range sorted {
@@ -169,7 +209,7 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 		delete(isNew, e.EventID) // the same event twice in one batch is inserted once
 		res.Inserted++
 		res.Credits += e.Credits
-		k := bkey{e.KeyID, e.Period}
+		k := balance{e.KeyID, e.Period}
 		v := deltas[k]
 		if v == nil {
 			v = &bval{owner: e.OwnerID, granted: e.MonthlyCredits, grantedAt: e.OccurredAt}
@@ -186,22 +226,22 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 			v.requests++
 		}
 	}
-	res.Duplicates = len(entries) - res.Inserted
+	res.Duplicates = len(sorted) - res.Inserted
 	if len(deltas) == 0 {
-		return res, nil
+		return res, nil, nil
 	}
 
-	bkeys := make([]bkey, 0, len(deltas))
+	order := make([]balance, 0, len(deltas))
 	for k := range deltas {
-		bkeys = append(bkeys, k)
+		order = append(order, k)
 	}
-	slices.SortFunc(bkeys, func(a, b bkey) int {
+	slices.SortFunc(order, func(a, b balance) int {
 		return cmp.Or(cmp.Compare(a.key, b.key), a.period.Compare(b.period))
 	})
-	m := len(bkeys)
+	m := len(order)
 	bk, bp := make([]string, m), make([]string, m)
 	granted, used, reqs, added := make([]int64, m), make([]int64, m), make([]int64, m), make([]int64, m)
-	for i, k := range bkeys {
+	for i, k := range order {
 		v := deltas[k]
 		bk[i], bp[i] = k.key, k.period.Format(time.DateOnly)
 		granted[i], used[i], reqs[i], added[i] = v.granted, v.used, v.requests, v.grants
@@ -214,23 +254,67 @@ func Record(ctx context.Context, tx *sqlx.Tx, entries []Entry) (Result, error) {
 	}
 	if err := tx.SelectContext(ctx, &after, upsertBalances,
 		pq.Array(bk), pq.Array(bp), pq.Array(granted), pq.Array(used), pq.Array(reqs), pq.Array(added)); err != nil {
-		return Result{}, fmt.Errorf("upsert balances: %w", err)
+		return Result{}, nil, fmt.Errorf("upsert balances: %w", err)
 	}
-	type bal struct{ allowance, used int64 }
-	balances := make(map[bkey]bal, len(after))
+	balances := make(map[balance]amounts, len(after))
 	for _, a := range after {
-		k := bkey{a.KeyID, a.Period.UTC()}
+		k := balance{a.KeyID, a.Period.UTC()}
 		v := deltas[k]
 		if v == nil {
 			continue
 		}
-		balances[k] = bal{a.Allowance, a.Used}
+		balances[k] = amounts{a.Allowance, a.Used}
 		res.Changes = append(res.Changes, Change{KeyID: a.KeyID, OwnerID: v.owner, Period: a.Period.UTC(),
 			Granted: a.Allowance, UsedBefore: a.Used - v.used, Used: a.Used})
 	}
 	for _, g := range grants {
-		b := balances[bkey{g.KeyID, g.Period}]
+		b := balances[balance{g.KeyID, g.Period}]
 		res.Grants = append(res.Grants, Grant{Entry: g, Allowance: b.allowance, Used: b.used})
 	}
-	return res, nil
+	return res, balances, nil
+}
+
+const readBalances = `
+SELECT b.key_id::text, b.period, b.granted + b.grants AS allowance, b.used
+FROM api_gateway.credit_balances b
+JOIN unnest($1::uuid[], $2::date[]) AS w (key_id, period) ON b.key_id = w.key_id AND b.period = w.period`
+
+// exhaustedBalances gives each refusal its key's balance of the period: the
+// one the batch just moved, or the one in credit_balances (read inside tx,
+// so it is what this batch's alerts see).
+func exhaustedBalances(ctx context.Context, tx *sqlx.Tx, entries []Entry, moved map[balance]amounts) ([]Exhausted, error) {
+	var keys, periods []string
+	for _, e := range entries {
+		if _, ok := moved[balance{e.KeyID, e.Period}]; !ok {
+			keys, periods = append(keys, e.KeyID), append(periods, e.Period.Format(time.DateOnly))
+		}
+	}
+	found := map[balance]amounts{}
+	if len(keys) > 0 {
+		var rows []struct {
+			KeyID     string    `db:"key_id"`
+			Period    time.Time `db:"period"`
+			Allowance int64     `db:"allowance"`
+			Used      int64     `db:"used"`
+		}
+		if err := tx.SelectContext(ctx, &rows, readBalances, pq.Array(keys), pq.Array(periods)); err != nil {
+			return nil, fmt.Errorf("read balances of exhausted keys: %w", err)
+		}
+		for _, r := range rows {
+			found[balance{r.KeyID, r.Period.UTC()}] = amounts{r.Allowance, r.Used}
+		}
+	}
+	out := make([]Exhausted, 0, len(entries))
+	for _, e := range entries {
+		k := balance{e.KeyID, e.Period}
+		b, ok := moved[k]
+		if !ok {
+			b, ok = found[k]
+		}
+		if !ok {
+			b = amounts{allowance: e.MonthlyCredits} // nothing in the ledger for the period yet
+		}
+		out = append(out, Exhausted{Entry: e, Allowance: b.allowance, Used: b.used})
+	}
+	return out, nil
 }

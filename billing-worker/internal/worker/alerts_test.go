@@ -124,6 +124,110 @@ func TestCreditAlertsOnce(t *testing.T) {
 	}
 }
 
+// TestExhaustedOnce: the gateway's news of a key refused for want of
+// credits raises credits.exhausted once per key and period, with the
+// ledger's balance, also when the ledger is far from the grant (a hold
+// larger than what is left) or has nothing of the key yet, and however the
+// news is redelivered, told again after a Redis flush or re-read by a
+// second worker. The news is no ledger row and no request.
+func TestExhaustedOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	owner, silent := "owner-exhausted", "owner-without-endpoints"
+	endpoint := uuid.NewString()
+	if _, err := e.db.Exec(`INSERT INTO api_gateway.webhook_endpoints (id, owner_id, url, events, thresholds, secret)
+		VALUES ($1, $2, 'http://127.0.0.1:1/hook', '{credits.exhausted}', '{}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')`, endpoint, owner); err != nil {
+		t.Fatal(err)
+	}
+	used, fresh, unheard := uuid.NewString(), uuid.NewString(), uuid.NewString()
+	now := time.Now().UTC()
+	call := func(key string, credits int64) *usagev1.UsageEvent {
+		return &usagev1.UsageEvent{EventId: ulid.Make().String(), RequestId: "r", KeyId: key, OwnerId: owner, Tier: "free",
+			Endpoint: "POST /v1/search", Status: 200, Credits: credits, Units: credits, Unit: "request",
+			OccurredAt: timestamppb.New(now), Period: now.Format("2006-01"), MonthlyCredits: 100, GatewayId: "gw"}
+	}
+	refused := func(key, owner string) *usagev1.UsageEvent {
+		return &usagev1.UsageEvent{EventId: ulid.Make().String(), RequestId: "r402", KeyId: key, OwnerId: owner, Tier: "free",
+			Endpoint: usagev1.ExhaustedEndpoint, Status: 402, Unit: "credit",
+			OccurredAt: timestamppb.New(now), Period: now.Format("2006-01"), MonthlyCredits: 100, GatewayId: "gw"}
+	}
+
+	e.start(nil)
+	// 30 of 100 used, then a call holding more than the 70 left is refused.
+	e.PublishBatch("", []*usagev1.UsageEvent{call(used, 30)})
+	e.waitLedger(1, 60*time.Second)
+	first := refused(used, owner)
+	e.PublishBatch("", []*usagev1.UsageEvent{first, refused(fresh, owner), refused(unheard, silent)})
+	e.waitDrained(30 * time.Second)
+	// Again: the same news after the duplicate window, the news told anew
+	// after a Redis flush (twice in one batch, beside a call), and a second
+	// worker reading it all.
+	e.PublishBatch("", []*usagev1.UsageEvent{first})
+	e.PublishBatch("", []*usagev1.UsageEvent{refused(used, owner), call(used, 5), refused(used, owner)})
+	e.waitLedger(2, 60*time.Second)
+	w2 := e.start(nil)
+	waitHealthy(t, w2.MetricsPort)
+	e.PublishBatch("", []*usagev1.UsageEvent{refused(fresh, owner), first})
+	e.waitDrained(30 * time.Second)
+
+	var alerts []string
+	if err := e.db.Select(&alerts, `SELECT key_id::text || ' ' || kind || ' ' || threshold FROM api_gateway.credit_alerts ORDER BY 1`); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{fresh + " exhausted 0", used + " exhausted 0"}
+	if fresh > used {
+		want[0], want[1] = want[1], want[0]
+	}
+	if fmt.Sprint(alerts) != fmt.Sprint(want) {
+		t.Fatalf("credit alerts %v, want %v (none for the owner without endpoints)", alerts, want)
+	}
+	// The deliveries are made from the WEBHOOKS stream, after the ledger's
+	// transaction: one per event.
+	deadline := time.Now().Add(60 * time.Second)
+	for e.Count(`SELECT count(*) FROM api_gateway.webhook_deliveries WHERE endpoint_id = $1`, endpoint) < 2 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	var events []struct {
+		Payload  []byte `db:"payload"`
+		Delivers int    `db:"delivers"`
+	}
+	if err := e.db.Select(&events, `SELECT ev.payload, (SELECT count(*) FROM api_gateway.webhook_deliveries d
+		WHERE d.event_id = ev.id AND d.endpoint_id = $2) AS delivers
+		FROM api_gateway.webhook_events ev WHERE ev.owner_id = $1 AND ev.type = 'credits.exhausted'`, owner, endpoint); err != nil {
+		t.Fatal(err)
+	}
+	data := map[string]string{}
+	for _, ev := range events {
+		var body struct {
+			Type string
+			Data struct {
+				KeyID        string `json:"keyId"`
+				Period       string `json:"period"`
+				CreditsUsed  int64  `json:"creditsUsed"`
+				CreditsGrant int64  `json:"creditsGranted"`
+			}
+		}
+		if err := json.Unmarshal(ev.Payload, &body); err != nil || body.Type != "credits.exhausted" || body.Data.Period != now.Format("2006-01") || ev.Delivers != 1 {
+			t.Fatalf("event %s, %d deliveries (%v)", ev.Payload, ev.Delivers, err)
+		}
+		data[body.Data.KeyID] = fmt.Sprintf("%d/%d", body.Data.CreditsUsed, body.Data.CreditsGrant)
+	}
+	// The key with usage: the ledger's 30 of 100 when the news came first;
+	// the key the ledger had nothing of: 0 of its monthly grant.
+	if len(events) != 2 || data[used] != "30/100" || data[fresh] != "0/100" {
+		t.Fatalf("credits.exhausted events %v, want one per key: used 30/100, fresh 0/100", data)
+	}
+	if n := e.Count(`SELECT count(*) FROM api_gateway.credit_ledger WHERE endpoint = $1`, usagev1.ExhaustedEndpoint); n != 0 {
+		t.Fatalf("%d ledger rows of the news", n)
+	}
+	if b := e.balances()[used+"/"+now.Format("2006-01")+"-01"]; b != (balance{Granted: 100, Used: 35, Requests: 2}) {
+		t.Fatalf("balance %+v, want 35 used by 2 requests of 100", b)
+	}
+	if _, ok := e.balances()[fresh+"/"+now.Format("2006-01")+"-01"]; ok {
+		t.Fatal("the news of a refusal made a balance")
+	}
+}
+
 // waitHealthy polls a worker's /health until it answers 200.
 func waitHealthy(t *testing.T, port int) {
 	t.Helper()

@@ -147,8 +147,8 @@ func (s store) Begin(ctx context.Context) (consumer.Tx, error) {
 type batch struct{ *sqlx.Tx }
 
 // Apply records the events in the ledger and raises the credit alerts the
-// batch crosses and the credits.granted events of its grants, in the same
-// transaction.
+// batch crosses or tells (a key's refusal for want of credits) and the
+// credits.granted events of its grants, in the same transaction.
 func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.Applied, error) {
 	entries := make([]ledger.Entry, 0, len(events))
 	for _, ev := range events {
@@ -162,7 +162,7 @@ func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.App
 	if err != nil {
 		return consumer.Applied{}, err
 	}
-	if _, err := alerts.Raise(ctx, b.Tx, res.Changes, time.Now()); err != nil {
+	if _, err := alerts.Raise(ctx, b.Tx, res.Changes, res.Exhausted, time.Now()); err != nil {
 		return consumer.Applied{}, err
 	}
 	if err := alerts.Granted(ctx, b.Tx, res.Grants, time.Now()); err != nil {
