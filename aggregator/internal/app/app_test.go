@@ -17,6 +17,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -671,5 +672,40 @@ func TestPartitionRace(t *testing.T) {
 	}
 	if n := e.Count(`SELECT count(*) FROM api_gateway.api_usage_default`); n != 0 {
 		t.Errorf("%d rows in the default partition", n)
+	}
+}
+
+// TestExhaustedNewsIsNoCall: the gateway's news of a key refused for want
+// of credits (endpoint credits.exhausted) is neither an api_usage row nor a
+// request, error or credit of a daily row, live as in a replay.
+func TestExhaustedNewsIsNoCall(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	calls := testenv.UsageEvents(300, 3)
+	var all []*usagev1.UsageEvent
+	for i, ev := range calls {
+		all = append(all, ev)
+		if i%50 == 0 {
+			x := proto.Clone(ev).(*usagev1.UsageEvent)
+			x.EventId = ulid.Make().String()
+			x.Endpoint, x.Status, x.Credits, x.Units, x.Unit = usagev1.ExhaustedEndpoint, 402, 0, 0, "credit"
+			all = append(all, x)
+		}
+	}
+	e.PublishBatches(all, 40)
+	e.start(nil)
+	e.waitUsage(int64(len(calls)), 60*time.Second)
+	e.waitDrained(10 * time.Second)
+	e.checkUsage(calls)
+	if n := e.Count(`SELECT count(*) FROM api_gateway.api_usage_daily WHERE endpoint = $1`, usagev1.ExhaustedEndpoint); n != 0 {
+		t.Fatalf("%d daily rows of the news", n)
+	}
+	rep, err := rollup.Replay(context.Background(), rollup.ReplayConfig{DB: e.db, JS: e.JS, Logger: testenv.Logger(t),
+		Start: rollup.Start{Policy: jetstream.DeliverAllPolicy}, Out: &bytes.Buffer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Events != len(all) || rep.Differs() || rep.Invalid+rep.InvalidEvents+rep.Rejected != 0 {
+		t.Fatalf("replay: %+v", rep)
 	}
 }

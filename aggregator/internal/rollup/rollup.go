@@ -214,11 +214,16 @@ func inTx(ctx context.Context, db *sqlx.DB, f func(*sqlx.Tx) error) error {
 // the rows' partitions must exist (EnsurePartitions) or they land in the
 // default partition. Rows are written in a fixed order (api_usage by event ID,
 // daily rows by key) so concurrent writers do not deadlock each other.
+//
+// The gateway's news of a key refused for want of credits (endpoint
+// credits.exhausted) is no call: it is left out of both tables, and of
+// Result's counts, so requests and errors count calls only, live as in a
+// replay.
 func (s *Store) Record(ctx context.Context, tx *sqlx.Tx, rows []Row) (Result, error) {
-	if len(rows) == 0 {
+	sorted := slices.DeleteFunc(slices.Clone(rows), func(r Row) bool { return r.Endpoint == usagev1.ExhaustedEndpoint })
+	if len(sorted) == 0 {
 		return Result{}, nil
 	}
-	sorted := slices.Clone(rows)
 	slices.SortFunc(sorted, func(a, b Row) int { return cmp.Compare(a.EventID, b.EventID) })
 	n := len(sorted)
 	ids, times, reqs, keys, owners := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -279,7 +284,7 @@ RETURNING event_id`
 			v.errs++
 		}
 	}
-	res.Duplicates = len(rows) - res.Inserted
+	res.Duplicates = len(sorted) - res.Inserted
 	if len(daily) == 0 {
 		return res, nil
 	}
