@@ -6,9 +6,13 @@
 -- ARGV[1] key hash (hex)  ARGV[2] cost to hold  ARGV[3] "1" if the tier allows the route
 -- ARGV[4] unique member (event ULID)  ARGV[5] window in µs
 --
--- Reply: {code, limit, remaining, reset_ms, credits, now_ms, period, retry_ms}
+-- Reply: {code, limit, remaining, reset_ms, credits, now_ms, period, retry_ms, first}
 -- codes: 0 ok, 1 no state (load it), 2 unknown hash, 3 deleted, 4 expired,
 --        5 inactive, 6 rate limited, 7 insufficient credits, 8 tier forbids route
+-- first is 1 on the key's first refusal for want of credits in the period
+-- (code 7): the field 'xper' of the state hash remembers the period of the
+-- last such refusal, so only the first one of a period is told (a flush
+-- forgets it, and the next refusal is told again).
 local function period(sec)
   local z = math.floor(sec / 86400) + 719468
   local era = math.floor(z / 146097)
@@ -27,17 +31,17 @@ local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now_us = sec * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
-local s = redis.call('HMGET', KEYS[1], 'h', 'ph', 'phx', 'act', 'del', 'exp', 'rate', 'grant', 'per', 'bal')
-if s[5] == '1' then return {3, 0, 0, 0, 0, now_ms, '', 0} end
-if not s[1] or not s[9] then return {1, 0, 0, 0, 0, now_ms, '', 0} end
+local s = redis.call('HMGET', KEYS[1], 'h', 'ph', 'phx', 'act', 'del', 'exp', 'rate', 'grant', 'per', 'bal', 'xper')
+if s[5] == '1' then return {3, 0, 0, 0, 0, now_ms, '', 0, 0} end
+if not s[1] or not s[9] then return {1, 0, 0, 0, 0, now_ms, '', 0, 0} end
 local hash = ARGV[1]
 if s[1] ~= hash then
   if not (s[2] and s[2] == hash and tonumber(s[3] or '0') > now_ms) then
-    return {2, 0, 0, 0, 0, now_ms, '', 0}
+    return {2, 0, 0, 0, 0, now_ms, '', 0, 0}
   end
 end
 local exp = tonumber(s[6] or '0')
-if exp > 0 and exp <= now_ms then return {4, 0, 0, 0, 0, now_ms, '', 0} end
+if exp > 0 and exp <= now_ms then return {4, 0, 0, 0, 0, now_ms, '', 0, 0} end
 
 local per = period(sec)
 local bal = tonumber(s[10])
@@ -56,15 +60,22 @@ if count > 0 then
   local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   reset_ms = math.floor((tonumber(oldest[2]) + window) / 1000) + 1
 end
-if s[4] ~= '1' then return {5, limit, math.max(limit - count, 0), reset_ms, bal, now_ms, per, 0} end
-if ARGV[3] ~= '1' then return {8, limit, math.max(limit - count, 0), reset_ms, bal, now_ms, per, 0} end
+if s[4] ~= '1' then return {5, limit, math.max(limit - count, 0), reset_ms, bal, now_ms, per, 0, 0} end
+if ARGV[3] ~= '1' then return {8, limit, math.max(limit - count, 0), reset_ms, bal, now_ms, per, 0, 0} end
 if count >= limit then
-  return {6, limit, 0, reset_ms, bal, now_ms, per, reset_ms - now_ms}
+  return {6, limit, 0, reset_ms, bal, now_ms, per, reset_ms - now_ms, 0}
 end
 local cost = tonumber(ARGV[2])
-if cost > bal then return {7, limit, limit - count, reset_ms, bal, now_ms, per, 0} end
+if cost > bal then
+  local first = 0
+  if s[11] ~= per then
+    redis.call('HSET', KEYS[1], 'xper', per)
+    first = 1
+  end
+  return {7, limit, limit - count, reset_ms, bal, now_ms, per, 0, first}
+end
 redis.call('ZADD', KEYS[2], now_us, ARGV[4])
 redis.call('PEXPIRE', KEYS[2], math.floor(window / 1000) + 1000)
 if count == 0 then reset_ms = now_ms + math.floor(window / 1000) + 1 end
 if cost > 0 then bal = redis.call('HINCRBY', KEYS[1], 'bal', -cost) end
-return {0, limit, limit - count - 1, reset_ms, bal, now_ms, per, 0}
+return {0, limit, limit - count - 1, reset_ms, bal, now_ms, per, 0, 0}

@@ -99,6 +99,11 @@ type Decision struct {
 	Period     string    // credit month, YYYY-MM
 	RetryAfter time.Duration
 	Window     time.Duration // the rate limit's window
+	// FirstRefusal is set on an Insufficient outcome that is the key's
+	// first of the period: the one to tell of the exhausted credits. Redis
+	// remembers it with the key's state, so a flush may make one more
+	// refusal of the period the first.
+	FirstRefusal bool
 }
 
 // Holds is told of each credit hold around the script that takes it: Begin
@@ -324,21 +329,22 @@ func stateArgs(st State) []any {
 }
 
 func parseDecision(res []any) (Decision, error) {
-	if len(res) != 8 {
+	if len(res) != 9 {
 		return Decision{}, fmt.Errorf("quota: unexpected script reply of %d values", len(res))
 	}
 	n := func(i int) int64 { v, _ := res[i].(int64); return v }
 	per, _ := res[6].(string)
 	now := time.UnixMilli(n(5)).UTC()
 	return Decision{
-		Outcome:    Outcome(n(0)),
-		Limit:      int(n(1)),
-		Remaining:  int(n(2)),
-		Reset:      time.UnixMilli(n(3)).UTC(),
-		Credits:    n(4),
-		Now:        now,
-		Period:     per,
-		RetryAfter: time.Duration(n(7)) * time.Millisecond,
+		Outcome:      Outcome(n(0)),
+		Limit:        int(n(1)),
+		Remaining:    int(n(2)),
+		Reset:        time.UnixMilli(n(3)).UTC(),
+		Credits:      n(4),
+		Now:          now,
+		Period:       per,
+		RetryAfter:   time.Duration(n(7)) * time.Millisecond,
+		FirstRefusal: n(8) == 1,
 	}, nil
 }
 

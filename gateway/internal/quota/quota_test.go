@@ -234,6 +234,82 @@ func TestCreditsNeverOverdraw(t *testing.T) {
 	})
 }
 
+// TestFirstRefusalOncePerPeriod: of many concurrent calls refused for want
+// of credits, exactly one is the period's first; a refusal for another
+// reason, or a call served, never is; a new period has a first of its own,
+// and a flush (Redis forgets) makes one more.
+func TestFirstRefusalOncePerPeriod(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb0 redis.UniversalClient) {
+		s, l, rdb, _ := setup(t, rdb0, 10000, 10)
+		ctx := context.Background()
+		firsts := func(n int, cost int64) (first, refused int64) {
+			var f, r atomic.Int64
+			var wg sync.WaitGroup
+			for range n {
+				wg.Go(func() {
+					d, err := s.Acquire(ctx, req(cost))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if d.Outcome == Insufficient {
+						r.Add(1)
+					}
+					if d.FirstRefusal {
+						if d.Outcome != Insufficient {
+							t.Errorf("first refusal on outcome %v", d.Outcome)
+						}
+						f.Add(1)
+					}
+				})
+			}
+			wg.Wait()
+			return f.Load(), r.Load()
+		}
+		// 4 left after two calls of 3; a hold of 5 is refused with credits left.
+		if f, r := firsts(2, 3); f != 0 || r != 0 {
+			t.Fatalf("served calls: %d firsts, %d refused", f, r)
+		}
+		if f, r := firsts(40, 5); f != 1 || r != 40 {
+			t.Fatalf("40 refusals: %d firsts (want 1), %d refused", f, r)
+		}
+		if f, _ := firsts(20, 1); f != 0 {
+			t.Fatalf("%d firsts after the first", f)
+		}
+		l.mu.Lock()
+		l.st["k1"] = State{KeyID: "k1", Version: 2, Hash: hashOf("a"), Active: true, RateLimitPerMinute: 1, MonthlyCredits: 10}
+		l.mu.Unlock()
+		if err := s.Put(ctx, l.st["k1"]); err != nil {
+			t.Fatal(err)
+		}
+		if d := acquire(t, s, req(100)); d.Outcome != RateLimited || d.FirstRefusal {
+			t.Fatalf("rate limited: %+v", d)
+		}
+		l.mu.Lock()
+		l.st["k1"] = State{KeyID: "k1", Version: 3, Hash: hashOf("a"), Active: true, RateLimitPerMinute: 10000, MonthlyCredits: 10}
+		l.mu.Unlock()
+		if err := s.Put(ctx, l.st["k1"]); err != nil {
+			t.Fatal(err)
+		}
+		// The last refusal told was of another period: this one is first.
+		if err := rdb.HSet(ctx, stateKey("k1"), "xper", "2000-01").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if f, r := firsts(10, 100); f != 1 || r != 10 {
+			t.Fatalf("a new period: %d firsts, %d refused", f, r)
+		}
+		if err := flushAll(ctx, rdb); err != nil {
+			t.Fatal(err)
+		}
+		l.mu.Lock()
+		l.bal["k1"] = 0
+		l.mu.Unlock()
+		if f, r := firsts(10, 1); f != 1 || r != 10 {
+			t.Fatalf("after a flush: %d firsts, %d refused", f, r)
+		}
+	})
+}
+
 func TestRevocationStates(t *testing.T) {
 	onEachRedis(t, func(t *testing.T, rdb0 redis.UniversalClient) {
 		s, l, _, _ := setup(t, rdb0, 100, 100)
