@@ -357,6 +357,9 @@ func (e *Edge) decide(rt Route) echo.HandlerFunc {
 		cl.decision = d
 		span.SetAttributes(attribute.String("mana.decision", decisionNames[d.Outcome]), attribute.Int64("mana.credits_held", cl.held))
 		if err := e.refusal(c, d); err != nil {
+			if d.Outcome == quota.Insufficient && d.FirstRefusal {
+				e.tellExhausted(cl, d)
+			}
 			return err
 		}
 		if cl.held > 0 {
@@ -469,6 +472,38 @@ func (e *Edge) refusal(c echo.Context, d quota.Decision) error {
 		return problem.New(http.StatusPaymentRequired, fmt.Sprintf("not enough credits for this call (%d remaining)", d.Credits))
 	}
 	return fmt.Errorf("unexpected quota outcome %d", d.Outcome)
+}
+
+// tellExhausted publishes the event of the key's first refusal for want of
+// credits in the period, through the same durable publisher as the calls'
+// events: billing tells the owner once per key and period (credits.exhausted).
+// The refusal is answered whatever comes of it; an event that cannot be made
+// durable is logged and not retried, as Redis already marked the period told.
+func (e *Edge) tellExhausted(cl *call, d quota.Decision) {
+	ev := &usagev1.UsageEvent{
+		EventId:        cl.eventID,
+		RequestId:      cl.requestID,
+		KeyId:          cl.key.ID,
+		OwnerId:        cl.key.OwnerID,
+		Tier:           cl.key.Tier,
+		Endpoint:       usagev1.ExhaustedEndpoint,
+		Status:         http.StatusPaymentRequired,
+		Unit:           "credit",
+		OccurredAt:     timestamppb.New(d.Now), // Redis's clock, so it lies in d.Period
+		LatencyUs:      time.Since(cl.start).Microseconds(),
+		Period:         d.Period,
+		MonthlyCredits: cl.key.MonthlyCredits,
+		GatewayId:      e.cfg.GatewayID,
+		TraceId:        traceID(cl.ec.Request().Context()),
+	}
+	ctx := cl.ec.Request().Context()
+	if err := e.publish(ctx, ev); err != nil {
+		e.logger.ErrorContext(ctx, "the key's exhausted credits could not be recorded; its owner is not told",
+			"key_id", cl.key.ID, "event_id", cl.eventID, "request_id", cl.requestID, "period", d.Period, "err", err)
+		return
+	}
+	e.logger.InfoContext(ctx, "credits exhausted", "key_id", cl.key.ID, "event_id", cl.eventID, "request_id", cl.requestID,
+		"period", d.Period, "credits_left", d.Credits, "credits_needed", cl.held)
 }
 
 // withoutRedis applies the policy for an unreachable Redis: a call that

@@ -589,6 +589,23 @@ func TestInsufficientCreditsAndRateLimit(t *testing.T) {
 	if ev.capture.calls.Load() != 0 {
 		t.Fatal("backend called for a 402")
 	}
+	// The first 402 of the period is told on the stream, once: a second
+	// one is not.
+	resp, b = ev.do("POST", "/v1/extract/bulk", secret, "application/json", `{"urls":["https://a.example","https://b.example","https://c.example"]}`)
+	isProblem(t, resp, b, 402)
+	evs := ev.events()
+	if len(evs) != 1 {
+		t.Fatalf("%d events after two 402s, want the one of the first: %v", len(evs), evs)
+	}
+	x := evs[0]
+	period := time.Now().UTC().Format("2006-01")
+	if !x.IsExhausted() || x.GetStatus() != 402 || x.GetCredits() != 0 || x.GetUnits() != 0 || x.GetKeyId() != k.ID ||
+		x.GetOwnerId() != k.OwnerID || x.GetPeriod() != period || x.GetMonthlyCredits() != k.MonthlyCredits || x.GetRequestId() == "" {
+		t.Fatalf("exhausted event %v", x)
+	}
+	if err := x.Validate(); err != nil {
+		t.Fatal(err)
+	}
 	// Free tier: 10 per minute; /v1/key used one slot.
 	ok, limited := 0, 0
 	for i := 0; i < 12; i++ {
