@@ -1,9 +1,8 @@
 // Package alerts owns the credit alerts: when a ledger batch moves a key's
-// usage across a threshold of its grant (credits.threshold) or uses it up,
-// or holds the gateway's news of a key's first refusal for want of credits
-// in a period (credits.exhausted: a call's hold can be refused before the
-// ledger reaches the grant), it raises the webhook event in the same
-// transaction. A row of
+// usage across a threshold of its grant (credits.threshold), or holds the
+// gateway's news of a key's first refusal for want of credits in a period
+// (credits.exhausted: a call's hold can be refused before the ledger reaches
+// the grant), it raises the webhook event in the same transaction. A row of
 // api_gateway.credit_alerts per key, period, kind and threshold is the
 // guard: an alert is raised once, whatever is redelivered, restarted or
 // replayed, because a batch that changes no balance crosses nothing and an
@@ -75,8 +74,8 @@ RETURNING event_id`
 // Only owners with a live endpoint that subscribes to an alert are
 // considered; an alert no endpoint of the owner asks for is not recorded, so
 // an endpoint added later still hears of a crossing that happens after it.
-// The exhausted alert comes from the gateway's refusals and from the
-// ledger reaching the grant, whichever is first: both record the same row.
+// The exhausted alert comes only from the gateway's refusals, never from
+// the ledger reaching the grant (the 100 % threshold tells that).
 func Raise(ctx context.Context, tx *sqlx.Tx, changes []ledger.Change, exhausted []ledger.Exhausted, now time.Time) (int, error) {
 	owners := map[string]bool{}
 	for _, c := range changes {
@@ -131,9 +130,6 @@ func Raise(ctx context.Context, tx *sqlx.Tx, changes []ledger.Change, exhausted 
 			if c.UsedBefore*100 < mark && c.Used*100 >= mark {
 				cands = append(cands, candidate{change: c, kind: kindThreshold, threshold: t})
 			}
-		}
-		if s.exhausted && c.UsedBefore < c.Granted && c.Used >= c.Granted {
-			cands = append(cands, candidate{change: c, kind: kindExhausted})
 		}
 	}
 	type keyPeriod struct {
