@@ -46,6 +46,7 @@ type hookDelivery struct {
 			CreditsAllowed int64  `json:"creditsAllowed"`
 			CreditsUsed    int64  `json:"creditsUsed"`
 			CreditsLeft    int64  `json:"creditsLeft"`
+			CreditsGranted int64  `json:"creditsGranted"`
 		} `json:"data"`
 	}
 }
