@@ -39,6 +39,7 @@ import (
 type Quota interface {
 	Acquire(ctx context.Context, r quota.Request) (quota.Decision, error)
 	Adjust(ctx context.Context, keyID, period, op string, delta int64) error
+	ForgetRefusal(ctx context.Context, keyID, period string) error
 }
 
 // Publisher makes usage events durable. Publish must be safe for concurrent
@@ -498,8 +499,13 @@ func (e *Edge) tellExhausted(cl *call, d quota.Decision) {
 	}
 	ctx := cl.ec.Request().Context()
 	if err := e.publish(ctx, ev); err != nil {
-		e.logger.ErrorContext(ctx, "the key's exhausted credits could not be recorded; its owner is not told",
-			"key_id", cl.key.ID, "event_id", cl.eventID, "request_id", cl.requestID, "period", d.Period, "err", err)
+		// Redis has marked the period's first refusal as told: undo that,
+		// so the key's next 402 tries again and the owner still hears of it.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		ferr := e.quota.ForgetRefusal(fctx, cl.key.ID, d.Period)
+		cancel()
+		e.logger.ErrorContext(ctx, "the key's exhausted credits could not be recorded; the next refusal tries again",
+			"key_id", cl.key.ID, "event_id", cl.eventID, "request_id", cl.requestID, "period", d.Period, "err", err, "forget_err", ferr)
 		return
 	}
 	e.logger.InfoContext(ctx, "credits exhausted", "key_id", cl.key.ID, "event_id", cl.eventID, "request_id", cl.requestID,

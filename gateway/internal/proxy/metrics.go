@@ -141,6 +141,11 @@ func (t *timedQuota) Acquire(ctx context.Context, r quota.Request) (quota.Decisi
 	return d, err
 }
 
+// ForgetRefusal implements Quota.
+func (t *timedQuota) ForgetRefusal(ctx context.Context, keyID, period string) error {
+	return t.q.ForgetRefusal(ctx, keyID, period)
+}
+
 // Adjust implements Quota.
 func (t *timedQuota) Adjust(ctx context.Context, keyID, period, op string, delta int64) error {
 	start := time.Now()

@@ -33,6 +33,8 @@ var (
 	snapshotSrc string
 	//go:embed correct.lua
 	correctSrc string
+	//go:embed forget.lua
+	forgetSrc string
 )
 
 // Window is the rate limit's sliding window.
@@ -127,6 +129,7 @@ type Store struct {
 	adjust   *redis.Script
 	snapshot *redis.Script
 	correct  *redis.Script
+	forget   *redis.Script
 	pipe     *pipeline // Acquire and Adjust, the calls of every request
 	flight   *singleflight.Group
 	rebuilds prometheus.Histogram
@@ -145,6 +148,7 @@ func NewStore(rdb redis.UniversalClient, loader Loader, holds Holds) *Store {
 		adjust:   redis.NewScript(adjustSrc),
 		snapshot: redis.NewScript(snapshotSrc),
 		correct:  redis.NewScript(correctSrc),
+		forget:   redis.NewScript(forgetSrc),
 		pipe:     newPipeline(rdb),
 		flight:   &singleflight.Group{},
 		rebuilds: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -291,6 +295,16 @@ func (s *Store) Adjust(ctx context.Context, keyID, period, op string, delta int6
 	err := s.pipe.eval(ctx, s.adjust, []string{stateKey(keyID), "gw:{" + keyID + "}:adj:" + op}, period, delta).Err()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("quota: adjust balance: %w", err)
+	}
+	return nil
+}
+
+// ForgetRefusal undoes the mark of a first refusal for want of credits in
+// period (Decision.FirstRefusal) whose news could not be recorded, so that
+// the key's next refusal of that period is told again instead of never.
+func (s *Store) ForgetRefusal(ctx context.Context, keyID, period string) error {
+	if err := run(ctx, s.rdb, s.forget, []string{stateKey(keyID)}, period).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("quota: forget refusal: %w", err)
 	}
 	return nil
 }

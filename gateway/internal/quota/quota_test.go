@@ -298,6 +298,20 @@ func TestFirstRefusalOncePerPeriod(t *testing.T) {
 		if f, r := firsts(10, 100); f != 1 || r != 10 {
 			t.Fatalf("a new period: %d firsts, %d refused", f, r)
 		}
+		// A refusal whose news was lost is forgotten, so the next is first;
+		// forgetting an older period leaves this period's mark alone.
+		if err := s.ForgetRefusal(ctx, "k1", "2000-01"); err != nil {
+			t.Fatal(err)
+		}
+		if f, _ := firsts(5, 100); f != 0 {
+			t.Fatalf("forgetting another period: %d firsts", f)
+		}
+		if err := s.ForgetRefusal(ctx, "k1", time.Now().UTC().Format("2006-01")); err != nil {
+			t.Fatal(err)
+		}
+		if f, _ := firsts(5, 100); f != 1 {
+			t.Fatalf("after forgetting this period's: %d firsts, want 1", f)
+		}
 		if err := flushAll(ctx, rdb); err != nil {
 			t.Fatal(err)
 		}
