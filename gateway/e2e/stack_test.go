@@ -54,6 +54,9 @@ type stack struct {
 	spools    []string
 	billing   *testenv.Process
 	agg       *testenv.Process
+	// pgCount, with stackOpts.countPostgres, counts the statements the
+	// gateways send to Postgres.
+	pgCount *testenv.PostgresCounter
 	// The workers' metrics addresses (/metrics, /health).
 	billingURL, aggURL string
 	http               testenv.HTTP
@@ -66,7 +69,12 @@ var (
 )
 
 // TestMain keeps the binaries built once for all tests of the package.
+// It is also the flood client of TestInventedKeyFlood, as a process of
+// its own (floodEnv).
 func TestMain(m *testing.M) {
+	if os.Getenv(floodEnv) != "" {
+		os.Exit(floodProcess())
+	}
 	d, err := os.MkdirTemp("", "e2e-bin-")
 	if err != nil {
 		panic(err)
@@ -110,6 +118,9 @@ type stackOpts struct {
 	// cluster runs the stack on a Redis Cluster of three masters with a
 	// replica each and a three-node JetStream cluster with the stream at R3.
 	cluster bool
+	// countPostgres puts the gateways' DATABASE_URL through a proxy that
+	// counts their statements (s.pgCount); the workers connect directly.
+	countPostgres bool
 	// backend, when set, wraps each stand-in backend's handler (by name:
 	// search, stt, tts), e.g. to delay its answers.
 	backend func(name string, h http.Handler) http.Handler
@@ -204,7 +215,12 @@ func newStack(t *testing.T, o stackOpts) *stack {
 		}
 		o.extraEnv = append(o.extraEnv, "PRICING_FILE="+f)
 	}
-	common := append([]string{"DATABASE_URL=" + s.dsn, "LOG_LEVEL=info"}, s.serverEnv...)
+	gwDSN := s.dsn
+	if o.countPostgres {
+		s.pgCount = testenv.CountingPostgres(t, s.dsn)
+		gwDSN = s.pgCount.URL()
+	}
+	common := append([]string{"DATABASE_URL=" + gwDSN, "LOG_LEVEL=info"}, s.serverEnv...)
 	gwBin := bin(t, "./gateway/cmd/gateway")
 	for i := 0; i < o.gateways; i++ {
 		spool := t.TempDir()
