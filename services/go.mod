@@ -9,6 +9,7 @@ replace (
 
 require (
 	github.com/MicahParks/jwkset v0.11.4
+	github.com/go-audio/riff v1.0.0
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/lib/pq v1.12.3
 	github.com/mana/apigw/migrations v0.0.0

@@ -14,8 +14,10 @@
 //	GET  /languages    the languages on offer
 //	GET  /health       liveness
 //
-// The WAV header parser lives in package wav; durations are counted in
-// frames, as real decoders count them.
+// The WAV header is decoded by package wavinfo, on a library of its own and
+// not with the gateway's parser, so that a test through the gateway
+// compares two readings; durations are counted in frames, as real decoders
+// count them.
 package stt
 
 import (

@@ -10,8 +10,8 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/mana/apigw/proto/wav"
 	"github.com/mana/apigw/services/httpjson"
+	"github.com/mana/apigw/services/wavinfo"
 )
 
 // maxFieldBytes bounds a non-file form field.
@@ -136,37 +136,32 @@ func (s *service) finish(t *Transcript) error {
 	return nil
 }
 
-// readAudio parses the WAV header and counts the samples that follow without
-// keeping them. The duration is what the header declares, or less when
-// fewer bytes arrived (a truncated upload, or a streaming writer's
-// placeholder size).
+// readAudio decodes the WAV header and counts the samples that follow
+// without keeping them. The duration is that of the frames a decoder plays:
+// the declared size, or less when fewer bytes arrived (a truncated upload),
+// or all that arrived when the size is a streaming writer's placeholder.
 func (s *service) readAudio(part io.Reader, t *Transcript) error {
 	br := bufio.NewReaderSize(part, 4096)
 	if _, err := br.Peek(1); errors.Is(err, io.EOF) {
 		return badRequest(http.StatusBadRequest, "Empty File", "the uploaded file is empty")
 	}
-	h, err := wav.ParseHeader(br)
+	h, samples, err := wavinfo.Read(br)
 	switch {
-	case errors.Is(err, wav.ErrUnsupported):
+	case errors.Is(err, wavinfo.ErrUnsupported):
 		return badRequest(http.StatusUnsupportedMediaType, "Unsupported Audio Format", "%v", err)
-	case errors.Is(err, wav.ErrNotWAV):
+	case errors.Is(err, wavinfo.ErrNotWAV):
 		return badRequest(http.StatusUnsupportedMediaType, "Unsupported Audio Format", "the file is not a RIFF/WAVE file; only WAV is accepted")
-	case errors.Is(err, wav.ErrMalformed):
+	case errors.Is(err, wavinfo.ErrMalformed):
 		return badRequest(http.StatusUnprocessableEntity, "Malformed WAV", "%v", err)
 	case err != nil:
 		return fmt.Errorf("read wav header: %w", err)
 	}
-	n, err := io.Copy(io.Discard, br)
+	n, err := io.Copy(io.Discard, samples)
 	if err != nil {
 		return fmt.Errorf("read samples: %w", err)
 	}
-	// Like a real decoder: the declared size, unless it is open (0, or more
-	// than arrived, as streaming writers leave it), then all that arrived.
-	dataBytes := n
-	if h.DataSize != 0 && int64(h.DataSize) < n {
-		dataBytes = int64(h.DataSize) // trailing chunks after the data
-	}
-	d := h.BytesDuration(dataBytes)
+	dataBytes := h.DataBytes(n) // not a LIST chunk after the data
+	d := h.Duration(dataBytes)
 	// Milliseconds, rounded up: any audio at all is a non-zero duration.
 	t.DurationSeconds = math.Ceil(d.Seconds()*1000) / 1000
 	if dataBytes > 0 {

@@ -13,11 +13,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/mana/apigw/proto/wav"
 	"github.com/mana/apigw/services/httpjson"
+	"github.com/mana/apigw/services/wavinfo"
 )
 
 // synthesizeBody is a synthesize request body.
@@ -67,10 +68,10 @@ func (s *service) handleSynthesize(w http.ResponseWriter, r *http.Request) {
 }
 
 // writeAudioHeaders sets the headers of a WAV answer before any byte of it.
-func writeAudioHeaders(w http.ResponseWriter, size int64, h wav.Header) {
+func writeAudioHeaders(w http.ResponseWriter, size int64, d time.Duration) {
 	w.Header().Set("Content-Type", "audio/wav")
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-	w.Header().Set("X-Audio-Duration-Seconds", strconv.FormatFloat(h.Duration().Seconds(), 'f', 3, 64))
+	w.Header().Set("X-Audio-Duration-Seconds", strconv.FormatFloat(d.Seconds(), 'f', 3, 64))
 	w.WriteHeader(http.StatusOK)
 }
 
@@ -108,7 +109,9 @@ func (s *service) speakEspeak(ctx context.Context, w http.ResponseWriter, text s
 		httpjson.Problem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote no audio")
 		return fmt.Errorf("stat espeak output: %w", err)
 	}
-	h, err := wav.ParseHeader(f)
+	// The duration is what a player of the file plays, read the way the
+	// STT stand-in reads an upload.
+	h, _, err := wavinfo.Read(f)
 	if err != nil {
 		httpjson.Problem(w, http.StatusInternalServerError, "Synthesis Failed", "the speech engine wrote a broken WAV file")
 		return fmt.Errorf("espeak output: %w", err)
@@ -117,7 +120,7 @@ func (s *service) speakEspeak(ctx context.Context, w http.ResponseWriter, text s
 		httpjson.Problem(w, http.StatusInternalServerError, "Synthesis Failed", "could not read the audio")
 		return fmt.Errorf("rewind espeak output: %w", err)
 	}
-	writeAudioHeaders(w, st.Size(), h)
+	writeAudioHeaders(w, st.Size(), h.Duration(h.DataBytes(st.Size()-h.DataOffset)))
 	if _, err := io.Copy(w, f); err != nil {
 		return fmt.Errorf("stream audio: %w", err)
 	}
@@ -161,15 +164,14 @@ func toneFrames(text string) int64 {
 func speakTone(w http.ResponseWriter, text string, v Voice) error {
 	frames := toneFrames(text)
 	dataSize := frames * 2
-	var hdr strings.Builder
-	if err := wav.Encode(&hdr, 1, toneRate, 16, uint32(dataSize)); err != nil {
+	hdr, err := pcmHeader(1, toneRate, 16, dataSize)
+	if err != nil {
 		httpjson.Problem(w, http.StatusUnprocessableEntity, "Text Too Long", err.Error())
 		return err
 	}
-	h, _ := wav.ParseHeader(strings.NewReader(hdr.String()))
-	writeAudioHeaders(w, int64(hdr.Len())+dataSize, h)
+	writeAudioHeaders(w, int64(len(hdr))+dataSize, time.Duration(frames)*time.Second/toneRate)
 	bw := bufio.NewWriterSize(w, chunkFrames*2)
-	if _, err := bw.WriteString(hdr.String()); err != nil {
+	if _, err := bw.Write(hdr); err != nil {
 		return fmt.Errorf("stream audio: %w", err)
 	}
 	if err := writeToneSamples(bw, text, v.pitch); err != nil {
@@ -179,6 +181,26 @@ func speakTone(w http.ResponseWriter, text string, v Voice) error {
 		return fmt.Errorf("stream audio: %w", err)
 	}
 	return nil
+}
+
+// pcmHeader is the canonical 44-byte header of dataSize bytes of PCM.
+func pcmHeader(channels uint16, rate uint32, bits uint16, dataSize int64) ([]byte, error) {
+	if dataSize < 0 || dataSize > math.MaxUint32-36 {
+		return nil, fmt.Errorf("wav header: data size %d does not fit", dataSize)
+	}
+	align := channels * (bits / 8)
+	b := []byte("RIFF")
+	b = binary.LittleEndian.AppendUint32(b, uint32(36+dataSize))
+	b = append(b, "WAVEfmt "...)
+	b = binary.LittleEndian.AppendUint32(b, 16)
+	b = binary.LittleEndian.AppendUint16(b, wavinfo.FormatPCM)
+	b = binary.LittleEndian.AppendUint16(b, channels)
+	b = binary.LittleEndian.AppendUint32(b, rate)
+	b = binary.LittleEndian.AppendUint32(b, rate*uint32(align))
+	b = binary.LittleEndian.AppendUint16(b, align)
+	b = binary.LittleEndian.AppendUint16(b, bits)
+	b = append(b, "data"...)
+	return binary.LittleEndian.AppendUint32(b, uint32(dataSize)), nil
 }
 
 func writeToneSamples(w io.Writer, text string, pitch float64) error {

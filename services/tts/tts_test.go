@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mana/apigw/proto/wav"
+	"github.com/mana/apigw/services/wavinfo"
 
 	"github.com/mana/apigw/services/httpjson"
 )
@@ -42,7 +42,7 @@ func synthesize(t *testing.T, srv *httptest.Server, contentType, body string) (*
 
 // checkWAV parses a WAV answer and checks that its header tells the truth
 // about its length.
-func checkWAV(t *testing.T, resp *http.Response, body []byte) wav.Header {
+func checkWAV(t *testing.T, resp *http.Response, body []byte) wavinfo.Info {
 	t.Helper()
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "audio/wav" {
 		t.Fatalf("%d %s: %.200s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
@@ -50,7 +50,7 @@ func checkWAV(t *testing.T, resp *http.Response, body []byte) wav.Header {
 	if cl := resp.Header.Get("Content-Length"); cl != strconv.Itoa(len(body)) {
 		t.Fatalf("Content-Length %s, body %d bytes", cl, len(body))
 	}
-	h, err := wav.ParseHeader(bytes.NewReader(body))
+	h, _, err := wavinfo.Read(bytes.NewReader(body))
 	if err != nil {
 		t.Fatalf("answer is not WAV: %v", err)
 	}
@@ -78,13 +78,13 @@ func TestToneSynthesis(t *testing.T) {
 			}
 			resp, b := synthesize(t, srv, "application/json", string(body))
 			h := checkWAV(t, resp, b)
-			if h.SampleRate != toneRate || h.Channels != 1 || h.BitsPerSample != 16 {
+			if h.SampleRate != toneRate || h.Channels != 1 || h.BitDepth != 16 {
 				t.Fatalf("format %+v", h)
 			}
 			runes := len([]rune(tt.text))
 			want := time.Duration(2*edgeFrames+runes*charFrames) * time.Second / toneRate
-			if h.Duration() != want {
-				t.Fatalf("duration %v, want %v for %d characters", h.Duration(), want, runes)
+			if h.Duration(int64(h.DataSize)) != want {
+				t.Fatalf("duration %v, want %v for %d characters", h.Duration(int64(h.DataSize)), want, runes)
 			}
 			if got := resp.Header.Get("X-Audio-Duration-Seconds"); got != strconv.FormatFloat(want.Seconds(), 'f', 3, 64) {
 				t.Fatalf("X-Audio-Duration-Seconds %s", got)
@@ -169,7 +169,7 @@ func TestAutoEngine(t *testing.T) {
 	}
 	resp, b := synthesize(t, srv, "application/json", `{"text":"Hello, world! This is a test.","voice":"en-US-1"}`)
 	h := checkWAV(t, resp, b)
-	if d := h.Duration(); d < 500*time.Millisecond || d > 10*time.Second {
+	if d := h.Duration(int64(h.DataSize)); d < 500*time.Millisecond || d > 10*time.Second {
 		t.Fatalf("duration %v for one short sentence", d)
 	}
 }
@@ -197,13 +197,13 @@ func TestEspeakSynthesis(t *testing.T) {
 				if h.SampleRate == toneRate {
 					t.Fatalf("a %d Hz answer is the tone generator's, not espeak-ng's (22050 Hz): %+v", toneRate, h)
 				}
-				if got, want := resp.Header.Get("X-Audio-Duration-Seconds"), strconv.FormatFloat(h.Duration().Seconds(), 'f', 3, 64); got != want {
+				if got, want := resp.Header.Get("X-Audio-Duration-Seconds"), strconv.FormatFloat(h.Duration(int64(h.DataSize)).Seconds(), 'f', 3, 64); got != want {
 					t.Fatalf("X-Audio-Duration-Seconds %s, the header says %s", got, want)
 				}
 				if bytes.Count(b[h.DataOffset:], []byte{0}) == len(b)-int(h.DataOffset) {
 					t.Fatal("all samples are zero")
 				}
-				durations = append(durations, h.Duration())
+				durations = append(durations, h.Duration(int64(h.DataSize)))
 			}
 			if durations[0] < 300*time.Millisecond || durations[0] > 10*time.Second || durations[1] < 3*durations[0] {
 				t.Fatalf("durations %v for %d and %d characters", durations, len(short), len(long))
