@@ -276,10 +276,7 @@ func (a *App) Run(ctx context.Context) error {
 	case err := <-errc:
 		runErr = fmt.Errorf("http server: %w", err)
 	}
-	drain := a.cfg.ShutdownTimeout
-	if drain == 0 {
-		drain = proxy.LongestTimeout() + a.cfg.PublishTimeout + 15*time.Second
-	}
+	drain := drainTimeout(a.cfg)
 	a.logger.Info("shutting down: no new connections; calls in flight may finish", "in_flight", running.n.Load(), "drain", drain.String())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain)
 	defer cancel()
@@ -310,6 +307,18 @@ func (a *App) Run(ctx context.Context) error {
 	_ = a.db.Close()
 	a.logger.Info("stopped")
 	return runErr
+}
+
+// drainTimeout is how long a stopping gateway lets the calls in flight
+// finish before it cancels them: SHUTDOWN_TIMEOUT, or by default the
+// longest route's timeout (a call that has just started may take that
+// long) plus the wait for its usage event to become durable and a margin
+// for settling its hold.
+func drainTimeout(cfg config.Config) time.Duration {
+	if cfg.ShutdownTimeout > 0 {
+		return cfg.ShutdownTimeout
+	}
+	return proxy.LongestTimeout() + cfg.PublishTimeout + 15*time.Second
 }
 
 // inFlight counts the requests being handled.
