@@ -193,13 +193,20 @@ func Listen(addr string, connsPerAddress int) (net.Listener, error) {
 	return framingListener{limitPerAddress(l, connsPerAddress)}, nil
 }
 
+// HeaderTimeout is how long a connection may take to send a request's
+// headers. A slow-header connection must be gone within 5 s; the deadline
+// is shorter than that by the time a loaded machine takes to notice it and
+// close a thousand such connections at once (TestSlowClients in gateway/e2e
+// measures it).
+const HeaderTimeout = 4 * time.Second
+
 // NewHTTPServer wraps h with the gateway's timeouts and header limit.
 func NewHTTPServer(addr string, h http.Handler, logger *slog.Logger) *http.Server {
 	return &http.Server{
 		ConnContext:       ConnContext,
 		Addr:              addr,
 		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: HeaderTimeout,
 		// Large STT uploads; each route bounds its body much more tightly
 		// (proxy.JSONBodyTimeout, proxy.MinBodyRate).
 		ReadTimeout:    proxy.MaxBodyRead,
