@@ -27,6 +27,12 @@ type slowConn struct {
 // holdSlow opens n connections to addr at once, sends each its prefix(i)
 // and waits (up to probe) for the gateway to close it.
 func holdSlow(addr string, n int, prefix func(i int) string, probe time.Duration) []slowConn {
+	return holdSlowNotify(addr, n, prefix, probe, func() {})
+}
+
+// holdSlowNotify is holdSlow calling sent once per connection when its
+// prefix is written (or its dial or write failed).
+func holdSlowNotify(addr string, n int, prefix func(i int) string, probe time.Duration, sent func()) []slowConn {
 	out := make([]slowConn, n)
 	var wg sync.WaitGroup
 	for i := range n {
@@ -37,10 +43,13 @@ func holdSlow(addr string, n int, prefix func(i int) string, probe time.Duration
 			c, err := net.DialTimeout("tcp", addr, 30*time.Second)
 			if err != nil {
 				out[i].err = err
+				sent()
 				return
 			}
 			defer c.Close()
-			if _, err := c.Write([]byte(prefix(i))); err != nil {
+			_, err = c.Write([]byte(prefix(i)))
+			sent()
+			if err != nil {
 				out[i].err = err
 				return
 			}
