@@ -262,7 +262,10 @@ func TestSTTIsPricedFromFrames(t *testing.T) {
 		{"A-law, 1 min", wavFile(6, 1, 8000, 1, 1, 8, 60*8000, 60*8000, nil), 10},
 		{"PCM written to a pipe, 10 s, size 0x7FFFFFFF", wavFile(1, 1, 16000, 32000, 2, 16, 0x7FFFFFFF, 10*32000, nil), 2},
 		{"PCM written to a pipe, 10 s, size 0", wavFile(1, 1, 16000, 32000, 2, 16, 0, 10*32000, nil), 2},
+		{"1 byte of 8-bit data at byte rate 0xFFFFFFFF", wavFile(1, 1, 16000, lie, 1, 8, 1, 1, nil), 1},
 		{"2 bytes of data at byte rate 0xFFFFFFFF", wavFile(1, 1, 16000, lie, 2, 16, 2, 2, nil), 1},
+		{"3 bytes of data at byte rate 0xFFFFFFFF", wavFile(1, 1, 16000, lie, 2, 16, 3, 3, nil), 1},
+		{"4 bytes of data at byte rate 0xFFFFFFFF", wavFile(1, 1, 16000, lie, 2, 16, 4, 4, nil), 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := ev.balance(k)
