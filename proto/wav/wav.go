@@ -1,7 +1,8 @@
 // Package wav reads and writes the header of a RIFF/WAVE file: the format
 // and data chunks of the audio the speech-to-text route takes. The gateway
-// prices an upload with it before the upload is proxied, and the stand-in
-// backends decode with it, so both read a header the same way. A duration
+// prices an upload with it before the upload is proxied. The stand-in
+// backends do not decode with it: they read headers with another library,
+// so that a test through them compares two readings. A duration
 // follows from the frame size and the sample rate, as real decoders compute
 // it, never from the header's byte rate, which a client can set to anything.
 // It reads no samples, so it works on a stream of any length.
@@ -226,8 +227,8 @@ func (h *Header) readFormat(b []byte) error {
 }
 
 // Encode writes a canonical 44-byte PCM WAV header for dataSize bytes of
-// audio: the inverse of ParseHeader for PCM, for the TTS stand-in and for
-// tests that need a WAV file.
+// audio: the inverse of ParseHeader for PCM, for tests that need a WAV
+// file.
 func Encode(w io.Writer, channels uint16, sampleRate uint32, bitsPerSample uint16, dataSize uint32) error {
 	if dataSize > math.MaxUint32-36 {
 		return fmt.Errorf("wav header: data size %d too large", dataSize)
