@@ -186,7 +186,7 @@ func TestBadInputPerRoute(t *testing.T) {
 		})
 	}
 	for _, k := range []keyObject{pro, free} {
-		if n := s.streamCount(k.ID); n != 0 {
+		if n := s.eventsOf(k.ID); n != 0 {
 			t.Errorf("key %s: %d events for refused calls", k.Name, n)
 		}
 	}

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/mana/apigw/gateway/internal/pricing"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 	"github.com/mana/apigw/services/testenv"
@@ -42,37 +40,7 @@ func exhaustedStack(t *testing.T, gateways int) (*stack, *hookRecorder, string) 
 // exhaustedNews counts the key's credits.exhausted events on the stream.
 func (s *stack) exhaustedNews(keyID string) int {
 	s.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := s.js.Stream(ctx, usagev1.StreamName)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	n := 0
-	for read := uint64(0); read < info.State.Msgs; read++ {
-		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-		if err != nil {
-			s.t.Fatalf("read the stream: %v", err)
-		}
-		m, err := usagev1.DecodeMessage(msg.Subject(), msg.Data())
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		for _, ev := range m.Events {
-			if ev.IsExhausted() && ev.GetKeyId() == keyID {
-				n++
-			}
-		}
-	}
-	return n
+	return s.countEvents(func(ev *usagev1.UsageEvent) bool { return ev.IsExhausted() && ev.GetKeyId() == keyID })
 }
 
 // billingDrained waits until the billing worker has acknowledged the whole

@@ -83,7 +83,7 @@ func TestNATSOutage(t *testing.T) {
 		if err := s.db.Select(&dead, `SELECT reason FROM api_gateway.dead_letters`); err != nil {
 			return false, fmt.Sprintf("rows %d credits %d of %d; dead letters: %v", rows, credits, served.Load(), err)
 		}
-		return false, fmt.Sprintf("rows %d credits %d of %d; stream holds %d; dead letters %v", rows, credits, served.Load(), s.streamCount(k.ID), dead)
+		return false, fmt.Sprintf("rows %d credits %d of %d; stream holds %d; dead letters %v", rows, credits, served.Load(), s.eventsOf(k.ID), dead)
 	})
 	var dups int
 	if err := s.db.Get(&dups, `SELECT count(*) - count(DISTINCT event_id) FROM api_gateway.credit_ledger`); err != nil || dups != 0 {

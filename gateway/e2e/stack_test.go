@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mana/apigw/gateway/internal/pricing"
+	usagev1 "github.com/mana/apigw/proto/usage/v1"
 	"github.com/mana/apigw/services/authdev"
 	"github.com/mana/apigw/services/search"
 	"github.com/mana/apigw/services/stt"
@@ -409,16 +411,52 @@ func (s *stack) balances(keyID string, grant int64) (pg, rd int64) {
 	return grant - used, v
 }
 
-// streamCount is the number of events on the stream for a key.
-func (s *stack) streamCount(keyID string) uint64 {
+// countEvents reads the whole stream, every batch, and counts the events
+// match accepts.
+func (s *stack) countEvents(match func(*usagev1.UsageEvent) bool) int {
 	s.t.Helper()
-	st, err := s.js.Stream(context.Background(), "USAGE")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	oc, err := s.js.OrderedConsumer(ctx, usagev1.StreamName, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter("usage.v1."+keyID))
+	info, err := oc.Info(ctx)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	return info.State.Subjects["usage.v1."+keyID]
+	n := 0
+	for left := int(info.NumPending); left > 0; {
+		batch, err := oc.Fetch(min(left, 500), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
+			if err != nil {
+				s.t.Fatalf("stream message %s: %v", m.Subject(), err)
+			}
+			for _, ev := range dm.Events {
+				if match(ev) {
+					n++
+				}
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			s.t.Fatal(err)
+		}
+		if got == 0 {
+			s.t.Fatalf("the stream stopped delivering with %d messages left", left)
+		}
+		left -= got
+	}
+	return n
+}
+
+// eventsOf counts the usage events of a key on the stream.
+func (s *stack) eventsOf(keyID string) int {
+	s.t.Helper()
+	return s.countEvents(func(ev *usagev1.UsageEvent) bool { return ev.GetKeyId() == keyID })
 }

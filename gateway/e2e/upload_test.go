@@ -14,10 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/mana/apigw/gateway/internal/proxy"
-	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
 // sttCall is what the STT stand-in saw of one call: the status it answered,
@@ -264,49 +261,6 @@ func TestSlowUploadIsCut(t *testing.T) {
 		t.Fatalf("%s: %d events on the stream, were %d", served.name, n, events[2])
 	}
 	backToIdle(t, s, gw, idle)
-}
-
-// eventsOf counts the usage events of a key on the stream, in every batch.
-func (s *stack) eventsOf(keyID string) int {
-	s.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	oc, err := s.js.OrderedConsumer(ctx, usagev1.StreamName, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	info, err := oc.Info(ctx)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	n := 0
-	for left := int(info.NumPending); left > 0; {
-		batch, err := oc.Fetch(min(left, 500), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
-			if err != nil {
-				s.t.Fatalf("stream message %s: %v", m.Subject(), err)
-			}
-			for _, ev := range dm.Events {
-				if ev.GetKeyId() == keyID {
-					n++
-				}
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			s.t.Fatal(err)
-		}
-		if got == 0 {
-			s.t.Fatalf("the stream stopped delivering with %d messages left", left)
-		}
-		left -= got
-	}
-	return n
 }
 
 // redisBalance is the key's balance as the gateways enforce it.
