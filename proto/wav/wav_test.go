@@ -200,8 +200,15 @@ func FuzzParseHeader(f *testing.F) {
 		if h.BlockAlign == 0 || h.Channels == 0 || h.SampleRate == 0 || uint32(h.BlockAlign) != uint32(h.Channels)*uint32(h.BitsPerSample/8) {
 			t.Fatalf("accepted %+v", h)
 		}
-		// A header accepted prices every byte: Seconds never undercounts a frame.
+		// A header accepted prices every byte: Seconds never undercounts a
+		// frame. No bytes (an open data size of 0 declares none) are no audio.
+		if s := h.Seconds(0); s != 0 {
+			t.Fatalf("0 bytes priced as %d s", s)
+		}
 		for _, n := range []int64{1, int64(h.BlockAlign), int64(h.DataSize), 1 << 40} {
+			if n == 0 {
+				continue
+			}
 			if s := h.Seconds(n); s < 1 || s*int64(h.SampleRate)*int64(h.BlockAlign) < n {
 				t.Fatalf("%d bytes priced as %d s at %d Hz, %d-byte frames", n, s, h.SampleRate, h.BlockAlign)
 			}
