@@ -54,8 +54,10 @@ type stack struct {
 	gateways  []*testenv.Process
 	gwURLs    []string
 	spools    []string
-	billing   *testenv.Process
-	agg       *testenv.Process
+	// pricingFile is the PRICING_FILE the gateways load, with stackOpts.pricing.
+	pricingFile string
+	billing     *testenv.Process
+	agg         *testenv.Process
 	// pgCount, with stackOpts.countPostgres, counts the statements the
 	// gateways send to Postgres.
 	pgCount *testenv.PostgresCounter
@@ -216,6 +218,7 @@ func newStack(t *testing.T, o stackOpts) *stack {
 			t.Fatal(err)
 		}
 		o.extraEnv = append(o.extraEnv, "PRICING_FILE="+f)
+		s.pricingFile = f
 	}
 	gwDSN := s.dsn
 	if o.countPostgres {
