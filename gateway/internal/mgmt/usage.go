@@ -234,7 +234,23 @@ func (h *Handler) billingDaily(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx := c.Request().Context()
+	var out billingWriter = &jsonBilling{w: c.Response()}
+	if format == "csv" {
+		out = &csvBilling{w: c.Response(), filename: fmt.Sprintf("billing-daily-%s-%s.csv",
+			from.Format(time.DateOnly), to.Format(time.DateOnly))}
+	}
+	if err := h.billingRows(c.Request().Context(), from, to, out.Row); err != nil {
+		return h.abort(c, err)
+	}
+	if err := out.End(); err != nil {
+		return h.abort(c, fmt.Errorf("finish billing export: %w", err))
+	}
+	return nil
+}
+
+// billingRows calls each with every key's daily row of from..to, by day,
+// key and endpoint, and stops at the first error.
+func (h *Handler) billingRows(ctx context.Context, from, to time.Time, each func(billingRow) error) error {
 	rows, err := h.deps.DB.QueryContext(ctx, `
 		SELECT day, key_id, owner_id, endpoint, requests, credits, units, errors, granted
 		FROM api_gateway.api_usage_daily WHERE day BETWEEN $1 AND $2 ORDER BY day, key_id, endpoint`, from, to)
@@ -242,83 +258,100 @@ func (h *Handler) billingDaily(c echo.Context) error {
 		return internal("read billing rows", err)
 	}
 	defer rows.Close()
-
-	w := c.Response()
-	var emit func(billingRow) error
-	var finish func() error
-	if format == "csv" {
-		w.Header().Set(echo.HeaderContentType, "text/csv; charset=utf-8")
-		w.Header().Set(echo.HeaderContentDisposition, fmt.Sprintf(`attachment; filename="billing-daily-%s-%s.csv"`,
-			from.Format(time.DateOnly), to.Format(time.DateOnly)))
-		cw := csv.NewWriter(w)
-		started := false
-		emit = func(r billingRow) error {
-			if !started {
-				started = true
-				w.WriteHeader(http.StatusOK)
-				if err := cw.Write(csvHeader); err != nil {
-					return err
-				}
-			}
-			return cw.Write([]string{r.Date, r.KeyID, csvCell(r.OwnerID), csvCell(r.Endpoint),
-				strconv.FormatInt(r.Requests, 10), strconv.FormatInt(r.Credits, 10),
-				strconv.FormatInt(r.Units, 10), strconv.FormatInt(r.Errors, 10), strconv.FormatInt(r.Granted, 10)})
-		}
-		finish = func() error {
-			if !started {
-				w.WriteHeader(http.StatusOK)
-				if err := cw.Write(csvHeader); err != nil {
-					return err
-				}
-			}
-			cw.Flush()
-			return cw.Error()
-		}
-	} else {
-		w.Header().Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
-		n := 0
-		enc := json.NewEncoder(w)
-		emit = func(r billingRow) error {
-			sep := ","
-			if n == 0 {
-				w.WriteHeader(http.StatusOK)
-				sep = `{"data":[`
-			}
-			n++
-			if _, err := w.Write([]byte(sep)); err != nil {
-				return err
-			}
-			return enc.Encode(r)
-		}
-		finish = func() error {
-			end := "]}\n"
-			if n == 0 {
-				w.WriteHeader(http.StatusOK)
-				end = `{"data":[]}` + "\n"
-			}
-			_, err := w.Write([]byte(end))
-			return err
-		}
-	}
-
 	for rows.Next() {
 		var r billingRow
 		var day time.Time
 		if err := rows.Scan(&day, &r.KeyID, &r.OwnerID, &r.Endpoint, &r.Requests, &r.Credits, &r.Units, &r.Errors, &r.Granted); err != nil {
-			return h.abort(c, fmt.Errorf("scan billing row: %w", err))
+			return fmt.Errorf("scan billing row: %w", err)
 		}
 		r.Date = day.Format(time.DateOnly)
-		if err := emit(r); err != nil {
-			return h.abort(c, fmt.Errorf("write billing row: %w", err))
+		if err := each(r); err != nil {
+			return fmt.Errorf("write billing row: %w", err)
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return h.abort(c, fmt.Errorf("read billing rows: %w", err))
-	}
-	if err := finish(); err != nil {
-		return h.abort(c, fmt.Errorf("finish billing export: %w", err))
+		return fmt.Errorf("read billing rows: %w", err)
 	}
 	return nil
+}
+
+// billingWriter streams a billing export: Row for each row, then End once.
+// The response is committed (status 200) by the first of them, so a query
+// that fails before any row is still an ordinary error answer.
+type billingWriter interface {
+	Row(billingRow) error
+	End() error
+}
+
+// jsonBilling writes {"data":[row,...]}, one row at a time.
+type jsonBilling struct {
+	w   *echo.Response
+	enc *json.Encoder
+}
+
+func (j *jsonBilling) start() {
+	j.w.Header().Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+	j.w.WriteHeader(http.StatusOK)
+	j.enc = json.NewEncoder(j.w)
+}
+
+func (j *jsonBilling) Row(r billingRow) error {
+	sep := ","
+	if j.enc == nil {
+		j.start()
+		sep = `{"data":[`
+	}
+	if _, err := j.w.Write([]byte(sep)); err != nil {
+		return err
+	}
+	return j.enc.Encode(r)
+}
+
+func (j *jsonBilling) End() error {
+	end := "]}\n"
+	if j.enc == nil {
+		j.start()
+		end = `{"data":[]}` + "\n"
+	}
+	_, err := j.w.Write([]byte(end))
+	return err
+}
+
+// csvBilling writes a header row and then the rows, as an attachment named
+// filename; its cells never start like a formula.
+type csvBilling struct {
+	w        *echo.Response
+	filename string
+	cw       *csv.Writer
+}
+
+func (b *csvBilling) start() error {
+	b.w.Header().Set(echo.HeaderContentType, "text/csv; charset=utf-8")
+	b.w.Header().Set(echo.HeaderContentDisposition, fmt.Sprintf(`attachment; filename="%s"`, b.filename))
+	b.w.WriteHeader(http.StatusOK)
+	b.cw = csv.NewWriter(b.w)
+	return b.cw.Write(csvHeader)
+}
+
+func (b *csvBilling) Row(r billingRow) error {
+	if b.cw == nil {
+		if err := b.start(); err != nil {
+			return err
+		}
+	}
+	return b.cw.Write([]string{r.Date, r.KeyID, csvCell(r.OwnerID), csvCell(r.Endpoint),
+		strconv.FormatInt(r.Requests, 10), strconv.FormatInt(r.Credits, 10),
+		strconv.FormatInt(r.Units, 10), strconv.FormatInt(r.Errors, 10), strconv.FormatInt(r.Granted, 10)})
+}
+
+func (b *csvBilling) End() error {
+	if b.cw == nil {
+		if err := b.start(); err != nil {
+			return err
+		}
+	}
+	b.cw.Flush()
+	return b.cw.Error()
 }
 
 // abort ends a streamed answer that failed part way. Before the first byte
