@@ -5,7 +5,7 @@ go 1.26.0
 replace (
 	github.com/mana/apigw/migrations => ../migrations
 	github.com/mana/apigw/proto => ../proto
-	github.com/mana/apigw/services => ../services
+	github.com/mana/apigw/services/testenv => ../services/testenv
 )
 
 require (
@@ -14,7 +14,7 @@ require (
 	github.com/lib/pq v1.12.3
 	github.com/mana/apigw/migrations v0.0.0
 	github.com/mana/apigw/proto v0.0.0-00010101000000-000000000000
-	github.com/mana/apigw/services v0.0.0-00010101000000-000000000000
+	github.com/mana/apigw/services/testenv v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
 	github.com/oklog/ulid/v2 v2.1.2
 	google.golang.org/protobuf v1.36.12

@@ -5,6 +5,7 @@ go 1.26.0
 replace (
 	github.com/mana/apigw/migrations => ../migrations
 	github.com/mana/apigw/proto => ../proto
+	github.com/mana/apigw/services/testenv => ./testenv
 )
 
 require (
@@ -12,35 +13,35 @@ require (
 	github.com/go-audio/riff v1.0.0
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/lib/pq v1.12.3
-	github.com/mana/apigw/migrations v0.0.0
-	github.com/nats-io/nats-server/v2 v2.15.2
-	github.com/redis/go-redis/v9 v9.23.0
+	github.com/mana/apigw/services/testenv v0.0.0-00010101000000-000000000000
 	golang.org/x/net v0.62.0
 )
 
 require (
-	github.com/google/uuid v1.6.0
+	github.com/go-json-experiment/json v1.27.2
 	github.com/oklog/ulid/v2 v2.1.2
 )
-
-require github.com/go-json-experiment/json v1.27.2 // indirect
 
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
+	github.com/google/uuid v1.6.0 // indirect
 	github.com/influxdata/tdigest v0.0.1 // indirect
 	github.com/josharian/intern v1.0.0 // indirect
 	github.com/klauspost/compress v1.20.4 // indirect
 	github.com/mailru/easyjson v0.7.7 // indirect
+	github.com/mana/apigw/migrations v0.0.0 // indirect
 	github.com/mana/apigw/proto v0.0.0-00010101000000-000000000000
 	github.com/mfridman/interpolate v0.0.2 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
+	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nats.go v1.55.0
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/pressly/goose/v3 v3.30.0 // indirect
+	github.com/redis/go-redis/v9 v9.23.0 // indirect
 	github.com/rs/dnscache v0.0.0-20230804202142-fc85eb664529 // indirect
 	github.com/sethvargo/go-retry v0.5.0 // indirect
 	github.com/tsenart/vegeta/v12 v12.13.0
