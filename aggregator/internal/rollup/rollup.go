@@ -12,6 +12,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -220,56 +221,79 @@ func inTx(ctx context.Context, db *sqlx.DB, f func(*sqlx.Tx) error) error {
 // Result's counts, so requests and errors count calls only, live as in a
 // replay.
 func (s *Store) Record(ctx context.Context, tx *sqlx.Tx, rows []Row) (Result, error) {
-	sorted := slices.DeleteFunc(slices.Clone(rows), func(r Row) bool { return r.Endpoint == usagev1.ExhaustedEndpoint })
-	if len(sorted) == 0 {
+	calls := slices.DeleteFunc(slices.Clone(rows), func(r Row) bool { return r.Endpoint == usagev1.ExhaustedEndpoint })
+	if len(calls) == 0 {
 		return Result{}, nil
 	}
-	slices.SortFunc(sorted, func(a, b Row) int { return cmp.Compare(a.EventID, b.EventID) })
-	n := len(sorted)
+	slices.SortFunc(calls, func(a, b Row) int { return cmp.Compare(a.EventID, b.EventID) })
+	inserted, err := s.insertUsage(ctx, tx, calls)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := s.addDaily(ctx, tx, inserted); err != nil {
+		return Result{}, err
+	}
+	return Result{Inserted: len(inserted), Duplicates: len(calls) - len(inserted)}, nil
+}
+
+// insertUsage inserts the rows (sorted by event ID) into api_usage, skipping
+// events already there, and returns the rows it inserted, in their order. A
+// row repeated within rows is inserted once.
+func (s *Store) insertUsage(ctx context.Context, tx *sqlx.Tx, rows []Row) ([]Row, error) {
+	n := len(rows)
 	ids, times, reqs, keys, owners := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	tiers, endpoints, units, traces := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	status, credits, amounts, latency, granted := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
-	for i, r := range sorted {
+	for i, r := range rows {
 		ids[i], times[i], reqs[i], keys[i], owners[i] = r.EventID, r.OccurredAt.Format(time.RFC3339Nano), r.RequestID, r.KeyID, r.OwnerID
 		tiers[i], endpoints[i], units[i], traces[i] = r.Tier, r.Endpoint, r.Unit, r.TraceID
 		status[i], credits[i], amounts[i], latency[i], granted[i] = int64(r.Status), r.Credits, r.Units, r.LatencyUS, r.Granted
 	}
-	var inserted []string
+	var ins []string
 	q := `INSERT INTO ` + s.table("api_usage") + ` (` + usageColumns + `)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
                      $8::int[], $9::bigint[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bigint[])
 ON CONFLICT (event_id, occurred_at) DO NOTHING
 RETURNING event_id`
-	if err := tx.SelectContext(ctx, &inserted, q, pq.Array(ids), pq.Array(times), pq.Array(reqs), pq.Array(keys),
+	if err := tx.SelectContext(ctx, &ins, q, pq.Array(ids), pq.Array(times), pq.Array(reqs), pq.Array(keys),
 		pq.Array(owners), pq.Array(tiers), pq.Array(endpoints), pq.Array(status), pq.Array(credits), pq.Array(amounts),
 		pq.Array(units), pq.Array(latency), pq.Array(traces), pq.Array(granted)); err != nil {
-		return Result{}, fmt.Errorf("insert api_usage: %w", err)
+		return nil, fmt.Errorf("insert api_usage: %w", err)
 	}
-	isNew := make(map[string]bool, len(inserted))
-	for _, id := range inserted {
+	isNew := make(map[string]bool, len(ins))
+	for _, id := range ins {
 		isNew[id] = true
 	}
-
-	type dkey struct {
-		day           time.Time
-		key, endpoint string
-	}
-	type dval struct {
-		owner                                   string
-		requests, credits, units, errs, granted int64
-	}
-	daily := map[dkey]*dval{}
-	var res Result
-	for _, r := range sorted {
-		if !isNew[r.EventID] {
-			continue
+	inserted := make([]Row, 0, len(ins))
+	for _, r := range rows {
+		if isNew[r.EventID] {
+			delete(isNew, r.EventID) // a repeated row counts once
+			inserted = append(inserted, r)
 		}
-		delete(isNew, r.EventID)
-		res.Inserted++
-		k := dkey{r.Day(), r.KeyID, r.Endpoint}
+	}
+	return inserted, nil
+}
+
+// dailyKey is the key of one api_usage_daily row.
+type dailyKey struct {
+	day           time.Time
+	key, endpoint string
+}
+
+// dailySums is what a set of rows adds to one api_usage_daily row.
+type dailySums struct {
+	owner                                   string
+	requests, credits, units, errs, granted int64
+}
+
+// addDaily adds the rows, newly inserted into api_usage, to api_usage_daily.
+func (s *Store) addDaily(ctx context.Context, tx *sqlx.Tx, rows []Row) error {
+	daily := map[dailyKey]*dailySums{}
+	for _, r := range rows {
+		k := dailyKey{r.Day(), r.KeyID, r.Endpoint}
 		v := daily[k]
 		if v == nil {
-			v = &dval{owner: r.OwnerID}
+			v = &dailySums{owner: r.OwnerID}
 			daily[k] = v
 		}
 		v.owner = min(v.owner, r.OwnerID)
@@ -284,15 +308,10 @@ RETURNING event_id`
 			v.errs++
 		}
 	}
-	res.Duplicates = len(sorted) - res.Inserted
 	if len(daily) == 0 {
-		return res, nil
+		return nil
 	}
-	dkeys := make([]dkey, 0, len(daily))
-	for k := range daily {
-		dkeys = append(dkeys, k)
-	}
-	slices.SortFunc(dkeys, func(a, b dkey) int {
+	dkeys := slices.SortedFunc(maps.Keys(daily), func(a, b dailyKey) int {
 		return cmp.Or(a.day.Compare(b.day), cmp.Compare(a.key, b.key), cmp.Compare(a.endpoint, b.endpoint))
 	})
 	m := len(dkeys)
@@ -314,9 +333,9 @@ ON CONFLICT (day, key_id, endpoint) DO UPDATE SET
     granted  = d.granted + EXCLUDED.granted`
 	if _, err := tx.ExecContext(ctx, uq, pq.Array(days), pq.Array(dk), pq.Array(downer), pq.Array(dep),
 		pq.Array(dreq), pq.Array(dcred), pq.Array(dunits), pq.Array(derr), pq.Array(dgrant)); err != nil {
-		return Result{}, fmt.Errorf("upsert api_usage_daily: %w", err)
+		return fmt.Errorf("upsert api_usage_daily: %w", err)
 	}
-	return res, nil
+	return nil
 }
 
 const (
