@@ -3,15 +3,16 @@ module github.com/mana/apigw/aggregator
 go 1.26.0
 
 replace (
+	github.com/mana/apigw/consumer => ../consumer
 	github.com/mana/apigw/migrations => ../migrations
 	github.com/mana/apigw/proto => ../proto
 	github.com/mana/apigw/services/testenv => ../services/testenv
 )
 
 require (
-	github.com/google/uuid v1.6.0
 	github.com/jmoiron/sqlx v1.4.0
 	github.com/lib/pq v1.12.3
+	github.com/mana/apigw/consumer v0.0.0-00010101000000-000000000000
 	github.com/mana/apigw/migrations v0.0.0
 	github.com/mana/apigw/proto v0.0.0-00010101000000-000000000000
 	github.com/mana/apigw/services/testenv v0.0.0-00010101000000-000000000000
@@ -25,6 +26,7 @@ require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
+	github.com/google/uuid v1.6.0 // indirect
 	github.com/klauspost/compress v1.20.4 // indirect
 	github.com/mfridman/interpolate v0.0.2 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect

@@ -3,6 +3,7 @@ module github.com/mana/apigw/billing-worker
 go 1.26.0
 
 replace (
+	github.com/mana/apigw/consumer => ../consumer
 	github.com/mana/apigw/migrations => ../migrations
 	github.com/mana/apigw/proto => ../proto
 	github.com/mana/apigw/services/testenv => ../services/testenv
@@ -12,6 +13,7 @@ require (
 	github.com/google/uuid v1.6.0
 	github.com/jmoiron/sqlx v1.4.0
 	github.com/lib/pq v1.12.3
+	github.com/mana/apigw/consumer v0.0.0-00010101000000-000000000000
 	github.com/mana/apigw/migrations v0.0.0
 	github.com/mana/apigw/proto v0.0.0-00010101000000-000000000000
 	github.com/mana/apigw/services/testenv v0.0.0-00010101000000-000000000000

@@ -13,10 +13,9 @@
 // Delivery is at least once, so the store's Apply must be idempotent per
 // event ID. The consumer keeps itself alive: a durable consumer or stream
 // deleted under it is re-created, and Health reports a consumer that has not
-// fetched successfully for a while. The package also holds what a worker
-// process wraps around the consumer: its settings from the environment, the
-// NATS connection with the stream ensured, and the metrics server (see
-// Serve).
+// fetched successfully for a while. What a worker process wraps around the
+// consumer (settings, connection, metrics server) is package process; the
+// schema it reads is proto/usage/v1.
 package consumer
 
 import (
@@ -44,7 +43,9 @@ type Config struct {
 	Store   Store
 	Logger  *slog.Logger
 	Metrics *Metrics
-	Check   CheckFunc // optional
+	// Check (optional) rejects what this consumer can never process, beyond
+	// what every consumer rejects (usagev1 Validate, CheckKeyID).
+	Check CheckFunc
 
 	// BatchSize bounds the messages of one fetched set (one transaction),
 	// BatchEvents its events: a fetch stops asking for more messages once
@@ -342,7 +343,7 @@ func eventCount(parts []*part) int {
 }
 
 // decode turns messages into parts: valid events to apply and dead letters
-// for what breaks the rules (Validate, then Check).
+// for what breaks the rules (Validate, CheckKeyID, then Check).
 func (c *Consumer) decode(ctx context.Context, msgs []jetstream.Msg) []*part {
 	parts := make([]*part, 0, len(msgs))
 	for _, m := range msgs {
@@ -371,20 +372,29 @@ func (c *Consumer) decode(ctx context.Context, msgs []jetstream.Msg) []*part {
 			if p.batch {
 				idx = pos[i]
 			}
-			if c.cfg.Check != nil {
-				if err := c.cfg.Check(ev); err != nil {
-					if !p.batch {
-						p.kill(c.deadLetter(p, -1, nil, err.Error()))
-						break
-					}
-					p.dead = append(p.dead, c.deadLetter(p, idx, ev, err.Error()))
-					continue
+			if err := c.check(ev); err != nil {
+				if !p.batch {
+					p.kill(c.deadLetter(p, -1, nil, err.Error()))
+					break
 				}
+				p.dead = append(p.dead, c.deadLetter(p, idx, ev, err.Error()))
+				continue
 			}
 			p.events = append(p.events, Event{UsageEvent: ev, StreamSeq: meta.Sequence.Stream, NumDelivered: meta.NumDelivered, Index: idx})
 		}
 	}
 	return parts
+}
+
+// check applies CheckKeyID, then Config.Check.
+func (c *Consumer) check(ev *usagev1.UsageEvent) error {
+	if err := CheckKeyID(ev); err != nil {
+		return err
+	}
+	if c.cfg.Check != nil {
+		return c.cfg.Check(ev)
+	}
+	return nil
 }
 
 // positions are the indexes in its batch of m's valid events: the

@@ -20,13 +20,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/mana/apigw/proto/usage/consumer"
+	"github.com/mana/apigw/consumer"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
 // startStream starts an embedded nats-server with JetStream (the Go module,
-// as services/testenv does; proto cannot import services) and returns the
-// USAGE stream on it.
+// as services/testenv does) and returns the USAGE stream on it.
 func startStream(t *testing.T) (jetstream.JetStream, jetstream.Stream) {
 	t.Helper()
 	_, js, stream := startServer(t)
@@ -344,6 +343,18 @@ func TestConsumer(t *testing.T) {
 			},
 			cfg:      consumer.Config{Check: isChecked},
 			wantDead: []string{"decode usage event", "event_id is not a ULID", "key_id is not welcome"}},
+		{name: "a key ID that is not a UUID is a dead letter, whatever Check says",
+			publish: func(t *testing.T, js jetstream.JetStream) int {
+				bad := event(902)
+				bad.KeyId = "not-a-uuid"
+				evs := events(0, 3)
+				evs[1] = bad
+				publishBatch(t, js, batchID(1), evs...)
+				publishEvents(t, js, bad)
+				return 2
+			},
+			wantDead:  []string{"key_id is not a UUID", "key_id is not a UUID"},
+			wantIndex: []int{-1, 1}},
 		{name: "transient failures redeliver the batch with backoff",
 			publish: func(t *testing.T, js jetstream.JetStream) int {
 				for i := range 20 {

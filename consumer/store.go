@@ -2,7 +2,11 @@ package consumer
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
 
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
@@ -80,14 +84,31 @@ var ErrTransient = errors.New("transient")
 // can still never process; its error becomes the dead letter's reason.
 type CheckFunc func(*usagev1.UsageEvent) error
 
-// InsertDeadLetterSQL is the statement a Postgres store keeps a dead letter
-// with in api_gateway.dead_letters; DeadLetter.Args are its arguments.
-const InsertDeadLetterSQL = `
+// CheckKeyID rejects an event whose key ID is not a UUID: every store of
+// the stream keys its rows by the key's UUID, so such an event can never be
+// applied. The consumer applies it to every event before Config.Check; a
+// replay of the stream applies it too, so that it skips what the live
+// consumers dead-letter.
+func CheckKeyID(ev *usagev1.UsageEvent) error {
+	if _, err := uuid.Parse(ev.GetKeyId()); err != nil {
+		return fmt.Errorf("%w: key_id is not a UUID", usagev1.ErrInvalid)
+	}
+	return nil
+}
+
+// Execer runs a statement: a *sql.Tx, a *sqlx.Tx.
+type Execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// InsertDeadLetter keeps d in api_gateway.dead_letters within tx, once per
+// (consumer, stream sequence, event index): the DeadLetter of every Postgres
+// store's Tx.
+func InsertDeadLetter(ctx context.Context, tx Execer, d DeadLetter) error {
+	_, err := tx.ExecContext(ctx, `
 INSERT INTO api_gateway.dead_letters (consumer, stream_seq, event_index, event_id, subject, msg_id, payload, reason)
 VALUES ($1, $2, $3, NULLIF($4, ''), $5, NULLIF($6, ''), $7, $8)
-ON CONFLICT (consumer, stream_seq, event_index) DO NOTHING`
-
-// Args are the arguments of InsertDeadLetterSQL.
-func (d DeadLetter) Args() []any {
-	return []any{d.Consumer, int64(d.StreamSeq), d.EventIndex, d.EventID, d.Subject, d.MsgID, d.Payload, d.Reason}
+ON CONFLICT (consumer, stream_seq, event_index) DO NOTHING`,
+		d.Consumer, int64(d.StreamSeq), d.EventIndex, d.EventID, d.Subject, d.MsgID, d.Payload, d.Reason)
+	return err // the consumer says what it was doing
 }

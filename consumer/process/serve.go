@@ -1,4 +1,9 @@
-package consumer
+// Package process is what a worker process that consumes the USAGE stream
+// (billing-worker, aggregator) wraps around its consumer: its settings from
+// the environment, the NATS connection with the stream ensured, and Serve,
+// which runs the consumer beside the metrics and health server until
+// shutdown. The consumer loop itself is package consumer.
+package process
 
 import (
 	"context"
@@ -13,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/mana/apigw/consumer"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
@@ -55,8 +61,8 @@ type Worker struct {
 	Name      string // for the logs: "<Name> started"
 	Durable   string // the durable consumer, e.g. usagev1.BillingConsumer
 	Namespace string // of the metrics, e.g. "billing"
-	Store     Store
-	Check     CheckFunc // optional
+	Store     consumer.Store
+	Check     consumer.CheckFunc // optional
 	// Registry, when set, is where the metrics server's series are
 	// gathered, so the worker can add its own; nil means a fresh one.
 	Registry *prometheus.Registry
@@ -73,11 +79,11 @@ func Serve(ctx context.Context, s Settings, conn *Conn, w Worker, logger *slog.L
 		reg = prometheus.NewRegistry()
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics, err := NewMetrics(w.Namespace, reg)
+	metrics, err := consumer.NewMetrics(w.Namespace, reg)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	cons, err := New(ctx, Config{
+	cons, err := consumer.New(ctx, consumer.Config{
 		Durable: w.Durable, Stream: conn.Stream, JS: conn.JS, Store: w.Store, Logger: logger, Metrics: metrics, Check: w.Check,
 		BatchSize: s.BatchSize, BatchEvents: s.BatchEvents, AckWait: s.AckWait, MaxAckPending: s.MaxAckPending,
 		FetchWait: s.FetchWait, NakDelay: s.NakDelay, StaleAfter: s.StaleAfter, HandleDelay: s.HandleDelay,

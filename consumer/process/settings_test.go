@@ -1,11 +1,11 @@
-package consumer_test
+package process_test
 
 import (
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/mana/apigw/proto/usage/consumer"
+	"github.com/mana/apigw/consumer/process"
 )
 
 func TestSettingsFromEnv(t *testing.T) {
@@ -13,10 +13,10 @@ func TestSettingsFromEnv(t *testing.T) {
 	tests := []struct {
 		name      string
 		env       map[string]string
-		check     func(*testing.T, consumer.Settings)
+		check     func(*testing.T, process.Settings)
 		withError func(*testing.T, error)
 	}{
-		{name: "defaults", check: func(t *testing.T, s consumer.Settings) {
+		{name: "defaults", check: func(t *testing.T, s process.Settings) {
 			if s.MetricsPort != 9100 || s.NATSURL != "nats://127.0.0.1:4222" || s.BatchSize != 500 || s.AckWait != 30*time.Second ||
 				s.MaxAckPending != 2000 || s.FetchWait != 2*time.Second || s.NakDelay != time.Second || s.HandleDelay != 0 ||
 				s.BatchEvents != 5000 || s.StaleAfter != 2*time.Minute ||
@@ -25,7 +25,7 @@ func TestSettingsFromEnv(t *testing.T) {
 			}
 		}},
 		{name: "overrides", env: map[string]string{"METRICS_PORT": "0", "ACK_WAIT": "1s", "HANDLE_DELAY": "2s", "LOG_LEVEL": "debug", "DEV_MODE": "1"},
-			check: func(t *testing.T, s consumer.Settings) {
+			check: func(t *testing.T, s process.Settings) {
 				if s.MetricsPort != 0 || s.AckWait != time.Second || s.HandleDelay != 2*time.Second || s.LogLevel.String() != "DEBUG" {
 					t.Errorf("settings = %+v", s)
 				}
@@ -61,7 +61,7 @@ func TestSettingsFromEnv(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := consumer.SettingsFromEnv(func(k string) string { return tt.env[k] }, 9100)
+			s, err := process.SettingsFromEnv(func(k string) string { return tt.env[k] }, 9100)
 			if tt.withError != nil {
 				if err == nil {
 					t.Fatal("no error")

@@ -13,25 +13,26 @@ import (
 	_ "github.com/lib/pq" // Postgres driver
 
 	"github.com/mana/apigw/aggregator/internal/rollup"
+	"github.com/mana/apigw/consumer"
+	"github.com/mana/apigw/consumer/process"
 	"github.com/mana/apigw/migrations"
-	"github.com/mana/apigw/proto/usage/consumer"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
 // Config is the aggregator's configuration: the settings every USAGE
 // stream worker shares.
-type Config = consumer.Settings
+type Config = process.Settings
 
 // ConfigFromEnv reads the configuration with its defaults (METRICS_PORT
 // 9102) and validates it, reporting every problem at once.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
-	return consumer.SettingsFromEnv(getenv, 9102)
+	return process.SettingsFromEnv(getenv, 9102)
 }
 
 // conns are the connections every subcommand needs.
 type conns struct {
 	db *sqlx.DB
-	*consumer.Conn
+	*process.Conn
 }
 
 func (c *conns) close() {
@@ -57,7 +58,7 @@ func connect(ctx context.Context, databaseURL, natsURL, name string, logger *slo
 		c.close()
 		return nil, err
 	}
-	if c.Conn, err = consumer.Connect(ctx, natsURL, name); err != nil {
+	if c.Conn, err = process.Connect(ctx, natsURL, name); err != nil {
 		c.close()
 		return nil, err
 	}
@@ -85,9 +86,9 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		}
 	}
 	go ensureAhead(ctx, store, c.db, logger)
-	return consumer.Serve(ctx, cfg, c.Conn, consumer.Worker{
+	return process.Serve(ctx, cfg, c.Conn, process.Worker{
 		Name: "aggregator", Durable: usagev1.AggregatorConsumer, Namespace: "aggregator",
-		Store: batches{db: c.db, store: store}, Check: Check,
+		Store: batches{db: c.db, store: store},
 	}, logger)
 }
 
@@ -129,8 +130,7 @@ func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.App
 
 // DeadLetter keeps d in api_gateway.dead_letters.
 func (b batch) DeadLetter(ctx context.Context, d consumer.DeadLetter) error {
-	_, err := b.ExecContext(ctx, consumer.InsertDeadLetterSQL, d.Args()...)
-	return err
+	return consumer.InsertDeadLetter(ctx, b.Tx, d)
 }
 
 // ensureAhead creates next month's partition every few hours, so a month
@@ -150,7 +150,3 @@ func ensureAhead(ctx context.Context, store *rollup.Store, db *sqlx.DB, logger *
 		}
 	}
 }
-
-// Check rejects events the usage tables can never hold (rollup.Check); the
-// replay applies the same rule.
-func Check(ev *usagev1.UsageEvent) error { return rollup.Check(ev) }

@@ -15,7 +15,7 @@ import (
 	"github.com/lib/pq"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/mana/apigw/proto/usage/consumer"
+	"github.com/mana/apigw/consumer"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
@@ -292,7 +292,7 @@ type CheckedEvent struct {
 }
 
 // DecodeChecked decodes one message of either form with the rules of the
-// live consumer (usagev1.DecodeMessage, then Check) and returns the events
+// live consumer (usagev1.DecodeMessage, then consumer.CheckKeyID) and returns the events
 // the consumer applies; what it would dead-letter is counted in rep. The
 // tail prints what it returns.
 func DecodeChecked(ctx context.Context, seq uint64, subject string, data []byte, rep *Report, logger *slog.Logger) []CheckedEvent {
@@ -326,7 +326,7 @@ func DecodeChecked(ctx context.Context, seq uint64, subject string, data []byte,
 			index = pos
 		}
 		pos++
-		if err := Check(ev); err != nil {
+		if err := consumer.CheckKeyID(ev); err != nil {
 			if !batch {
 				rep.Invalid++
 				skip(-1, "", err.Error())

@@ -18,7 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
@@ -66,15 +65,6 @@ func RowOf(ev *usagev1.UsageEvent) Row {
 		TraceID:    ev.GetTraceId(),
 		Granted:    ev.GetGrant().GetCredits(),
 	}
-}
-
-// Check rejects events the usage tables can never hold: the key ID must be
-// a UUID. The live consumer dead-letters them and the replay skips them.
-func Check(ev *usagev1.UsageEvent) error {
-	if _, err := uuid.Parse(ev.GetKeyId()); err != nil {
-		return fmt.Errorf("%w: key_id is not a UUID", usagev1.ErrInvalid)
-	}
-	return nil
 }
 
 // Day is the UTC date a row counts for in api_usage_daily.

@@ -8,7 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/mana/apigw/billing-worker/internal/ledger"
-	"github.com/mana/apigw/billing-worker/internal/worker"
+	"github.com/mana/apigw/consumer"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
@@ -32,7 +32,7 @@ func FuzzEvent(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if worker.Check(ev) != nil {
+		if consumer.CheckKeyID(ev) != nil {
 			return
 		}
 		e, err := ledger.EntryOf(ev, 1)

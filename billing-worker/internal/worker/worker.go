@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq" // Postgres driver
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,15 +19,16 @@ import (
 	"github.com/mana/apigw/billing-worker/internal/alerts"
 	"github.com/mana/apigw/billing-worker/internal/delivery"
 	"github.com/mana/apigw/billing-worker/internal/ledger"
+	"github.com/mana/apigw/consumer"
+	"github.com/mana/apigw/consumer/process"
 	"github.com/mana/apigw/migrations"
-	"github.com/mana/apigw/proto/usage/consumer"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
 // Config is the billing worker's configuration: the settings every USAGE
 // stream worker shares, and the webhook delivery's.
 type Config struct {
-	consumer.Settings
+	process.Settings
 	Webhooks delivery.Config
 }
 
@@ -42,7 +42,7 @@ func (c Config) Validate() error {
 // WEBHOOK_TIMEOUT 10s; WEBHOOK_LEASE the timeout of a claimed batch + 20s;
 // WEBHOOK_RETENTION 720h) and validates it, reporting every problem at once.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
-	s, err := consumer.SettingsFromEnv(getenv, 9101)
+	s, err := process.SettingsFromEnv(getenv, 9101)
 	allow, aerr := delivery.ParseAllowList(getenv("WEBHOOK_ALLOW_HOSTS"))
 	errs := []error{err, aerr}
 	dur := func(name string, lowest time.Duration) time.Duration {
@@ -88,7 +88,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	conn, err := consumer.Connect(ctx, cfg.NATSURL, "billing-worker")
+	conn, err := process.Connect(ctx, cfg.NATSURL, "billing-worker")
 	if err != nil {
 		return err
 	}
@@ -126,9 +126,9 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	defer wg.Wait()
 	defer stopSender()
-	return consumer.Serve(ctx, cfg.Settings, conn, consumer.Worker{
+	return process.Serve(ctx, cfg.Settings, conn, process.Worker{
 		Name: "billing worker", Durable: usagev1.BillingConsumer, Namespace: "billing",
-		Store: store{db}, Check: Check, Registry: reg,
+		Store: store{db}, Registry: reg,
 	}, logger)
 }
 
@@ -173,14 +173,5 @@ func (b batch) Apply(ctx context.Context, events []consumer.Event) (consumer.App
 
 // DeadLetter keeps d in api_gateway.dead_letters.
 func (b batch) DeadLetter(ctx context.Context, d consumer.DeadLetter) error {
-	_, err := b.ExecContext(ctx, consumer.InsertDeadLetterSQL, d.Args()...)
-	return err
-}
-
-// Check rejects events the ledger can never hold: the key ID must be a UUID.
-func Check(ev *usagev1.UsageEvent) error {
-	if _, err := uuid.Parse(ev.GetKeyId()); err != nil {
-		return fmt.Errorf("%w: key_id is not a UUID", usagev1.ErrInvalid)
-	}
-	return nil
+	return consumer.InsertDeadLetter(ctx, b.Tx, d)
 }

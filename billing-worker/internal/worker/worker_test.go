@@ -198,7 +198,7 @@ func TestDeadLetters(t *testing.T) {
 }
 
 // TestConfigFromEnv checks the billing worker's own default; the settings
-// themselves are tested in proto/usage/consumer.
+// themselves are tested in consumer/process.
 func TestConfigFromEnv(t *testing.T) {
 	t.Parallel()
 	if c, err := worker.ConfigFromEnv(func(string) string { return "" }); err != nil || c.MetricsPort != 9101 {
