@@ -54,7 +54,7 @@ func startServer(t *testing.T) (*server.Server, jetstream.JetStream, jetstream.S
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	stream, err := usagev1.EnsureStream(ctx, js, 0)
 	if err != nil {
@@ -178,7 +178,7 @@ func event(i int) *usagev1.UsageEvent {
 
 func publish(t *testing.T, js jetstream.JetStream, subject string, data []byte, msgID string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	var opts []jetstream.PublishOpt
 	if msgID != "" {
@@ -249,7 +249,7 @@ func runConsumer(t *testing.T, stream jetstream.Stream, cfg consumer.Config) (*c
 		t.Fatal(err)
 	}
 	cfg.Metrics = m
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	c, err := consumer.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +279,7 @@ func waitSettled(t *testing.T, js jetstream.JetStream, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 		c, err := js.Consumer(ctx, usagev1.StreamName, "test")
 		if err == nil {
 			if info, err := c.Info(ctx); err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
@@ -533,7 +533,7 @@ func TestShutdownFinishesBatch(t *testing.T) {
 	if events == 0 || commits != 1 {
 		t.Fatalf("after shutdown: %d events in %d commits, want one committed batch", events, commits)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	c, err := js.Consumer(ctx, usagev1.StreamName, "test")
 	if err != nil {
@@ -594,7 +594,7 @@ func TestRecreate(t *testing.T) {
 	publishBatch(t, js, batchID(1), events(0, 10)...)
 	waitFor(t, 30*time.Second, "first batch applied", applied(10))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	if err := js.DeleteConsumer(ctx, usagev1.StreamName, "test"); err != nil {
 		t.Fatal(err)

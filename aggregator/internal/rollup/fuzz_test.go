@@ -1,7 +1,6 @@
 package rollup_test
 
 import (
-	"context"
 	"log/slog"
 	"testing"
 	"time"
@@ -64,7 +63,7 @@ func FuzzDecodeChecked(f *testing.F) {
 			subject = usagev1.BatchSubject("gw")
 		}
 		var rep rollup.Report
-		evs := rollup.DecodeChecked(context.Background(), 7, subject, data, &rep, slog.New(slog.DiscardHandler))
+		evs := rollup.DecodeChecked(t.Context(), 7, subject, data, &rep, slog.New(slog.DiscardHandler))
 		if len(evs) != rep.Events {
 			t.Fatalf("%d events returned, %d counted", len(evs), rep.Events)
 		}
