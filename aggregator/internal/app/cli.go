@@ -214,30 +214,22 @@ func tail(ctx context.Context, natsURL string, st rollup.Start, key string, limi
 		// The older form has a subject per key; batches are per gateway.
 		oc.FilterSubjects = []string{usagev1.Subject(key), usagev1.BatchSubjectPrefix + ".>"}
 	}
-	cons, err := js.OrderedConsumer(ctx, usagev1.StreamName, oc)
+	rd, err := usagev1.NewReader(ctx, js, usagev1.ReaderConfig{Consumer: oc})
 	if err != nil {
-		return fmt.Errorf("ordered consumer: %w", err)
+		return err
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("messages: %w", err)
-	}
-	defer it.Stop()
+	defer rd.Stop()
 	enc := protojson.MarshalOptions{UseProtoNames: true}
 	var skipped rollup.Report
 	for n := 0; limit == 0 || n < limit; {
-		msg, err := it.Next(jetstream.NextContext(ctx))
+		msg, meta, err := rd.Next(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("read stream: %w", err)
+			return err
 		}
-		var seq uint64
-		if meta, err := msg.Metadata(); err == nil {
-			seq = meta.Sequence.Stream
-		}
-		for _, ev := range rollup.DecodeChecked(ctx, seq, msg.Subject(), msg.Data(), &skipped, logger) {
+		for _, ev := range rollup.DecodeChecked(ctx, meta.Sequence.Stream, msg.Subject(), msg.Data(), &skipped, logger) {
 			if key != "" && ev.Event.GetKeyId() != key {
 				continue
 			}

@@ -198,33 +198,14 @@ func createScratch(ctx context.Context, db *sqlx.DB, schema string) error {
 // readStream replays the stream into the scratch store and returns the UTC
 // days of the events it read.
 func readStream(ctx context.Context, cfg ReplayConfig, store *Store, rep *Report) ([]time.Time, error) {
-	stream, err := cfg.JS.Stream(ctx, usagev1.StreamName)
+	// What is published after the replay starts is not read.
+	rd, err := usagev1.NewReader(ctx, cfg.JS, usagev1.ReaderConfig{Consumer: cfg.Start.OrderedConfig(), UpToLast: true, Buffer: 2 * cfg.BatchSize})
 	if err != nil {
-		return nil, fmt.Errorf("replay: stream: %w", err)
+		return nil, fmt.Errorf("replay: %w", err)
 	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("replay: stream info: %w", err)
-	}
-	last := info.State.LastSeq
-	cons, err := cfg.JS.OrderedConsumer(ctx, usagev1.StreamName, cfg.Start.OrderedConfig())
-	if err != nil {
-		return nil, fmt.Errorf("replay: ordered consumer: %w", err)
-	}
-	cinfo, err := cons.Info(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("replay: consumer info: %w", err)
-	}
+	defer rd.Stop()
 	dayset := map[time.Time]bool{}
-	if cinfo.NumPending == 0 || info.State.Msgs == 0 {
-		return nil, nil
-	}
-	total := cinfo.NumPending
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * cfg.BatchSize))
-	if err != nil {
-		return nil, fmt.Errorf("replay: messages: %w", err)
-	}
-	defer it.Stop()
+	total := rd.Pending()
 
 	var batch []sourced
 	flush := func() error {
@@ -237,18 +218,14 @@ func readStream(ctx context.Context, cfg ReplayConfig, store *Store, rep *Report
 	}
 	start, lastPrint := time.Now(), time.Time{}
 	for read := uint64(0); ; {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return nil, fmt.Errorf("replay: read stream: %w", err)
+		msg, meta, err := rd.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
 		}
-		meta, err := msg.Metadata()
 		if err != nil {
-			return nil, fmt.Errorf("replay: metadata: %w", err)
+			return nil, fmt.Errorf("replay: %w", err)
 		}
 		seq := meta.Sequence.Stream
-		if seq > last {
-			break // published after the replay started
-		}
 		read++
 		rep.Messages++
 		for _, ev := range DecodeChecked(ctx, seq, msg.Subject(), msg.Data(), rep, cfg.Logger) {
@@ -265,9 +242,6 @@ func readStream(ctx context.Context, cfg ReplayConfig, store *Store, rep *Report
 			lastPrint = time.Now()
 			rate := float64(read) / max(time.Since(start).Seconds(), 1e-3)
 			fmt.Fprintf(cfg.Progress, "\rreplay: %d/%d messages, seq %d, %.0f msg/s ", read, total, seq, rate)
-		}
-		if meta.NumPending == 0 || seq == last {
-			break
 		}
 	}
 	if err := flush(); err != nil {
