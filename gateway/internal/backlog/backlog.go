@@ -222,21 +222,15 @@ func (t *Tail) run(ctx context.Context) error {
 	if occ.DeliverPolicy == jetstream.DeliverAllPolicy {
 		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
 	}
-	cons, err := stream.OrderedConsumer(ctx, occ)
+	rd, err := usagev1.NewReader(ctx, t.cfg.JS, usagev1.ReaderConfig{Consumer: occ})
 	if err != nil {
 		return fmt.Errorf("backlog: %w", err)
 	}
-	if occ.OptStartTime != nil {
+	defer rd.Stop()
+	if occ.OptStartTime != nil && rd.Pending() == 0 {
 		// Nothing stored since the start time: what is stored now is read.
-		if info, err := cons.Info(ctx); err == nil && info.NumPending == 0 {
-			t.advance(stream.CachedInfo().State.LastSeq)
-		}
+		t.advance(stream.CachedInfo().State.LastSeq)
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("backlog: %w", err)
-	}
-	defer it.Stop()
 	t.mu.Lock()
 	t.running = true
 	close(t.moved)
@@ -249,18 +243,13 @@ func (t *Tail) run(ctx context.Context) error {
 	runCtx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
 	go t.followFloor(runCtx, stream, stopRun)
-	go func() { <-runCtx.Done(); it.Stop() }()
 	for {
-		m, err := it.Next()
+		m, meta, err := rd.Next(runCtx)
 		if err != nil {
 			if cause := context.Cause(runCtx); cause != nil && ctx.Err() == nil {
 				return fmt.Errorf("backlog: %w", cause)
 			}
 			return fmt.Errorf("backlog: %w", err)
-		}
-		meta, err := m.Metadata()
-		if err != nil {
-			continue
 		}
 		t.index(meta.Sequence.Stream, m.Subject(), m.Data())
 	}
