@@ -3,6 +3,7 @@ package usage
 import (
 	"context"
 	"errors"
+	"io"
 	"strconv"
 	"sync"
 	"testing"
@@ -89,48 +90,51 @@ func (e *pubEnv) publishAll(t *testing.T, n int) map[string]bool {
 // appear once) and the number of messages.
 func (e *pubEnv) readStream(t *testing.T) (map[string]bool, int) {
 	t.Helper()
-	ctx := t.Context()
-	info, err := e.stream.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := e.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	got := map[string]bool{}
 	msgs := 0
-	for msgs < int(info.State.Msgs) {
-		batch, err := cons.Fetch(int(info.State.Msgs)-msgs, jetstream.FetchMaxWait(5*time.Second))
+	e.eachMessage(t, func(m jetstream.Msg, dm usagev1.Message) {
+		msgs++
+		if m.Subject() != usagev1.BatchSubject("gw-test") {
+			t.Fatalf("message on %s", m.Subject())
+		}
+		if id := m.Headers().Get(jetstream.MsgIDHeader); id != dm.BatchID {
+			t.Fatalf("Nats-Msg-Id %q, batch ID %q", id, dm.BatchID)
+		}
+		for _, ev := range dm.Events {
+			if got[ev.EventId] {
+				t.Fatalf("event %s twice on the stream", ev.EventId)
+			}
+			got[ev.EventId] = true
+		}
+	})
+	return got, msgs
+}
+
+// eachMessage calls f with every message of the stream, decoded, up to the
+// last one stored when it starts.
+func (e *pubEnv) eachMessage(t *testing.T, f func(jetstream.Msg, usagev1.Message)) {
+	t.Helper()
+	rd, err := usagev1.NewReader(t.Context(), e.js, usagev1.ReaderConfig{UpToLast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Stop()
+	for n := 0; ; n++ {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		m, _, err := rd.Next(ctx)
+		cancel()
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("stream stopped delivering after %d of %d messages: %v", n, rd.Pending(), err)
+		}
+		dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
 		if err != nil {
 			t.Fatal(err)
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			if m.Subject() != usagev1.BatchSubject("gw-test") {
-				t.Fatalf("message on %s", m.Subject())
-			}
-			dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if id := m.Headers().Get(jetstream.MsgIDHeader); id != dm.BatchID {
-				t.Fatalf("Nats-Msg-Id %q, batch ID %q", id, dm.BatchID)
-			}
-			for _, ev := range dm.Events {
-				if got[ev.EventId] {
-					t.Fatalf("event %s twice on the stream", ev.EventId)
-				}
-				got[ev.EventId] = true
-			}
-		}
-		if n == 0 {
-			t.Fatalf("stream stopped delivering after %d of %d messages", msgs, info.State.Msgs)
-		}
-		msgs += n
+		f(m, dm)
 	}
-	return got, msgs
 }
 
 func sameIDs(t *testing.T, want, got map[string]bool) {
@@ -181,23 +185,11 @@ func TestBatchLimitsSealEarly(t *testing.T) {
 	ids := e.publishAll(t, 200)
 	got, _ := e.readStream(t)
 	sameIDs(t, ids, got)
-	cons, err := e.stream.OrderedConsumer(t.Context(), jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for m := range batch.Messages() {
-		dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
-		if err != nil {
-			t.Fatal(err)
-		}
+	e.eachMessage(t, func(_ jetstream.Msg, dm usagev1.Message) {
 		if len(dm.Events) > 8 {
 			t.Fatalf("a batch of %d events with MaxBatchEvents 8", len(dm.Events))
 		}
-	}
+	})
 }
 
 func TestPublishSpoolsWhileNATSIsDownAndDrainsAfter(t *testing.T) {
