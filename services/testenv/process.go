@@ -7,30 +7,27 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mana/apigw/services/testenv/proc"
 )
 
-// Process is a binary under test, started with its own environment. Its
-// output goes to a log file that is printed if the test fails.
+// Process is a binary under test, started with its own environment and
+// run by package proc. Its output goes to a log file that is printed if the
+// test fails.
 type Process struct {
 	t     testing.TB
 	Name  string
-	bin   string
-	args  []string
-	env   []string
+	spec  proc.Spec
 	ready string
-	log   string
 	port  int       // the port it listens on, when StartProcessOnPort picked it
 	hold  *portHold // port held while it is stopped
 	mu    sync.Mutex
-	cmd   *exec.Cmd
-	done  chan struct{}
+	run   *proc.Proc // the current run; nil while stopped
 }
 
 // errPortTaken is what start reports when the process could not bind its port.
@@ -69,17 +66,13 @@ func StartProcessOnPort(t testing.TB, name, bin string, env func(port int) []str
 }
 
 func newProcess(t testing.TB, name, bin string, env []string, readyURL string, args []string) *Process {
-	p := &Process{t: t, Name: name, bin: bin, args: args, env: env, ready: readyURL,
-		log: filepath.Join(t.TempDir(), name+".log")}
+	p := &Process{t: t, Name: name, ready: readyURL,
+		spec: proc.Spec{Name: name, Bin: bin, Args: args, Env: env, Log: filepath.Join(t.TempDir(), name+".log")}}
 	t.Cleanup(func() {
-		p.signal(syscall.SIGTERM, 20*time.Second, false)
+		_ = p.signal(syscall.SIGTERM, 20*time.Second, false)
 		p.hold.release()
 		if t.Failed() || os.Getenv("TEST_LOG") != "" {
-			b, _ := os.ReadFile(p.log)
-			if len(b) > 8000 {
-				b = b[len(b)-8000:]
-			}
-			t.Logf("--- %s log (tail) ---\n%s", name, b)
+			t.Logf("--- %s log (tail) ---\n%s", name, p.Tail(8000))
 		}
 	})
 	return p
@@ -108,33 +101,25 @@ func (p *Process) start() error {
 	p.t.Helper()
 	p.hold.release()
 	p.hold = nil
-	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	run, err := proc.Start(p.spec)
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	var from int64
-	if st, err := f.Stat(); err == nil {
-		from = st.Size()
-	}
-	cmd := exec.Command(p.bin, p.args...)
-	cmd.Env = append(os.Environ(), p.env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		p.t.Fatalf("start %s: %v", p.Name, err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); _ = f.Close(); close(done) }()
 	p.mu.Lock()
-	p.cmd, p.done = cmd, done
+	p.run = run
 	p.mu.Unlock()
 	if p.ready == "" {
 		return nil
 	}
-	err = p.waitReady(60*time.Second, from)
+	err = p.waitReady(run, 60*time.Second)
 	if errors.Is(err, errPortTaken) {
-		p.signal(syscall.SIGKILL, 5*time.Second, false)
+		_ = p.signal(syscall.SIGKILL, 5*time.Second, false)
+		return err
 	}
-	return err
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return nil
 }
 
 // StartWaitingFor (re)starts the process and waits until url answers 200
@@ -151,93 +136,81 @@ func (p *Process) StartWaitingFor(url string) {
 // WaitReady polls the readiness URL.
 func (p *Process) WaitReady(timeout time.Duration) {
 	p.t.Helper()
-	if err := p.waitReady(timeout, 0); err != nil {
+	p.mu.Lock()
+	run := p.run
+	p.mu.Unlock()
+	if run == nil {
+		p.t.Fatalf("%s is not running", p.Name)
+	}
+	if err := p.waitReady(run, timeout); err != nil {
 		p.t.Fatal(err)
 	}
 }
 
-// waitReady polls the readiness URL; the log from offset from on tells
-// whether the process could not bind its port.
-func (p *Process) waitReady(timeout time.Duration, from int64) error {
-	p.t.Helper()
-	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: time.Second}
-	portTaken := func() bool {
-		b, _ := os.ReadFile(p.log)
-		return p.port != 0 && int64(len(b)) > from &&
-			bytes.Contains(b[from:], []byte(fmt.Sprintf(":%d: bind: address already in use", p.port)))
-	}
-	for {
-		resp, err := c.Get(p.ready)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
+// waitReady polls the readiness URL of run; its log tells whether it could
+// not bind its port.
+func (p *Process) waitReady(run *proc.Proc, timeout time.Duration) error {
+	taken := []byte(fmt.Sprintf(":%d: bind: address already in use", p.port))
+	return run.WaitReady(p.t.Context(), p.ready, timeout, func() error {
+		if p.port != 0 && bytes.Contains(run.Log(), taken) {
+			return fmt.Errorf("could not bind port %d: %w", p.port, errPortTaken)
 		}
-		p.mu.Lock()
-		done := p.done
-		p.mu.Unlock()
-		if portTaken() {
-			return fmt.Errorf("%s could not bind port %d: %w", p.Name, p.port, errPortTaken)
-		}
-		select {
-		case <-done:
-			b, _ := os.ReadFile(p.log)
-			p.t.Fatalf("%s exited before it was ready:\n%s", p.Name, tail(b))
-		default:
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(p.log)
-			p.t.Fatalf("%s not ready at %s: %v\n%s", p.Name, p.ready, err, tail(b))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func tail(b []byte) []byte {
-	if len(b) > 4000 {
-		return b[len(b)-4000:]
-	}
-	return b
+		return nil
+	})
 }
 
 // Kill sends SIGKILL and waits for the process to go; its port is held
 // until Start.
-func (p *Process) Kill() { p.signal(syscall.SIGKILL, time.Second, true) }
+func (p *Process) Kill() { _ = p.signal(syscall.SIGKILL, time.Second, true) }
 
 // Stop sends SIGTERM, waits up to 20 s, then kills; its port is held until
-// Start.
-func (p *Process) Stop() { p.StopWithin(20 * time.Second) }
+// Start. It returns how the process ended (proc.ErrKilled when it was
+// killed).
+func (p *Process) Stop() error { return p.StopWithin(20 * time.Second) }
 
 // StopWithin sends SIGTERM, waits up to wait for the process to exit, then
-// kills it; its port is held until Start.
-func (p *Process) StopWithin(wait time.Duration) { p.signal(syscall.SIGTERM, wait, true) }
+// kills it; its port is held until Start. It returns how the process ended.
+func (p *Process) StopWithin(wait time.Duration) error {
+	return p.signal(syscall.SIGTERM, wait, true)
+}
 
-func (p *Process) signal(sig syscall.Signal, wait time.Duration, hold bool) {
+// Exited reports whether the current run has ended, and how; a process
+// stopped by Stop or Kill counts as ended.
+func (p *Process) Exited() (bool, error) {
 	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.cmd = nil
+	run := p.run
 	p.mu.Unlock()
-	if cmd == nil {
-		return
+	if run == nil {
+		return true, nil
 	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(wait):
-		_ = cmd.Process.Kill()
-		<-done
+	return run.Exited()
+}
+
+func (p *Process) signal(sig syscall.Signal, wait time.Duration, hold bool) error {
+	p.mu.Lock()
+	run := p.run
+	p.run = nil
+	p.mu.Unlock()
+	if run == nil {
+		return nil
 	}
+	err := run.Signal(sig, wait)
 	if hold && p.port != 0 {
 		p.hold = holdPort(p.port)
 	}
+	return err
 }
 
-// Log returns what the process wrote so far.
+// Log returns what the process wrote so far, over all its runs.
 func (p *Process) Log() []byte {
-	b, _ := os.ReadFile(p.log)
+	b, _ := os.ReadFile(p.spec.Log)
 	return b
+}
+
+// Tail returns the last n bytes of the log.
+func (p *Process) Tail(n int) []byte {
+	b := p.Log()
+	return b[max(0, len(b)-n):]
 }
 
 // HTTP is a small JSON-over-HTTP client for end-to-end tests.
@@ -272,23 +245,10 @@ func (h HTTP) Do(ctx context.Context, method, url string, body []byte, header ma
 // from /proc.
 func (p *Process) RSS() (rss, peak int64) {
 	p.mu.Lock()
-	cmd := p.cmd
+	run := p.run
 	p.mu.Unlock()
-	if cmd == nil || cmd.Process == nil {
+	if run == nil {
 		return 0, 0
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
-	if err != nil {
-		return 0, 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		var kb int64
-		if _, err := fmt.Sscanf(line, "VmRSS: %d kB", &kb); err == nil {
-			rss = kb << 10
-		}
-		if _, err := fmt.Sscanf(line, "VmHWM: %d kB", &kb); err == nil {
-			peak = kb << 10
-		}
-	}
-	return rss, peak
+	return proc.Status(run.Pid(), "VmRSS"), proc.Status(run.Pid(), "VmHWM")
 }

@@ -83,7 +83,7 @@ func TestWebhookSenderKilledMidSend(t *testing.T) {
 	case <-time.After(90 * time.Second):
 		t.Fatal("the first worker never sent the webhook")
 	}
-	first.kill()
+	first.Kill()
 	var leasedUntil time.Time
 	var attempts int
 	if err := e.db.QueryRow(`SELECT leased_until, attempts FROM api_gateway.webhook_deliveries WHERE event_id = $1`, id).

@@ -7,11 +7,9 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -231,73 +229,32 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 }
 
-// process is a billing-worker binary run by a test.
+// process is a billing-worker binary run by a test, with its metrics port.
 type process struct {
-	cmd  *exec.Cmd
-	done chan error
-	port int    // METRICS_PORT
-	log  string // its stderr, printed when the test fails
+	*testenv.Process
+	port int // METRICS_PORT
 }
 
+// spawn starts the binary with the test's database and NATS and the
+// settings in extra (key, value, …); it does not wait for anything.
 func (e *env) spawn(bin string, extra ...string) *process {
 	e.t.Helper()
-	cmd := exec.Command(bin)
 	port := testenv.FreePort(e.t)
-	cmd.Env = testenv.Env(append([]string{"DATABASE_URL", e.DBURL, "NATS_URL", e.NATS.URL,
+	kv := append([]string{"DATABASE_URL", e.DBURL, "NATS_URL", e.NATS.URL,
 		"METRICS_PORT", strconv.Itoa(port), "FETCH_WAIT", "200ms", "NAK_DELAY", "100ms",
-		"LOG_LEVEL", "warn"}, extra...)...)
-	f, err := os.CreateTemp(e.t.TempDir(), "billing-worker-*.log")
-	if err != nil {
-		e.t.Fatal(err)
+		"LOG_LEVEL", "warn"}, extra...)
+	var env []string
+	for i := 0; i+1 < len(kv); i += 2 {
+		env = append(env, kv[i]+"="+kv[i+1])
 	}
-	cmd.Stderr = f
-	if os.Getenv("TEST_LOG") != "" {
-		cmd.Stderr = io.MultiWriter(f, os.Stderr)
-	}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	p := &process{cmd: cmd, done: make(chan error, 1), port: port, log: f.Name()}
-	go func() { err := cmd.Wait(); _ = f.Close(); p.done <- err }()
-	e.t.Cleanup(func() {
-		p.kill()
-		if e.t.Failed() {
-			b, _ := os.ReadFile(p.log)
-			e.t.Logf("--- billing worker on :%d, stderr (tail) ---\n%s", port, b[max(0, len(b)-4000):])
-		}
-	})
-	return p
+	return &process{Process: testenv.StartProcess(e.t, "billing-worker", bin, env, ""), port: port}
 }
 
-// exited reports whether the process has ended, with its exit error.
-func (p *process) exited() (bool, error) {
-	select {
-	case err := <-p.done:
-		p.done <- err
-		return true, err
-	default:
-		return false, nil
-	}
-}
-
-func (p *process) kill() {
-	if ended, _ := p.exited(); !ended {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	}
-	p.done <- <-p.done // later calls return at once
-}
-
+// stop ends the process with SIGTERM; it must exit cleanly within 30 s.
 func (p *process) stop(t testing.TB) {
 	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.done:
-		p.done <- nil
-		if err != nil {
-			t.Errorf("worker exit: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Error("worker did not stop on SIGTERM")
+	if err := p.StopWithin(30 * time.Second); err != nil {
+		t.Errorf("worker exit: %v", err)
 	}
 }
 
@@ -344,7 +301,7 @@ func (e *env) waitGrowth(p *process, from int64, timeout time.Duration) {
 		if e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`) > from {
 			return
 		}
-		if ended, err := p.exited(); ended {
+		if ended, err := p.Exited(); ended {
 			e.t.Fatalf("the billing worker exited (%v) before the ledger grew past %d rows", err, from)
 		}
 		if time.Now().After(deadline) {
@@ -455,7 +412,7 @@ func TestKill9(t *testing.T) {
 		e.waitGrowth(p, last, 90*time.Second)
 		slowest = max(slowest, time.Since(start))
 		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // a random moment to die
-		p.kill()
+		p.Kill()
 		last = e.Count(`SELECT count(*) FROM api_gateway.credit_ledger`)
 		progress = append(progress, last)
 		if last >= int64(n) {

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
+	"github.com/mana/apigw/services/testenv/proc"
 )
 
 // clusterSide is one account of the JetStream cluster and the gateways that
@@ -23,7 +24,7 @@ type clusterSide struct {
 	replicas    int    // of its USAGE stream
 	natsURL     string // the cluster's client URLs with the account's credentials
 	url         string // its port of the load balancer
-	gateways    []*proc
+	gateways    []*proc.Proc
 	gatewayURLs []string
 	js          jetstream.JetStream
 }
@@ -32,7 +33,7 @@ type clusterSide struct {
 // per side, every gateway on the Redis Cluster and the JetStream cluster.
 type clusterStack struct {
 	r3, r1 *clusterSide
-	lb     *proc
+	lb     *proc.Proc
 }
 
 func (c *clusterStack) sides() []*clusterSide { return []*clusterSide{c.r3, c.r1} }
@@ -107,7 +108,7 @@ func (h *harness) setupCluster(ctx context.Context, gwEnv []string) error {
 	var gwPorts []int
 	for _, side := range c.sides() {
 		for i := 1; i <= 2; i++ {
-			port, err := freePort()
+			port, err := proc.FreePort()
 			if err != nil {
 				return err
 			}
@@ -121,7 +122,7 @@ func (h *harness) setupCluster(ctx context.Context, gwEnv []string) error {
 			}
 			u := fmt.Sprintf("http://127.0.0.1:%d", port)
 			// One at a time: the first creates the side's stream.
-			if err := waitReady(ctx, p, u+"/ready", 90*time.Second); err != nil {
+			if err := p.WaitReady(ctx, u+"/ready", 90*time.Second, nil); err != nil {
 				return err
 			}
 			side.gateways = append(side.gateways, p)
@@ -143,7 +144,7 @@ func (h *harness) setupCluster(ctx context.Context, gwEnv []string) error {
 	lbPorts := make([]int, 2)
 	for i := range lbPorts {
 		var err error
-		if lbPorts[i], err = freePort(); err != nil {
+		if lbPorts[i], err = proc.FreePort(); err != nil {
 			return err
 		}
 	}
@@ -164,7 +165,7 @@ func (h *harness) setupCluster(ctx context.Context, gwEnv []string) error {
 		return err
 	}
 	for _, side := range c.sides() {
-		if err := waitReady(ctx, c.lb, side.url+"/ready", 30*time.Second); err != nil {
+		if err := c.lb.WaitReady(ctx, side.url+"/ready", 30*time.Second, nil); err != nil {
 			return err
 		}
 	}
@@ -200,12 +201,12 @@ func (h *harness) clusterTarget(side *clusterSide, keys []string) *target {
 		pids: func() []int {
 			out := make([]int, 0, len(side.gateways))
 			for _, p := range side.gateways {
-				out = append(out, p.pid())
+				out = append(out, p.Pid())
 			}
 			return out
 		},
 		extra: map[string][]int{
-			"redis": cc.RedisPIDs, "nats": cc.NATSPIDs, "lb": append([]int{lb.pid()}, children(lb.pid())...),
+			"redis": cc.RedisPIDs, "nats": cc.NATSPIDs, "lb": append([]int{lb.Pid()}, children(lb.Pid())...),
 		},
 		stream:     h.streamState(side.js),
 		routeBytes: h.routeBytes,

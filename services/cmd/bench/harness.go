@@ -27,6 +27,7 @@ import (
 
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 	"github.com/mana/apigw/services/authdev"
+	"github.com/mana/apigw/services/testenv/proc"
 )
 
 // benchTier is the tier the benchmark's key uses, added to the shipped
@@ -80,16 +81,16 @@ type harness struct {
 	cfg     config
 	logger  *slog.Logger
 	dsn     string // the bench database
-	procs   []*proc
+	procs   []*proc.Proc
 	closers []func()
 
 	searchURL, gatewayURL, bareURL, nginxURL string
-	search, gateway, bare, nginx             *proc
+	search, gateway, bare, nginx             *proc.Proc
 	keys                                     []string // enterprise keys of the full path
 	fewKeys, manyKeys                        []string // bench-tier keys of the per-key cost comparison
 	js                                       jetstream.JetStream
 	noFsyncURL                               string // the diagnostic gateway, if any
-	noFsync                                  *proc
+	noFsync                                  *proc.Proc
 	cl                                       *clusterStack // CLUSTER=1: the scaled-out stack
 }
 
@@ -166,14 +167,14 @@ func readOptional(path string) string {
 
 func (h *harness) stopAll() {
 	for i := len(h.procs) - 1; i >= 0; i-- {
-		h.procs[i].stop(20 * time.Second)
+		_ = h.procs[i].Stop(20 * time.Second)
 	}
 	for i := len(h.closers) - 1; i >= 0; i-- {
 		h.closers[i]()
 	}
 }
 
-func (h *harness) start(name, bin string, env []string, args ...string) (*proc, error) {
+func (h *harness) start(name, bin string, env []string, args ...string) (*proc.Proc, error) {
 	p, err := startProc(name, h.cfg.WorkDir, bin, env, args...)
 	if err != nil {
 		return nil, err
@@ -185,10 +186,10 @@ func (h *harness) start(name, bin string, env []string, args ...string) (*proc, 
 func (h *harness) bin(name string) string { return filepath.Join(h.cfg.BinDir, name) }
 
 // restart stops *pp and starts it again the same way, waiting for readyURL.
-func (h *harness) restart(ctx context.Context, pp **proc, readyURL string) error {
+func (h *harness) restart(ctx context.Context, pp **proc.Proc, readyURL string) error {
 	old := *pp
-	old.stop(30 * time.Second)
-	p, err := startProc(old.name, old.dir, old.bin, old.env, old.args...)
+	_ = old.Stop(30 * time.Second)
+	p, err := proc.Start(old.Spec)
 	if err != nil {
 		return err
 	}
@@ -198,7 +199,7 @@ func (h *harness) restart(ctx context.Context, pp **proc, readyURL string) error
 		}
 	}
 	*pp = p
-	return waitReady(ctx, p, readyURL, 60*time.Second)
+	return p.WaitReady(ctx, readyURL, 60*time.Second, nil)
 }
 
 // freshProxies restarts the Go proxies (bare proxy and gateways), so that
@@ -242,7 +243,7 @@ func (h *harness) billingCaughtUp(ctx context.Context, name, natsURL string) (st
 // workerCaughtUp starts a worker binary on the stream of natsURL and
 // returns once its durable consumer has nothing pending or unacknowledged.
 func (h *harness) workerCaughtUp(ctx context.Context, name, bin, durable, natsURL string) (stop func(), err error) {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -251,7 +252,7 @@ func (h *harness) workerCaughtUp(ctx context.Context, name, bin, durable, natsUR
 	if err != nil {
 		return nil, err
 	}
-	stop = func() { p.stop(30 * time.Second) }
+	stop = func() { _ = p.Stop(30 * time.Second) }
 	nc, err := nats.Connect(natsURL, nats.Name("bench"), nats.Timeout(5*time.Second))
 	if err != nil {
 		stop()
@@ -266,9 +267,9 @@ func (h *harness) workerCaughtUp(ctx context.Context, name, bin, durable, natsUR
 	t0 := time.Now()
 	deadline := t0.Add(10 * time.Minute)
 	for {
-		if p.exited() {
+		if exited(p) {
 			stop()
-			return nil, fmt.Errorf("%s exited:\n%s", name, p.tail())
+			return nil, fmt.Errorf("%s exited:\n%s", name, p.Tail(proc.TailSize))
 		}
 		if time.Now().After(deadline) {
 			stop()
@@ -303,7 +304,7 @@ func (h *harness) setup(ctx context.Context) error {
 	}
 	ports := make([]int, 4)
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = proc.FreePort(); err != nil {
 			return err
 		}
 	}
@@ -315,7 +316,7 @@ func (h *harness) setup(ctx context.Context) error {
 	if h.search, err = h.start("search", h.bin("search"), []string{"PORT=" + strconv.Itoa(ports[0]), "LOG_LEVEL=warn"}); err != nil {
 		return err
 	}
-	if err := waitReady(ctx, h.search, h.searchURL+"/health", 30*time.Second); err != nil {
+	if err := h.search.WaitReady(ctx, h.searchURL+"/health", 30*time.Second, nil); err != nil {
 		return err
 	}
 
@@ -350,12 +351,12 @@ func (h *harness) setup(ctx context.Context) error {
 	if h.gateway, err = h.start("gateway", h.bin("gateway"), gwEnv); err != nil {
 		return err
 	}
-	if err := waitReady(ctx, h.gateway, h.gatewayURL+"/ready", 60*time.Second); err != nil {
+	if err := h.gateway.WaitReady(ctx, h.gatewayURL+"/ready", 60*time.Second, nil); err != nil {
 		return err
 	}
 	if h.cfg.NATSNoFsyncURL != "" {
 		// Same database, Redis and key; only its JetStream differs.
-		port, err := freePort()
+		port, err := proc.FreePort()
 		if err != nil {
 			return err
 		}
@@ -365,7 +366,7 @@ func (h *harness) setup(ctx context.Context) error {
 		if h.noFsync, err = h.start("gateway-nofsync", h.bin("gateway"), env); err != nil {
 			return err
 		}
-		if err := waitReady(ctx, h.noFsync, h.noFsyncURL+"/ready", 60*time.Second); err != nil {
+		if err := h.noFsync.WaitReady(ctx, h.noFsyncURL+"/ready", 60*time.Second, nil); err != nil {
 			return err
 		}
 	}
@@ -382,7 +383,7 @@ func (h *harness) setup(ctx context.Context) error {
 	if h.bare, err = h.start("bare-proxy", self, []string{"PORT=" + strconv.Itoa(ports[2]), "TARGET_URL=" + h.searchURL}, "proxy"); err != nil {
 		return err
 	}
-	if err := waitReady(ctx, h.bare, h.bareURL+"/health", 30*time.Second); err != nil {
+	if err := h.bare.WaitReady(ctx, h.bareURL+"/health", 30*time.Second, nil); err != nil {
 		return err
 	}
 
@@ -399,7 +400,7 @@ func (h *harness) setup(ctx context.Context) error {
 	if h.nginx, err = h.start("nginx", h.cfg.Nginx, nil, "-p", prefix, "-c", conf, "-g", "daemon off;"); err != nil {
 		return err
 	}
-	if err := waitReady(ctx, h.nginx, h.nginxURL+"/health", 30*time.Second); err != nil {
+	if err := h.nginx.WaitReady(ctx, h.nginxURL+"/health", 30*time.Second, nil); err != nil {
 		return err
 	}
 	nc, err := nats.Connect(h.cfg.NATSURL, nats.Name("bench-stream-count"), nats.Timeout(5*time.Second))
@@ -567,7 +568,7 @@ func (h *harness) targets() []*target {
 	hdr := http.Header{"Content-Type": []string{"application/json"}}
 	gwHdr := hdr.Clone()
 	// Through the harness's fields: a restarted process has a new pid.
-	one := func(p **proc) func() []int { return func() []int { return []int{(*p).pid()} } }
+	one := func(p **proc.Proc) func() []int { return func() []int { return []int{(*p).Pid()} } }
 	extra := map[string][]int{}
 	if h.cfg.RedisPID > 0 {
 		extra["redis"] = []int{h.cfg.RedisPID}
@@ -579,7 +580,7 @@ func (h *harness) targets() []*target {
 	ts := []*target{
 		{name: "direct", label: "direct (search stand-in)", url: h.searchURL + "/search", header: hdr, body: body, pids: one(&h.search)},
 		{name: "nginx", label: "nginx keep-alive proxy", url: h.nginxURL + "/search", header: hdr, body: body,
-			pids: func() []int { return append([]int{h.nginx.pid()}, children(h.nginx.pid())...) }},
+			pids: func() []int { return append([]int{h.nginx.Pid()}, children(h.nginx.Pid())...) }},
 		{name: "bare-go", label: "bare Go proxy (features off)", url: h.bareURL + "/search", header: hdr, body: body, pids: one(&h.bare)},
 		{name: "gateway", label: fmt.Sprintf("gateway, full path (%d enterprise keys)", len(h.keys)), url: h.gatewayURL + "/v1/search",
 			header: gwHdr, body: body, keys: h.keys, pids: one(&h.gateway), extra: extra, stream: h.streamState(h.js)},
@@ -609,7 +610,7 @@ func (h *harness) keyTargets() []*target {
 	hdr := http.Header{"Content-Type": []string{"application/json"}}
 	mk := func(name string, keys []string) *target {
 		return &target{name: name, label: fmt.Sprintf("gateway, %d keys in use", len(keys)), url: h.gatewayURL + "/v1/search",
-			header: hdr, body: []byte(searchBody), keys: keys, pids: func() []int { return []int{h.gateway.pid()} }, stream: h.streamState(h.js)}
+			header: hdr, body: []byte(searchBody), keys: keys, pids: func() []int { return []int{h.gateway.Pid()} }, stream: h.streamState(h.js)}
 	}
 	ts := []*target{mk("keys-few", h.fewKeys), mk("keys-many", h.manyKeys)}
 	if h.cl != nil {
@@ -816,12 +817,12 @@ func (h *harness) httpPhase(ctx context.Context, res *results) error {
 func (h *harness) ourCPU() float64 {
 	pids := []int{os.Getpid()}
 	for _, p := range h.procs {
-		if !p.exited() {
-			pids = append(pids, p.pid())
+		if !exited(p) {
+			pids = append(pids, p.Pid())
 		}
 	}
 	if h.nginx != nil {
-		pids = append(pids, children(h.nginx.pid())...)
+		pids = append(pids, children(h.nginx.Pid())...)
 	}
 	for _, p := range []int{h.cfg.RedisPID, h.cfg.NATSPID, h.cfg.NATSNoFsyncPID} {
 		if p > 0 {
@@ -830,7 +831,7 @@ func (h *harness) ourCPU() float64 {
 	}
 	if h.cl != nil {
 		pids = append(append(pids, h.cfg.Cluster.NATSPIDs...), h.cfg.Cluster.RedisPIDs...)
-		pids = append(pids, children(h.cl.lb.pid())...)
+		pids = append(pids, children(h.cl.lb.Pid())...)
 	}
 	return groupCPU(pids)
 }

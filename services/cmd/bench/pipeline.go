@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
+	"github.com/mana/apigw/services/testenv/proc"
 )
 
 // drainResult is one consumer reading the stream to its end.
@@ -253,7 +254,7 @@ func (h *harness) drainWith(ctx context.Context, js jetstream.JetStream, bin, du
 
 // drainWithURL is drainWith on the stream of natsURL.
 func (h *harness) drainWithURL(ctx context.Context, js jetstream.JetStream, bin, durable, natsURL string) (drainResult, error) {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return drainResult{}, err
 	}
@@ -262,15 +263,15 @@ func (h *harness) drainWithURL(ctx context.Context, js jetstream.JetStream, bin,
 	if err != nil {
 		return drainResult{}, err
 	}
-	defer p.stop(30 * time.Second)
+	defer p.Stop(30 * time.Second)
 	res := drainResult{name: bin}
 	var t0 time.Time
 	var rem0 uint64
 	var cpu0 float64
 	deadline := time.Now().Add(15 * time.Minute)
 	for {
-		if p.exited() {
-			return res, fmt.Errorf("%s exited:\n%s", bin, p.tail())
+		if exited(p) {
+			return res, fmt.Errorf("%s exited:\n%s", bin, p.Tail(proc.TailSize))
 		}
 		if time.Now().After(deadline) {
 			return res, fmt.Errorf("%s did not drain the stream in 15 minutes", bin)
@@ -281,12 +282,12 @@ func (h *harness) drainWithURL(ctx context.Context, js jetstream.JetStream, bin,
 			if err == nil {
 				rem := info.NumPending + uint64(info.NumAckPending)
 				if t0.IsZero() {
-					t0, rem0, cpu0 = time.Now(), rem, groupCPU([]int{p.pid()})
+					t0, rem0, cpu0 = time.Now(), rem, groupCPU([]int{p.Pid()})
 				}
 				if rem == 0 {
 					res.seconds = time.Since(t0).Seconds()
 					res.events = int64(rem0)
-					res.cpu = groupCPU([]int{p.pid()}) - cpu0
+					res.cpu = groupCPU([]int{p.Pid()}) - cpu0
 					return res, nil
 				}
 			}

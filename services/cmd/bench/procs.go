@@ -2,131 +2,28 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
-	"time"
+
+	"github.com/mana/apigw/services/testenv/proc"
 )
 
-// proc is a child process of the harness, logging to WorkDir/<name>.log.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string
-	// What it was started with, for restart.
-	dir, bin string
-	env      []string
-	args     []string
+// startProc starts bin with the harness's environment plus env, in its own
+// process group (a Ctrl-C of `make bench` reaches the harness, which stops
+// its children in order), logging to dir/<name>.log.
+func startProc(name, dir, bin string, env []string, args ...string) (*proc.Proc, error) {
+	return proc.Start(proc.Spec{Name: name, Bin: bin, Args: args, Env: env,
+		Log: filepath.Join(dir, name+".log"), OwnGroup: true})
 }
 
-// startProc starts bin with the harness's environment plus env.
-func startProc(name, dir, bin string, env []string, args ...string) (*proc, error) {
-	logPath := filepath.Join(dir, name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// Its own process group: a Ctrl-C of `make bench` reaches the harness,
-	// which stops its children in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath, dir: dir, bin: bin, env: env, args: args}
-	go func() { _ = cmd.Wait(); _ = f.Close(); close(p.done) }()
-	return p, nil
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM, waits up to timeout, then kills.
-func (p *proc) stop(timeout time.Duration) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// tail is the end of the process's log, for error messages.
-func (p *proc) tail() string {
-	b, _ := os.ReadFile(p.log)
-	if len(b) > 3000 {
-		b = b[len(b)-3000:]
-	}
-	return string(b)
-}
-
-// waitReady polls url until it answers 200, the process exits or timeout passes.
-func waitReady(ctx context.Context, p *proc, url string, timeout time.Duration) error {
-	c := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(timeout)
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := c.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("status %d", resp.StatusCode)
-		}
-		if p != nil && p.exited() {
-			return fmt.Errorf("%s exited before it was ready:\n%s", p.name, p.tail())
-		}
-		if time.Now().After(deadline) {
-			msg := ""
-			if p != nil {
-				msg = "\n" + p.tail()
-			}
-			return fmt.Errorf("%s not ready within %s: %v%s", url, timeout, err, msg)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+// exited reports whether p has ended.
+func exited(p *proc.Proc) bool {
+	ended, _ := p.Exited()
+	return ended
 }
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat
@@ -204,19 +101,7 @@ func groupCPU(pids []int) float64 {
 }
 
 // memKB reads a field such as VmHWM or VmRSS (kB) of /proc/<pid>/status.
-func memKB(pid int, field string) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
+func memKB(pid int, field string) int64 { return proc.Status(pid, field) >> 10 }
 
 // groupHWM sums the peak RSS of the pids (kB).
 func groupHWM(pids []int) int64 {
