@@ -398,3 +398,50 @@ func TestSignedSaysTheDirection(t *testing.T) {
 		}
 	}
 }
+
+// TestNginxConfig: the one template writes both nginx configurations, the
+// stand-in's plain keep-alive proxy and the gateways' balancer as
+// .ci/cluster.sh runs it.
+func TestNginxConfig(t *testing.T) {
+	plain, err := nginxConfig{Prefix: "/p", Workers: "auto", Keepalive: 128,
+		Sites: []nginxSite{{Upstream: "standin", Listen: 12, Servers: []int{11}}}}.render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := nginxConfig{Prefix: "/p", Workers: "2", Gateways: true, Keepalive: 64,
+		Sites: []nginxSite{{Upstream: "r3", Listen: 5, Servers: []int{1, 2}}, {Upstream: "r1", Listen: 6, Servers: []int{3, 4}}}}.render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		conf      string
+		want      []string
+		wantCount map[string]int
+	}{
+		{"plain", string(plain), []string{"worker_processes auto;", "upstream standin {\n        server 127.0.0.1:11;\n        keepalive 128;",
+			"listen 127.0.0.1:12;", "proxy_pass http://standin;", "pid /p/nginx.pid;"},
+			map[string]int{"proxy_next_upstream": 0, "proxy_buffering off": 0, "server {": 1}},
+		{"gateways", string(lb), []string{"as .ci/cluster.sh writes it", "worker_processes 2;",
+			"upstream r3 {\n        server 127.0.0.1:1 max_fails=1 fail_timeout=2s;\n        server 127.0.0.1:2 max_fails=1 fail_timeout=2s;\n        keepalive 64;",
+			"upstream r1 {\n        server 127.0.0.1:3 max_fails=1 fail_timeout=2s;\n        server 127.0.0.1:4 max_fails=1 fail_timeout=2s;",
+			"listen 127.0.0.1:5;", "listen 127.0.0.1:6;", "proxy_pass http://r3;", "proxy_pass http://r1;"},
+			map[string]int{"proxy_next_upstream error timeout;": 2, "proxy_request_buffering off;": 2, "server {": 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, w := range tc.want {
+				if !strings.Contains(tc.conf, w) {
+					t.Errorf("no %q in\n%s", w, tc.conf)
+				}
+			}
+			for w, n := range tc.wantCount {
+				if got := strings.Count(tc.conf, w); got != n {
+					t.Errorf("%q %d times, want %d", w, got, n)
+				}
+			}
+			if strings.Count(tc.conf, "{") != strings.Count(tc.conf, "}") {
+				t.Errorf("unbalanced braces:\n%s", tc.conf)
+			}
+		})
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -37,63 +36,6 @@ type clusterStack struct {
 }
 
 func (c *clusterStack) sides() []*clusterSide { return []*clusterSide{c.r3, c.r1} }
-
-// lbConf is nginx as .ci/cluster.sh runs it in front of the gateways, with
-// one server per side.
-const lbConf = `# written by the bench harness, as .ci/cluster.sh writes it
-worker_processes 2;
-pid %[1]s/nginx.pid;
-error_log %[1]s/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path %[1]s/body;
-    proxy_temp_path %[1]s/proxy;
-    fastcgi_temp_path %[1]s/fastcgi;
-    uwsgi_temp_path %[1]s/uwsgi;
-    scgi_temp_path %[1]s/scgi;
-    upstream r3 {
-        server 127.0.0.1:%[2]d max_fails=1 fail_timeout=2s;
-        server 127.0.0.1:%[3]d max_fails=1 fail_timeout=2s;
-        keepalive 64;
-    }
-    upstream r1 {
-        server 127.0.0.1:%[4]d max_fails=1 fail_timeout=2s;
-        server 127.0.0.1:%[5]d max_fails=1 fail_timeout=2s;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:%[6]d;
-        client_max_body_size 0;
-        proxy_request_buffering off;
-        proxy_buffering off;
-        location / {
-            proxy_pass http://r3;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_connect_timeout 2s;
-            proxy_next_upstream error timeout;
-        }
-    }
-    server {
-        listen 127.0.0.1:%[7]d;
-        client_max_body_size 0;
-        proxy_request_buffering off;
-        proxy_buffering off;
-        location / {
-            proxy_pass http://r1;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_connect_timeout 2s;
-            proxy_next_upstream error timeout;
-        }
-    }
-}
-`
 
 // setupCluster starts two gateways per side with the settings of a cluster
 // (REDIS_ADDRS, the NATS_URL list, USAGE_STREAM_REPLICAS) and otherwise the
@@ -150,18 +92,16 @@ func (h *harness) setupCluster(ctx context.Context, gwEnv []string) error {
 	}
 	c.r3.url = fmt.Sprintf("http://127.0.0.1:%d", lbPorts[0])
 	c.r1.url = fmt.Sprintf("http://127.0.0.1:%d", lbPorts[1])
-	prefix := filepath.Join(h.cfg.WorkDir, "nginx-lb")
-	for _, d := range []string{"body", "proxy", "fastcgi", "uwsgi", "scgi"} {
-		if err := os.MkdirAll(filepath.Join(prefix, d), 0o777); err != nil {
-			return err
-		}
-	}
-	conf := filepath.Join(prefix, "nginx.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, lbConf, prefix, gwPorts[0], gwPorts[1], gwPorts[2], gwPorts[3], lbPorts[0], lbPorts[1]), 0o644); err != nil {
-		return err
-	}
+	// nginx as .ci/cluster.sh runs it in front of the gateways, with one
+	// listener per side.
 	var err error
-	if c.lb, err = h.start("nginx-lb", h.cfg.Nginx, nil, "-p", prefix, "-c", conf, "-g", "daemon off;"); err != nil {
+	if c.lb, err = h.startNginx("nginx-lb", nginxConfig{
+		Prefix: filepath.Join(h.cfg.WorkDir, "nginx-lb"), Workers: "2", Gateways: true, Keepalive: 64,
+		Sites: []nginxSite{
+			{Upstream: "r3", Listen: lbPorts[0], Servers: gwPorts[0:2]},
+			{Upstream: "r1", Listen: lbPorts[1], Servers: gwPorts[2:4]},
+		},
+	}); err != nil {
 		return err
 	}
 	for _, side := range c.sides() {

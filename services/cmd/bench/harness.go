@@ -48,34 +48,6 @@ func withBenchTier(base []byte) ([]byte, error) {
 // searchBody is the request every target gets: the seed's own search.
 const searchBody = `{"query":"quantum computing"}`
 
-// nginxConf is nginx as a keep-alive reverse proxy in front of the stand-in.
-const nginxConf = `# written by the bench harness
-worker_processes auto;
-pid %[1]s/nginx.pid;
-error_log %[1]s/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path %[1]s/body;
-    proxy_temp_path %[1]s/proxy;
-    fastcgi_temp_path %[1]s/fastcgi;
-    uwsgi_temp_path %[1]s/uwsgi;
-    scgi_temp_path %[1]s/scgi;
-    upstream standin {
-        server 127.0.0.1:%[2]d;
-        keepalive 128;
-    }
-    server {
-        listen 127.0.0.1:%[3]d;
-        location / {
-            proxy_pass http://standin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-`
-
 // harness owns the processes of one benchmark run.
 type harness struct {
 	cfg     config
@@ -387,17 +359,11 @@ func (h *harness) setup(ctx context.Context) error {
 		return err
 	}
 
-	prefix := filepath.Join(h.cfg.WorkDir, "nginx")
-	for _, d := range []string{"body", "proxy", "fastcgi", "uwsgi", "scgi"} {
-		if err := os.MkdirAll(filepath.Join(prefix, d), 0o777); err != nil {
-			return err
-		}
-	}
-	conf := filepath.Join(prefix, "nginx.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, prefix, ports[0], ports[3]), 0o644); err != nil {
-		return err
-	}
-	if h.nginx, err = h.start("nginx", h.cfg.Nginx, nil, "-p", prefix, "-c", conf, "-g", "daemon off;"); err != nil {
+	// nginx as a keep-alive reverse proxy in front of the stand-in.
+	if h.nginx, err = h.startNginx("nginx", nginxConfig{
+		Prefix: filepath.Join(h.cfg.WorkDir, "nginx"), Workers: "auto", Keepalive: 128,
+		Sites: []nginxSite{{Upstream: "standin", Listen: ports[3], Servers: []int{ports[0]}}},
+	}); err != nil {
 		return err
 	}
 	if err := h.nginx.WaitReady(ctx, h.nginxURL+"/health", 30*time.Second, nil); err != nil {
