@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"math"
 	"strings"
 	"time"
@@ -215,13 +214,22 @@ func ratioCell(a, b float64) string {
 	return fmt.Sprintf("%.2f", a/b)
 }
 
-// writeClusterReport renders the cluster's section: the scaled-out full
-// path beside the single-node one, measured in the same rounds.
-func writeClusterReport(w io.Writer, r *results) {
-	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
+// writeCluster writes the cluster's section, when the run had one: the
+// scaled-out full path beside the single-node one, measured in the same
+// rounds.
+func writeCluster(p printf, r *results) {
 	if len(r.max["cluster-r3"]) == 0 {
 		return
 	}
+	writeClusterMethod(p)
+	rows := r.clusterRows()
+	writeClusterTable(p, rows)
+	writeClusterSummary(p, rows)
+	writeClusterPipelines(p, r)
+}
+
+// writeClusterMethod writes what the cluster targets are.
+func writeClusterMethod(p printf) {
 	p("## The cluster beside one node (CLUSTER=1)\n\n")
 	p("`CLUSTER=1 make bench` starts, besides the single-node servers, three nats-servers routed into one JetStream cluster " +
 		"(every write fsynced, `sync_interval: always`) and a Redis Cluster of three masters (`redis-cli --cluster create`, " +
@@ -237,13 +245,21 @@ func writeClusterReport(w io.Writer, r *results) {
 	p("Each figure is the median over the rounds (CPU per call: per run, then the median). *One node* is the single-node " +
 		"full path above (no load balancer, one redis-server, one nats-server); the cluster's CPU figures add up every " +
 		"process of a kind (both gateways, three masters, three nats-servers).\n\n")
-	rows := r.clusterRows()
+}
+
+// writeClusterTable writes the side-by-side table of rows.
+func writeClusterTable(p printf, rows []clusterRow) {
 	p("| figure (median) | one node | cluster R3 | cluster R1 | R3 ÷ one node | R3 ÷ R1 |\n|---|---:|---:|---:|---:|---:|\n")
 	for _, cr := range rows {
 		p("| %s | %s | %s | %s | %s | %s |\n", cr.what, cell(cr.format, cr.v[0]), cell(cr.format, cr.v[1]), cell(cr.format, cr.v[2]),
 			ratioCell(cr.v[1], cr.v[0]), ratioCell(cr.v[1], cr.v[2]))
 	}
 	p("\n")
+}
+
+// writeClusterSummary writes what replication costs (R3 against R1) and
+// what the cluster costs against one node, in words, from rows.
+func writeClusterSummary(p printf, rows []clusterRow) {
 	get := func(prefix string) [3]float64 {
 		for _, cr := range rows {
 			if strings.HasPrefix(cr.what, prefix) {
@@ -266,6 +282,10 @@ func writeClusterReport(w io.Writer, r *results) {
 		"same disk. What carries over to separate machines is the CPU per call of each engine, which the capacity model "+
 		"in [scaling.md](scaling.md) reads from this table (`make capacity`).\n\n",
 		ratioCell(thr[1], thr[0]), ratioCell(all[1], all[0]), cell("%.1f", all[1]), cell("%.1f", all[0]))
+}
+
+// writeClusterPipelines writes each side's pipeline and the cluster's errors.
+func writeClusterPipelines(p printf, r *results) {
 	for _, cp := range r.cluster {
 		p("- Cluster %s pipeline: the stream held %d events (%d from the cluster's gateways, the rest synthetic as above, "+
 			"%.0f bytes each on average); billing worker %d events in %.1f s, aggregator %d in %.1f s.\n",
