@@ -3,14 +3,15 @@
 # bare Go reverse proxy, plus the usage pipeline. Installs what is missing
 # (nginx, PostgreSQL, Redis from apt; nats-server into .data/bin), builds the
 # binaries into .data/bench/bin, starts its OWN PostgreSQL, Redis and NATS
-# (own ports and data under .data/bench or /tmp, thrown away at the end; a
-# running `make up` or `make test` is untouched), runs the handler-chain Go
+# (.ci/servers.sh start bench: own ports and data under .data/bench/servers or
+# /tmp, thrown away at the end; a running `make up` or `make test` is
+# untouched), runs the handler-chain Go
 # benchmark with a CPU profile, then the harness (services/cmd/bench), which
 # starts the stand-in, nginx, the bare proxy, the gateway and the workers and
 # writes the report.
 #
 # usage: [CLUSTER=1] .ci/bench.sh [full|smoke]
-#   full   about 10 minutes on 2 cores; writes docs/benchmarks.md
+#   full   about 12 minutes on 2 cores (CLUSTER=1: about 35); writes docs/benchmarks.md
 #   smoke  a few seconds of each step; writes .data/bench/smoke.md
 # CLUSTER=1 also starts three nats-servers in one JetStream cluster and a
 # Redis Cluster of three masters (own ports and data, like the servers
@@ -29,21 +30,12 @@ PROFILE=${1:-full}
 BENCH=$DATA/bench
 BIN=$BENCH/bin
 WORK=$BENCH/work
-HASH=$(printf '%s' "$ROOT" | sha1sum | cut -c1-10)
 
 # ------------------------------------------------------------------ tools
 
 ensure_cmd nginx nginx
 ensure_cmd redis-server redis-server
 ensure_cmd redis-cli redis-tools
-pg_bindir() {
-	local d
-	d=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n1)
-	[[ -n $d && -x $d/initdb && -x $d/pg_ctl ]] || return 1
-	printf '%s\n' "$d"
-}
-pg_bindir >/dev/null || apt_ensure postgresql
-PGBIN=$(pg_bindir) || die "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin"
 NATS_BIN=$(go_tool nats-server github.com/nats-io/nats-server/v2 github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION")
 NGINX_BIN=$(command -v nginx)
 
@@ -54,117 +46,35 @@ go build -o "$BIN/" ./gateway/cmd/gateway ./services/cmd/search ./billing-worker
 
 # ---------------------------------------------------------------- servers
 
-rm -rf "$WORK" "$BENCH/redis" "$BENCH/nats" "$BENCH/nats2" "$BENCH/cluster"
-mkdir -p "$WORK" "$BENCH/redis" "$BENCH/nats"
-
-# PostgreSQL refuses to run as root: as root the cluster belongs to the
-# postgres user and lives under /tmp (which that user can reach).
-if [[ $EUID -eq 0 ]]; then
-	id postgres >/dev/null 2>&1 || die "no postgres user (the postgresql package creates it)"
-	PGROOT=/tmp/mana-bench-$HASH
-	as_pg() { (cd / && runuser -u postgres -- "$@"); }
-else
-	PGROOT=$BENCH/pg
-	as_pg() { "$@"; }
-fi
-PGDATA_DIR=$PGROOT/data
-PGSOCK=$PGROOT/sock
-REDIS_PID=""
-NATS_PID=""
-NATS2_PID=""
+# PostgreSQL, Redis, NATS and the diagnostic NATS without per-write fsync:
+# .ci/servers.sh's bench profile (own ports and data, thrown away by stop).
+servers=("$ROOT/.ci/servers.sh")
 CLUSTER_PIDS=()
-
 cleanup() {
 	trap '' INT TERM
 	local pid
-	for pid in "$NATS_PID" "$NATS2_PID" "${CLUSTER_PIDS[@]}"; do
+	for pid in "${CLUSTER_PIDS[@]}"; do
 		if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
 			kill -TERM "$pid" 2>/dev/null || true
 			wait "$pid" 2>/dev/null || true
 		fi
 	done
-	stop_pidfile "$BENCH/redis/redis.pid" Redis 10 2>/dev/null || true
 	for pid in 1 2 3; do stop_pidfile "$BENCH/cluster/redis-$pid.pid" "Redis Cluster node $pid" 10 2>/dev/null || true; done
-	if [[ -s $PGDATA_DIR/postmaster.pid ]]; then
-		as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null 2>&1 || true
-	fi
-	rm -rf "$PGROOT" "$BENCH/redis" "$BENCH/nats" "$BENCH/nats2" "$BENCH/cluster"
+	"${servers[@]}" stop bench >/dev/null 2>&1 || warn "stopping the bench servers failed"
+	rm -rf "$BENCH/cluster"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A cluster left by an interrupted run goes first.
-if [[ -s $PGDATA_DIR/postmaster.pid ]]; then
-	as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null 2>&1 || true
-fi
-rm -rf "$PGROOT"
-mkdir -p "$PGROOT"
-[[ $EUID -ne 0 ]] || chown postgres: "$PGROOT"
-as_pg mkdir -p "$PGSOCK"
-as_pg "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C >"$WORK/initdb.log" 2>&1 ||
-	{
-		cat "$WORK/initdb.log" >&2
-		die "initdb failed"
-	}
-# Default durability (fsync, synchronous_commit): the pipeline figures are
-# those of a production-like database.
-printf '%s\n' "listen_addresses = '127.0.0.1'" "max_connections = 300" "shared_buffers = 256MB" |
-	as_pg tee -a "$PGDATA_DIR/postgresql.conf" >/dev/null
-PG_PORT=$(free_port 25470) || die "no free port for PostgreSQL"
-log "starting PostgreSQL on 127.0.0.1:$PG_PORT ($PGDATA_DIR)"
-as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGROOT/postgres.log" -w -t 60 \
-	-o "-p $PG_PORT -k $PGSOCK" start >/dev/null || {
-	tail -n 30 "$PGROOT/postgres.log" >&2 || true
-	die "PostgreSQL did not start"
-}
-PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
-
-REDIS_PORT=$(free_port 26470) || die "no free port for Redis"
-log "starting Redis on 127.0.0.1:$REDIS_PORT"
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$BENCH/redis" --daemonize yes \
-	--pidfile "$BENCH/redis/redis.pid" --logfile "$BENCH/redis/redis.log" \
-	--save "" --appendonly yes --appendfsync everysec
-for ((i = 0; i < 100; i++)); do
-	[[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
-	sleep 0.1
-done
-[[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] || die "Redis did not start"
-REDIS_PID=$(<"$BENCH/redis/redis.pid")
-
-NATS_PORT=$(free_port 24470) || die "no free port for NATS"
-cat >"$BENCH/nats/nats.conf" <<EOF
-# written by .ci/bench.sh; JetStream fsyncs every write before acknowledging
-# it, as in .ci/servers.sh
-listen: 127.0.0.1:$NATS_PORT
-jetstream {
-  store_dir: "$BENCH/nats/store"
-  sync_interval: always
-}
-EOF
-log "starting NATS (JetStream) on 127.0.0.1:$NATS_PORT"
-"$NATS_BIN" -c "$BENCH/nats/nats.conf" >"$BENCH/nats/nats.log" 2>&1 &
-NATS_PID=$!
-for ((i = 0; i < 150; i++)); do
-	port_open "$NATS_PORT" && break
-	sleep 0.1
-done
-port_open "$NATS_PORT" || die "NATS did not start: $(tail -n 5 "$BENCH/nats/nats.log")"
-
-# A second NATS with JetStream's default sync (fsync every 2 minutes), for a
-# diagnostic gateway that shows what the per-write fsync costs. Not a
-# setting to run in production: an acknowledgement would not mean "on disk".
-NATS2_PORT=$(free_port 24471) || die "no free port for the second NATS"
-mkdir -p "$BENCH/nats2"
-printf '%s\n' "# written by .ci/bench.sh: diagnostic only, JetStream's default sync interval" \
-	"listen: 127.0.0.1:$NATS2_PORT" "jetstream {" "  store_dir: \"$BENCH/nats2/store\"" "}" >"$BENCH/nats2/nats.conf"
-"$NATS_BIN" -c "$BENCH/nats2/nats.conf" >"$BENCH/nats2/nats.log" 2>&1 &
-NATS2_PID=$!
-for ((i = 0; i < 150; i++)); do
-	port_open "$NATS2_PORT" && break
-	sleep 0.1
-done
-port_open "$NATS2_PORT" || die "the second NATS did not start: $(tail -n 5 "$BENCH/nats2/nats.log")"
+# Servers left by an interrupted run go first, with their data.
+"${servers[@]}" stop bench >/dev/null 2>&1 || true
+rm -rf "$WORK" "$BENCH/cluster"
+mkdir -p "$WORK"
+"${servers[@]}" start bench
+# shellcheck source=/dev/null
+source "$BENCH/servers/stack.env"
+PG_URL=$DATABASE_URL
 
 # ---------------------------------------------------------- the cluster (CLUSTER=1)
 
@@ -186,9 +96,9 @@ if [[ -n ${CLUSTER:-} && ${CLUSTER:-} != 0 ]]; then
 		printf '%s\n' "$p"
 	}
 	for n in 1 2 3; do
-		c_client+=("$(pick $((24480 + n)))") && taken+=("${c_client[-1]}")
-		c_route+=("$(pick $((24490 + n)))") && taken+=("${c_route[-1]}")
-		c_mon+=("$(pick $((24500 + n)))") && taken+=("${c_mon[-1]}")
+		c_client+=("$(pick $((BENCH_CLUSTER_NATS_BASE + n)))") && taken+=("${c_client[-1]}")
+		c_route+=("$(pick $((BENCH_CLUSTER_NATS_ROUTE_BASE + n)))") && taken+=("${c_route[-1]}")
+		c_mon+=("$(pick $((BENCH_CLUSTER_NATS_MON_BASE + n)))") && taken+=("${c_mon[-1]}")
 		routes+="nats-route://127.0.0.1:${c_route[-1]},"
 	done
 	for n in 1 2 3; do
@@ -228,8 +138,8 @@ EOF
 		curl -sf "$m/healthz" >/dev/null 2>&1 || die "cluster nats-server $n was not healthy: $(tail -n 5 "$BENCH/cluster/nats-$n.log")"
 	done
 	for n in 1 2 3; do
-		p=$(pick $((26480 + n))) && taken+=("$p")
-		bus=$(pick $((26490 + n))) && taken+=("$bus")
+		p=$(pick $((BENCH_CLUSTER_REDIS_BASE + n))) && taken+=("$p")
+		bus=$(pick $((BENCH_CLUSTER_REDIS_BUS_BASE + n))) && taken+=("$bus")
 		mkdir -p "$BENCH/cluster/redis-$n"
 		# As .ci/cluster.sh runs them: append-only, fsync every second.
 		redis-server --bind 127.0.0.1 --port "$p" --cluster-enabled yes --cluster-port "$bus" \
@@ -296,10 +206,11 @@ TEST_DATABASE_URL=$PG_URL go test -run '^$' -bench 'BenchmarkEdgeFullPath$/paral
 OUT=$ROOT/docs/benchmarks.md
 [[ $PROFILE == smoke ]] && OUT=$BENCH/smoke.md
 log "bench run ($PROFILE) → ${OUT#"$ROOT"/}"
-BENCH_PROFILE=$PROFILE BENCH_DATABASE_URL=$PG_URL BENCH_REDIS_ADDR=127.0.0.1:$REDIS_PORT \
-	BENCH_NATS_URL=nats://127.0.0.1:$NATS_PORT BENCH_REDIS_PID=$REDIS_PID BENCH_NATS_PID=$NATS_PID \
-	BENCH_NATS_NOFSYNC_URL=nats://127.0.0.1:$NATS2_PORT BENCH_NATS_NOFSYNC_PID=$NATS2_PID \
+# shellcheck disable=SC2153 # REDIS_PID, NATS_PID and the URLs come from the servers' stack.env
+BENCH_PROFILE=$PROFILE BENCH_DATABASE_URL=$PG_URL BENCH_REDIS_ADDR=$REDIS_HOST:$REDIS_PORT \
+	BENCH_NATS_URL=$NATS_URL BENCH_REDIS_PID=$REDIS_PID BENCH_NATS_PID=$NATS_PID \
+	BENCH_NATS_NOFSYNC_URL=$NATS_NOFSYNC_URL BENCH_NATS_NOFSYNC_PID=$NATS_NOFSYNC_PID \
 	BENCH_BIN_DIR=$BIN BENCH_WORK_DIR=$WORK BENCH_OUT=$OUT BENCH_NGINX=$NGINX_BIN BENCH_NATS_SERVER=$NATS_BIN \
-	BENCH_NATS_DIR=$BENCH/nats BENCH_GO_BENCH=$WORK/gobench.txt BENCH_PPROF_TOP=$WORK/pprof-top.txt \
+	BENCH_NATS_DIR=$NATS_STORE_DIR BENCH_GO_BENCH=$WORK/gobench.txt BENCH_PPROF_TOP=$WORK/pprof-top.txt \
 	env "${CLUSTER_ENV[@]}" "$BIN/bench" run
 log "report: ${OUT#"$ROOT"/}"

@@ -3,8 +3,8 @@
 # JetStream cluster (the USAGE stream at three replicas), a Redis Cluster of
 # three masters (redis-server --cluster-enabled, joined by redis-cli --cluster
 # create), PostgreSQL as `make up` runs it, two gateways (:3031, :3032) behind
-# nginx from Debian's package on :3030, the workers and the stand-ins. The
-# seed's curl lines work against it unchanged.
+# nginx from Debian's package on :3030, the workers and the stand-ins (ports
+# from .ci/ports.sh). The seed's curl lines work against it unchanged.
 #
 # usage: .ci/cluster.sh up       start it in the background, return when :3030/ready is 200
 #        .ci/cluster.sh down     stop it (`make down` calls this too)
@@ -23,18 +23,25 @@ READY_TIMEOUT=${READY_TIMEOUT:-120}
 NATS_NODES=(1 2 3)
 REDIS_NODES=(1 2 3)
 
-# name|binary|port|health path|settings (space-separated). Start order: the
+# name|binary|port|health path|settings (space-separated); ports from
+# .ci/ports.sh. Start order: the
 # first gateway creates the USAGE stream at R3 before anything else uses it.
 APPS=(
-	"authdev|authdev|3001||PORT=3001 AUTH_KEY_FILE=$DATA/auth/jwt.pem"
-	"search|search|3021||PORT=3021 EXTRACT_ALLOW_HOSTS=127.0.0.1:3021,localhost:3021"
-	"stt|stt|3020||PORT=3020"
-	"tts|tts|3022||PORT=3022"
-	"gateway-1|gateway|3031|/ready|PORT=3031 GATEWAY_ID=gateway-1 SPOOL_DIR=$BASE/spool-1"
-	"gateway-2|gateway|3032|/ready|PORT=3032 GATEWAY_ID=gateway-2 SPOOL_DIR=$BASE/spool-2"
-	"billing-worker|billing-worker|9101|/health|METRICS_PORT=9101 WEBHOOK_ALLOW_HOSTS=127.0.0.1,localhost"
-	"aggregator|aggregator|9102|/health|METRICS_PORT=9102"
+	"authdev|authdev|$AUTHDEV_PORT||PORT=$AUTHDEV_PORT AUTH_KEY_FILE=$DATA/auth/jwt.pem"
+	"search|search|$SEARCH_PORT||PORT=$SEARCH_PORT EXTRACT_ALLOW_HOSTS=127.0.0.1:$SEARCH_PORT,localhost:$SEARCH_PORT"
+	"stt|stt|$STT_PORT||PORT=$STT_PORT"
+	"tts|tts|$TTS_PORT||PORT=$TTS_PORT"
+	"gateway-1|gateway|${CLUSTER_GATEWAY_PORTS[0]}|/ready|PORT=${CLUSTER_GATEWAY_PORTS[0]} GATEWAY_ID=gateway-1 SPOOL_DIR=$BASE/spool-1"
+	"gateway-2|gateway|${CLUSTER_GATEWAY_PORTS[1]}|/ready|PORT=${CLUSTER_GATEWAY_PORTS[1]} GATEWAY_ID=gateway-2 SPOOL_DIR=$BASE/spool-2"
+	"billing-worker|billing-worker|$BILLING_METRICS_PORT|/health|METRICS_PORT=$BILLING_METRICS_PORT WEBHOOK_ALLOW_HOSTS=127.0.0.1,localhost"
+	"aggregator|aggregator|$AGGREGATOR_METRICS_PORT|/health|METRICS_PORT=$AGGREGATOR_METRICS_PORT"
 )
+
+node_addrs() { # node_addrs SCHEME BASE: 127.0.0.1:BASE+n of every node, comma-separated
+	local n out=""
+	for n in "${NATS_NODES[@]}"; do out+="${1}127.0.0.1:$(($2 + n)),"; done
+	printf '%s\n' "${out%,}"
+}
 
 field() { # field ENTRY INDEX
 	local IFS='|'
@@ -57,19 +64,19 @@ wait_for() { # wait_for WHAT COMMAND…: retry COMMAND for READY_TIMEOUT seconds
 nats_up() {
 	local bin n routes=""
 	bin=$(go_tool nats-server github.com/nats-io/nats-server/v2 github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION")
-	for n in "${NATS_NODES[@]}"; do routes+="nats-route://127.0.0.1:$((6221 + n)),"; done
+	for n in "${NATS_NODES[@]}"; do routes+="nats-route://127.0.0.1:$((CLUSTER_NATS_ROUTE_BASE + n)),"; done
 	for n in "${NATS_NODES[@]}"; do
 		mkdir -p "$BASE/nats-$n"
 		# sync_interval: always, as `make up`: an acknowledgement means on disk.
 		cat >"$BASE/nats-$n.conf" <<EOF
 # written by .ci/cluster.sh; rewritten on every start
 server_name: mana-n$n
-listen: 127.0.0.1:$((4221 + n))
-http: 127.0.0.1:$((8221 + n))
+listen: 127.0.0.1:$((CLUSTER_NATS_BASE + n))
+http: 127.0.0.1:$((CLUSTER_NATS_MON_BASE + n))
 pid_file: "$RUN/nats-$n.pid"
 cluster {
   name: mana
-  listen: 127.0.0.1:$((6221 + n))
+  listen: 127.0.0.1:$((CLUSTER_NATS_ROUTE_BASE + n))
   routes: [${routes%,}]
 }
 jetstream {
@@ -78,10 +85,10 @@ jetstream {
 }
 EOF
 		setsid nohup "$bin" -c "$BASE/nats-$n.conf" >>"$LOGS/nats-$n.log" 2>&1 </dev/null &
-		log "started nats-server n$n on 127.0.0.1:$((4221 + n)) (routes :$((6221 + n)), monitor :$((8221 + n)))"
+		log "started nats-server n$n on 127.0.0.1:$((CLUSTER_NATS_BASE + n)) (routes :$((CLUSTER_NATS_ROUTE_BASE + n)), monitor :$((CLUSTER_NATS_MON_BASE + n)))"
 	done
 	for n in "${NATS_NODES[@]}"; do
-		wait_for "nats-server n$n was not ready" curl -sf "http://127.0.0.1:$((8221 + n))/healthz"
+		wait_for "nats-server n$n was not ready" curl -sf "http://127.0.0.1:$((CLUSTER_NATS_MON_BASE + n))/healthz"
 	done
 }
 
@@ -91,24 +98,24 @@ redis_up() {
 	ensure_cmd redis-cli redis-tools
 	for n in "${REDIS_NODES[@]}"; do
 		mkdir -p "$BASE/redis-$n"
-		redis-server --bind 127.0.0.1 --port $((7000 + n)) --cluster-enabled yes --cluster-port $((14000 + n)) \
+		redis-server --bind 127.0.0.1 --port $((CLUSTER_REDIS_BASE + n)) --cluster-enabled yes --cluster-port $((CLUSTER_REDIS_BUS_BASE + n)) \
 			--cluster-config-file nodes.conf --cluster-node-timeout 2000 --dir "$BASE/redis-$n" \
 			--save "" --appendonly yes --appendfsync everysec --daemonize yes \
 			--pidfile "$RUN/redis-$n.pid" --logfile "$LOGS/redis-$n.log"
-		addrs+=("127.0.0.1:$((7000 + n))")
-		log "started redis-server (cluster node) on 127.0.0.1:$((7000 + n))"
+		addrs+=("127.0.0.1:$((CLUSTER_REDIS_BASE + n))")
+		log "started redis-server (cluster node) on 127.0.0.1:$((CLUSTER_REDIS_BASE + n))"
 	done
 	for n in "${REDIS_NODES[@]}"; do
-		wait_for "redis-server :$((7000 + n)) did not answer" redis-cli -p $((7000 + n)) ping
+		wait_for "redis-server :$((CLUSTER_REDIS_BASE + n)) did not answer" redis-cli -p $((CLUSTER_REDIS_BASE + n)) ping
 	done
 	# A cluster created before keeps its nodes.conf: only a new one is joined.
-	if ! redis-cli -p 7001 cluster info | grep -q '^cluster_slots_assigned:16384'; then
+	if ! redis-cli -p $((CLUSTER_REDIS_BASE + 1)) cluster info | grep -q '^cluster_slots_assigned:16384'; then
 		log "redis-cli --cluster create ${addrs[*]}"
 		redis-cli --cluster create "${addrs[@]}" --cluster-yes >"$LOGS/redis-create.log" 2>&1 ||
 			{ tail -n 20 "$LOGS/redis-create.log" >&2; down; die "redis-cli --cluster create failed"; }
 	fi
 	for n in "${REDIS_NODES[@]}"; do
-		wait_for "the Redis Cluster was not ok" sh -c "redis-cli -p $((7000 + n)) cluster info | grep -q '^cluster_state:ok'"
+		wait_for "the Redis Cluster was not ok" sh -c "redis-cli -p $((CLUSTER_REDIS_BASE + n)) cluster info | grep -q '^cluster_state:ok'"
 	done
 }
 
@@ -130,12 +137,12 @@ http {
   uwsgi_temp_path $BASE/nginx/uwsgi;
   scgi_temp_path $BASE/nginx/scgi;
   upstream gateways {
-    server 127.0.0.1:3031 max_fails=1 fail_timeout=2s;
-    server 127.0.0.1:3032 max_fails=1 fail_timeout=2s;
+    server 127.0.0.1:${CLUSTER_GATEWAY_PORTS[0]} max_fails=1 fail_timeout=2s;
+    server 127.0.0.1:${CLUSTER_GATEWAY_PORTS[1]} max_fails=1 fail_timeout=2s;
     keepalive 64;
   }
   server {
-    listen 127.0.0.1:3030;
+    listen 127.0.0.1:$GATEWAY_PORT;
     # The gateway enforces its own body limits and streams uploads.
     client_max_body_size 0;
     proxy_request_buffering off;
@@ -156,14 +163,14 @@ http {
 }
 EOF
 	setsid nginx -c "$BASE/nginx.conf" -e "$LOGS/nginx.log" >>"$LOGS/nginx.out" 2>&1 </dev/null &
-	log "started nginx on 127.0.0.1:3030 in front of :3031 and :3032"
+	log "started nginx on 127.0.0.1:$GATEWAY_PORT in front of :${CLUSTER_GATEWAY_PORTS[0]} and :${CLUSTER_GATEWAY_PORTS[1]}"
 }
 
 apps_up() {
 	local e name bin envs common n
 	common=("DEV_MODE=1" "LOG_LEVEL=${LOG_LEVEL:-info}" "DATABASE_URL=$DATABASE_URL"
-		"NATS_URL=nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224"
-		"REDIS_ADDRS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003" "USAGE_STREAM_REPLICAS=3")
+		"NATS_URL=$(node_addrs nats:// "$CLUSTER_NATS_BASE")"
+		"REDIS_ADDRS=$(node_addrs "" "$CLUSTER_REDIS_BASE")" "USAGE_STREAM_REPLICAS=3")
 	mkdir -p "$DATA/auth"
 	log "migrating the database (bin/gateway migrate)"
 	env "${common[@]}" "$BIN/gateway" migrate >"$LOGS/migrate.log" 2>&1 ||
@@ -174,9 +181,9 @@ apps_up() {
 		setsid env "${common[@]}" "${envs[@]}" "$BIN/$bin" >>"$LOGS/$name.log" 2>&1 </dev/null &
 		echo $! >"$RUN/$name.pid"
 		log "started $name (pid $!, log .data/cluster/logs/$name.log)"
-		if [[ $name == authdev ]]; then wait_for "authdev did not listen" port_open 3001; fi
+		if [[ $name == authdev ]]; then wait_for "authdev did not listen" port_open "$AUTHDEV_PORT"; fi
 		# The first gateway creates the stream; the second finds it.
-		if [[ $name == gateway-1 ]]; then wait_for "gateway-1 was not ready" curl -sf http://127.0.0.1:3031/ready; fi
+		if [[ $name == gateway-1 ]]; then wait_for "gateway-1 was not ready" curl -sf "http://127.0.0.1:${CLUSTER_GATEWAY_PORTS[0]}/ready"; fi
 	done
 	for e in "${APPS[@]}"; do
 		name=$(field "$e" 0) n=$(field "$e" 2)
@@ -190,7 +197,7 @@ apps_up() {
 
 up() {
 	local e p taken=()
-	for e in "${APPS[@]}" "nginx||3030" "nats||4222" "redis||7001"; do
+	for e in "${APPS[@]}" "nginx||$GATEWAY_PORT" "nats||$((CLUSTER_NATS_BASE + 1))" "redis||$((CLUSTER_REDIS_BASE + 1))"; do
 		p=$(field "$e" 2)
 		if port_open "$p"; then taken+=("$p"); fi
 	done
@@ -208,17 +215,17 @@ up() {
 	redis_up
 	apps_up
 	nginx_up
-	wait_for "the gateways were not ready behind nginx" curl -sf http://127.0.0.1:3030/ready
-	cat <<'EOF'
+	wait_for "the gateways were not ready behind nginx" curl -sf "http://127.0.0.1:$GATEWAY_PORT/ready"
+	cat <<EOF
 
 Mana API Gateway is up on a cluster.
-  gateway      http://127.0.0.1:3030   (nginx; gateways on :3031 and :3032)
-  NATS         nats://127.0.0.1:4222,4223,4224 (JetStream cluster, USAGE at R3; monitors :8222-8224)
-  Redis        127.0.0.1:7001,7002,7003 (Redis Cluster, three masters)
-  dev auth     http://127.0.0.1:3001; stand-ins :3020-3022; workers :9101, :9102
+  gateway      http://127.0.0.1:$GATEWAY_PORT   (nginx; gateways on :${CLUSTER_GATEWAY_PORTS[0]} and :${CLUSTER_GATEWAY_PORTS[1]})
+  NATS         $(node_addrs nats:// "$CLUSTER_NATS_BASE") (JetStream cluster, USAGE at R3; monitors :$((CLUSTER_NATS_MON_BASE + 1))-$((CLUSTER_NATS_MON_BASE + 3)))
+  Redis        $(node_addrs "" "$CLUSTER_REDIS_BASE") (Redis Cluster, three masters)
+  dev auth     http://127.0.0.1:$AUTHDEV_PORT; stand-ins :$STT_PORT (stt), :$SEARCH_PORT (search), :$TTS_PORT (tts); workers :$BILLING_METRICS_PORT, :$AGGREGATOR_METRICS_PORT
   logs         .data/cluster/logs/*.log
 
-The curl lines of `make up` work unchanged; `make down` stops everything.
+The curl lines of \`make up\` work unchanged; \`make down\` stops everything.
 EOF
 }
 
@@ -236,10 +243,10 @@ down() {
 status() {
 	local e n name
 	for n in "${NATS_NODES[@]}"; do
-		if pid_alive "$RUN/nats-$n.pid"; then echo "nats-$n: running on 127.0.0.1:$((4221 + n))"; else echo "nats-$n: stopped"; fi
+		if pid_alive "$RUN/nats-$n.pid"; then echo "nats-$n: running on 127.0.0.1:$((CLUSTER_NATS_BASE + n))"; else echo "nats-$n: stopped"; fi
 	done
 	for n in "${REDIS_NODES[@]}"; do
-		if pid_alive "$RUN/redis-$n.pid"; then echo "redis-$n: running on 127.0.0.1:$((7000 + n))"; else echo "redis-$n: stopped"; fi
+		if pid_alive "$RUN/redis-$n.pid"; then echo "redis-$n: running on 127.0.0.1:$((CLUSTER_REDIS_BASE + n))"; else echo "redis-$n: stopped"; fi
 	done
 	for e in "${APPS[@]}" "nginx"; do
 		name=$(field "$e" 0)

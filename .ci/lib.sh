@@ -5,6 +5,8 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 DATA="$ROOT/.data"
 TOOLBIN="$DATA/bin"
+# shellcheck source=.ci/ports.sh
+source "$ROOT/.ci/ports.sh"
 
 # Pinned tool versions (Go modules, built into .data/bin); used by the scripts
 # that source this file.

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Installs (when missing), starts and stops the servers the project needs:
-# PostgreSQL, Redis and NATS (JetStream). Two profiles keep apart:
-#   dev   data in .data/,      ports 5432/6379/4222 (8222) when free, else 55432/56379/54222 (58222);
-#         used by `make run`/`make up`; the chosen URLs go to .data/stack.env
-#   test  data in .data/test/, ports 55433/56380/54223 (58223) or any free one;
-#         used by `make test`; the URLs go to .data/test/stack.env
+# PostgreSQL, Redis and NATS (JetStream). Three profiles keep apart, each with
+# its own data folder and its ports from .ci/ports.sh:
+#   dev    data in .data/; used by `make run`/`make up`/`make up-cluster`;
+#          the chosen URLs go to .data/stack.env
+#   test   data in .data/test/, thrown away by stop; used by `make test`;
+#          the URLs go to .data/test/stack.env
+#   bench  data in .data/bench/servers/, thrown away by stop; used by
+#          `make bench`; production-like durability (PostgreSQL fsyncs, Redis
+#          appends every second); the URLs and pids go to
+#          .data/bench/servers/stack.env
 #
-# usage: .ci/servers.sh start|stop|status|env [dev|test] [pg] [redis] [nats]
+# usage: .ci/servers.sh start|stop|status|env [dev|test|bench] [pg] [redis] [nats] [nats-nofsync]
 # With no server named: dev = pg redis nats, test = pg (the tests start their
-# own redis-server and an embedded NATS per test).
+# own redis-server and an embedded NATS per test), bench = pg redis nats
+# nats-nofsync. nats-nofsync is a second NATS with JetStream's default sync
+# interval (fsync every two minutes), for the bench's diagnostic gateway only.
 #
 # PostgreSQL refuses to run as root, so as root it runs as the `postgres` user.
 # Its data lives in .data/<profile>/pg when that user can reach the project
@@ -18,7 +25,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-	echo "usage: $0 start|stop|status|env [dev|test] [pg] [redis] [nats]" >&2
+	echo "usage: $0 start|stop|status|env [dev|test|bench] [pg] [redis] [nats] [nats-nofsync]" >&2
 	exit 2
 }
 
@@ -26,28 +33,43 @@ ACTION=${1:-}
 [[ -n $ACTION ]] || usage
 shift
 PROFILE=dev
-if [[ ${1:-} == dev || ${1:-} == test ]]; then
+if [[ ${1:-} == dev || ${1:-} == test || ${1:-} == bench ]]; then
 	PROFILE=$1
 	shift
 fi
 COMPONENTS=("$@")
 if ((${#COMPONENTS[@]} == 0)); then
-	if [[ $PROFILE == dev ]]; then COMPONENTS=(pg redis nats); else COMPONENTS=(pg); fi
+	case $PROFILE in
+	dev) COMPONENTS=(pg redis nats) ;;
+	test) COMPONENTS=(pg) ;;
+	bench) COMPONENTS=(pg redis nats nats-nofsync) ;;
+	esac
 fi
 
-if [[ $PROFILE == dev ]]; then
+case $PROFILE in
+dev)
 	BASE=$DATA
-	PG_PORTS=(5432 55432)
-	REDIS_PORTS=(6379 56379)
-	NATS_PORTS=(4222 54222)
-	NATS_MON_PORTS=(8222 58222)
-else
+	PG_PORTS=("${DEV_PG_PORTS[@]}")
+	REDIS_PORTS=("${DEV_REDIS_PORTS[@]}")
+	NATS_PORTS=("${DEV_NATS_PORTS[@]}")
+	NATS_MON_PORTS=("${DEV_NATS_MON_PORTS[@]}")
+	;;
+test)
 	BASE=$DATA/test
-	PG_PORTS=(55433)
-	REDIS_PORTS=(56380)
-	NATS_PORTS=(54223)
-	NATS_MON_PORTS=(58223)
-fi
+	PG_PORTS=("${TEST_PG_PORTS[@]}")
+	REDIS_PORTS=("${TEST_REDIS_PORTS[@]}")
+	NATS_PORTS=("${TEST_NATS_PORTS[@]}")
+	NATS_MON_PORTS=("${TEST_NATS_MON_PORTS[@]}")
+	;;
+bench)
+	BASE=$DATA/bench/servers
+	PG_PORTS=("${BENCH_PG_PORTS[@]}")
+	REDIS_PORTS=("${BENCH_REDIS_PORTS[@]}")
+	NATS_PORTS=("${BENCH_NATS_PORTS[@]}")
+	NATS_MON_PORTS=("${BENCH_NATS_MON_PORTS[@]}")
+	NATS_NOFSYNC_PORTS=("${BENCH_NATS_NOFSYNC_PORTS[@]}")
+	;;
+esac
 RUN=$BASE/run
 LOGS=$BASE/logs
 ENV_FILE=$BASE/stack.env
@@ -143,6 +165,11 @@ pg_start() {
 					echo "synchronous_commit = off"
 					echo "full_page_writes = off"
 				fi
+				if [[ $PROFILE == bench ]]; then
+					# Default durability (fsync, synchronous_commit): the
+					# pipeline figures are those of a production-like database.
+					echo "shared_buffers = 256MB"
+				fi
 			} | as_pg tee -a "$PGDATA_DIR/postgresql.conf" >/dev/null
 		fi
 		port=$(free_port "${PG_PORTS[@]}") || die "no free port for PostgreSQL"
@@ -168,11 +195,11 @@ pg_stop() {
 		log "stopping PostgreSQL ($PGDATA_DIR)"
 		as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null
 	fi
-	if [[ $PROFILE == test ]]; then
-		# Test data is thrown away (initdb takes a second); this also keeps
+	if [[ $PROFILE != dev ]]; then
+		# Test and bench data is thrown away (initdb takes a second); this also keeps
 		# /tmp clean when the cluster had to live there.
 		rm -rf "$PGROOT"
-		rmdir "/tmp/mana-$HASH/test" "/tmp/mana-$HASH" 2>/dev/null || true
+		rmdir "/tmp/mana-$HASH/$PROFILE" "/tmp/mana-$HASH" 2>/dev/null || true
 	fi
 }
 
@@ -195,13 +222,15 @@ redis_start() {
 	local port pidfile=$RUN/redis.pid i
 	if pid_alive "$pidfile" redis-server && [[ -s $RUN/redis.port ]]; then
 		REDIS_PORT=$(<"$RUN/redis.port")
+		REDIS_PID=$(<"$pidfile")
 		log "Redis already running on 127.0.0.1:$REDIS_PORT"
 		return 0
 	fi
 	port=$(free_port "${REDIS_PORTS[@]}") || die "no free port for Redis"
 	local persist=(--save "" --appendonly no)
-	if [[ $PROFILE == dev ]]; then
-		# Dev keeps its rate-limit and credit state across restarts.
+	if [[ $PROFILE != test ]]; then
+		# Dev keeps its rate-limit and credit state across restarts; the
+		# bench measures Redis as production runs it.
 		persist=(--save "" --appendonly yes --appendfsync everysec)
 	fi
 	log "starting Redis on 127.0.0.1:$port"
@@ -211,6 +240,7 @@ redis_start() {
 		if [[ $(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null) == PONG ]]; then
 			echo "$port" >"$RUN/redis.port"
 			REDIS_PORT=$port
+			REDIS_PID=$(<"$pidfile")
 			return 0
 		fi
 		sleep 0.1
@@ -222,6 +252,7 @@ redis_start() {
 redis_stop() {
 	stop_pidfile "$RUN/redis.pid" Redis
 	rm -f "$RUN/redis.port"
+	if [[ $PROFILE == bench ]]; then rm -rf "${BASE:?}/redis"; fi
 }
 
 redis_status() {
@@ -234,59 +265,90 @@ redis_status() {
 
 # ---------------------------------------------------------------------- NATS
 
-nats_start() {
-	local bin port mport pidfile=$RUN/nats.pid conf=$BASE/nats.conf i
+# nats_server NAME FSYNC: starts the nats-server NAME (nats or nats-nofsync)
+# on a free port of its list; FSYNC=1 fsyncs every write. It sets
+# SERVER_PORT, SERVER_MON_PORT and SERVER_PID.
+nats_server() {
+	local name=$1 fsync=$2 bin port mport server pidfile=$RUN/$1.pid conf=$BASE/$1.conf i sync="" ports mports
 	bin=$(go_tool nats-server github.com/nats-io/nats-server/v2 github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION")
-	mkdir -p "$RUN" "$LOGS" "$BASE/nats"
-	if pid_alive "$pidfile" nats-server && [[ -s $RUN/nats.port ]]; then
-		read -r NATS_PORT NATS_MON_PORT <"$RUN/nats.port"
-		log "NATS already running on 127.0.0.1:$NATS_PORT"
+	mkdir -p "$RUN" "$LOGS" "$BASE/$name"
+	if pid_alive "$pidfile" nats-server && [[ -s $RUN/$name.port ]]; then
+		read -r SERVER_PORT SERVER_MON_PORT <"$RUN/$name.port"
+		SERVER_PID=$(<"$pidfile")
+		log "$name already running on 127.0.0.1:$SERVER_PORT"
 		return 0
 	fi
-	port=$(free_port "${NATS_PORTS[@]}") || die "no free port for NATS"
-	mport=$(free_port "${NATS_MON_PORTS[@]}") || die "no free port for the NATS monitor"
+	if [[ $name == nats ]]; then
+		ports=("${NATS_PORTS[@]}") mports=("${NATS_MON_PORTS[@]}")
+	else
+		[[ $PROFILE == bench ]] || die "nats-nofsync is for the bench profile only"
+		ports=("${NATS_NOFSYNC_PORTS[@]}") mports=()
+	fi
+	port=$(free_port "${ports[@]}") || die "no free port for $name"
+	mport=$(free_port "${mports[@]}") || die "no free port for the $name monitor"
+	while [[ $mport == "$port" ]] || port_open "$mport"; do mport=$((mport + 1)); done
 	# sync_interval: always makes JetStream fsync every write before it
 	# acknowledges it. Jepsen's analysis of NATS 2.12.1 showed acknowledged
 	# writes lost on power failure with the default (sync every 2 minutes); the
 	# gateway releases a response only once its usage event is acknowledged, so
-	# an acknowledgement must mean "on disk".
+	# an acknowledgement must mean "on disk". nats-nofsync keeps the default,
+	# to show what the per-write fsync costs; not a setting for production.
+	if [[ $fsync == 1 ]]; then sync="sync_interval: always"; fi
+	server=mana-$PROFILE
+	if [[ $name != nats ]]; then server+=-$name; fi
 	cat >"$conf" <<EOF
 # written by .ci/servers.sh ($PROFILE profile); rewritten on every start
-server_name: mana-$PROFILE
+server_name: $server
 listen: 127.0.0.1:$port
 http: 127.0.0.1:$mport
 pid_file: "$pidfile"
 jetstream {
-  store_dir: "$BASE/nats"
-  sync_interval: always
+  store_dir: "$BASE/$name"
+  $sync
 }
 EOF
-	log "starting NATS (JetStream) on 127.0.0.1:$port, monitor :$mport"
-	setsid nohup "$bin" -c "$conf" >>"$LOGS/nats.log" 2>&1 </dev/null &
+	log "starting $name (JetStream) on 127.0.0.1:$port, monitor :$mport"
+	setsid nohup "$bin" -c "$conf" >>"$LOGS/$name.log" 2>&1 </dev/null &
 	for ((i = 0; i < 150; i++)); do
-		if port_open "$port" && port_open "$mport"; then
-			echo "$port $mport" >"$RUN/nats.port"
-			NATS_PORT=$port
-			NATS_MON_PORT=$mport
+		if port_open "$port" && port_open "$mport" && [[ -s $pidfile ]]; then
+			echo "$port $mport" >"$RUN/$name.port"
+			SERVER_PORT=$port SERVER_MON_PORT=$mport SERVER_PID=$(<"$pidfile")
 			return 0
 		fi
 		sleep 0.1
 	done
-	tail -n 20 "$LOGS/nats.log" >&2 || true
-	die "NATS did not start on 127.0.0.1:$port"
+	tail -n 20 "$LOGS/$name.log" >&2 || true
+	die "$name did not start on 127.0.0.1:$port"
+}
+
+nats_start() {
+	nats_server nats 1
+	NATS_PORT=$SERVER_PORT NATS_MON_PORT=$SERVER_MON_PORT NATS_PID=$SERVER_PID
+}
+
+nats_nofsync_start() {
+	nats_server nats-nofsync 0
+	NATS_NOFSYNC_PORT=$SERVER_PORT NATS_NOFSYNC_PID=$SERVER_PID
 }
 
 nats_stop() {
-	stop_pidfile "$RUN/nats.pid" NATS
-	rm -f "$RUN/nats.port"
+	local name
+	for name in nats nats-nofsync; do
+		stop_pidfile "$RUN/$name.pid" "$name"
+		rm -f "$RUN/$name.port"
+		if [[ $PROFILE == bench ]]; then rm -rf "${BASE:?}/$name"; fi
+	done
 }
 
 nats_status() {
-	if pid_alive "$RUN/nats.pid" nats-server; then
-		echo "nats: running on 127.0.0.1:$(cut -d' ' -f1 "$RUN/nats.port" 2>/dev/null)"
-	else
-		echo "nats: stopped"
-	fi
+	local name
+	for name in nats nats-nofsync; do
+		if pid_alive "$RUN/$name.pid" nats-server; then
+			echo "$name: running on 127.0.0.1:$(cut -d' ' -f1 "$RUN/$name.port" 2>/dev/null)"
+		elif [[ $name == nats ]]; then
+			echo "$name: stopped"
+		fi
+	done
 }
 
 # ---------------------------------------------------------------------- main
@@ -295,17 +357,26 @@ write_env() {
 	local tmp=$ENV_FILE.tmp
 	: >"$tmp"
 	if [[ -n ${PG_PORT:-} ]]; then
-		if [[ $PROFILE == dev ]]; then
-			echo "DATABASE_URL=postgres://postgres:postgres@127.0.0.1:$PG_PORT/manacore?sslmode=disable" >>"$tmp"
-		else
-			echo "TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable" >>"$tmp"
-		fi
+		case $PROFILE in
+		dev) echo "DATABASE_URL=postgres://postgres:postgres@127.0.0.1:$PG_PORT/manacore?sslmode=disable" >>"$tmp" ;;
+		test) echo "TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable" >>"$tmp" ;;
+		bench) echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable" >>"$tmp" ;;
+		esac
 	fi
 	if [[ -n ${REDIS_PORT:-} ]]; then
 		printf 'REDIS_HOST=127.0.0.1\nREDIS_PORT=%s\n' "$REDIS_PORT" >>"$tmp"
 	fi
 	if [[ -n ${NATS_PORT:-} ]]; then
 		printf 'NATS_URL=nats://127.0.0.1:%s\nNATS_MONITOR_URL=http://127.0.0.1:%s\n' "$NATS_PORT" "$NATS_MON_PORT" >>"$tmp"
+	fi
+	if [[ -n ${NATS_NOFSYNC_PORT:-} ]]; then
+		echo "NATS_NOFSYNC_URL=nats://127.0.0.1:$NATS_NOFSYNC_PORT" >>"$tmp"
+	fi
+	if [[ $PROFILE == bench ]]; then
+		# The bench measures the servers' CPU and memory by pid, and the
+		# disk's fsync latency in NATS's store.
+		printf 'REDIS_PID=%s\nNATS_PID=%s\nNATS_NOFSYNC_PID=%s\nNATS_STORE_DIR=%s\n' \
+			"${REDIS_PID:-}" "${NATS_PID:-}" "${NATS_NOFSYNC_PID:-}" "$BASE/nats" >>"$tmp"
 	fi
 	mv "$tmp" "$ENV_FILE"
 }
@@ -318,6 +389,7 @@ start)
 		pg) pg_start ;;
 		redis) redis_start ;;
 		nats) nats_start ;;
+		nats-nofsync) nats_nofsync_start ;;
 		*) usage ;;
 		esac
 	done

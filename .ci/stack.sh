@@ -10,7 +10,7 @@
 #        .ci/stack.sh exec CMD…  run CMD with the servers up and their settings exported
 # STACK_SKIP_BUILD=1 uses bin/ as it is; READY_TIMEOUT (seconds, default 90).
 # MONITORING=1 (run, up) also starts Prometheus from Debian's package on
-# 127.0.0.1:9090 (59090 if taken), scraping every binary with the alert rules
+# 127.0.0.1:9090 (59090 if taken; PROMETHEUS_PORTS in .ci/ports.sh), scraping every binary with the alert rules
 # of deploy/prometheus loaded; its data lives in .data/prometheus.
 # Logs go to .data/logs/<name>.log, pid files to .data/run/<name>.pid.
 set -euo pipefail
@@ -23,16 +23,16 @@ LOGS=$DATA/logs
 BIN=$ROOT/bin
 READY_TIMEOUT=${READY_TIMEOUT:-90}
 
-# name|package|port|health path (empty: a TCP connect is enough). Start order.
+# name|package|port (.ci/ports.sh)|health path (empty: a TCP connect is enough). Start order.
 APPS=(
-	"authdev|./services/cmd/authdev|3001|"
-	"search|./services/cmd/search|3021|"
-	"stt|./services/cmd/stt|3020|"
-	"tts|./services/cmd/tts|3022|"
-	"webhookdev|./services/cmd/webhookdev|3040|/health"
-	"billing-worker|./billing-worker/cmd/billing-worker|9101|/health"
-	"aggregator|./aggregator/cmd/aggregator|9102|/health"
-	"gateway|./gateway/cmd/gateway|3030|/ready"
+	"authdev|./services/cmd/authdev|$AUTHDEV_PORT|"
+	"search|./services/cmd/search|$SEARCH_PORT|"
+	"stt|./services/cmd/stt|$STT_PORT|"
+	"tts|./services/cmd/tts|$TTS_PORT|"
+	"webhookdev|./services/cmd/webhookdev|$WEBHOOKDEV_PORT|/health"
+	"billing-worker|./billing-worker/cmd/billing-worker|$BILLING_METRICS_PORT|/health"
+	"aggregator|./aggregator/cmd/aggregator|$AGGREGATOR_METRICS_PORT|/health"
+	"gateway|./gateway/cmd/gateway|$GATEWAY_PORT|/ready"
 )
 
 app_field() { # app_field ENTRY INDEX
@@ -65,14 +65,14 @@ load_env() {
 # app_env NAME: the settings one binary gets on top of .data/stack.env, one a line.
 app_env() {
 	case $1 in
-	authdev) printf '%s\n' "PORT=3001" "AUTH_KEY_FILE=$DATA/auth/jwt.pem" ;;
-	search) printf '%s\n' "PORT=3021" "EXTRACT_ALLOW_HOSTS=127.0.0.1:3021,localhost:3021" ;;
-	stt) echo "PORT=3020" ;;
-	tts) echo "PORT=3022" ;;
-	webhookdev) echo "PORT=3040" ;;
-	billing-worker) printf '%s\n' "METRICS_PORT=9101" "WEBHOOK_ALLOW_HOSTS=127.0.0.1,localhost" ;;
-	aggregator) echo "METRICS_PORT=9102" ;;
-	gateway) printf '%s\n' "PORT=3030" "SPOOL_DIR=$DATA/spool" ;;
+	authdev) printf '%s\n' "PORT=$AUTHDEV_PORT" "AUTH_KEY_FILE=$DATA/auth/jwt.pem" ;;
+	search) printf '%s\n' "PORT=$SEARCH_PORT" "EXTRACT_ALLOW_HOSTS=127.0.0.1:$SEARCH_PORT,localhost:$SEARCH_PORT" ;;
+	stt) echo "PORT=$STT_PORT" ;;
+	tts) echo "PORT=$TTS_PORT" ;;
+	webhookdev) echo "PORT=$WEBHOOKDEV_PORT" ;;
+	billing-worker) printf '%s\n' "METRICS_PORT=$BILLING_METRICS_PORT" "WEBHOOK_ALLOW_HOSTS=127.0.0.1,localhost" ;;
+	aggregator) echo "METRICS_PORT=$AGGREGATOR_METRICS_PORT" ;;
+	gateway) printf '%s\n' "PORT=$GATEWAY_PORT" "SPOOL_DIR=$DATA/spool" ;;
 	esac
 }
 
@@ -115,7 +115,7 @@ start_apps() {
 		pid=$!
 		echo "$pid" >"$RUN/$name.pid"
 		log "started $name (pid $pid, log .data/logs/$name.log)"
-		if [[ $name == authdev ]]; then wait_port "$name" 3001; fi
+		if [[ $name == authdev ]]; then wait_port "$name" "$AUTHDEV_PORT"; fi
 	done
 	wait_ready
 	if [[ ${MONITORING:-} == 1 ]]; then start_monitoring; fi
@@ -165,10 +165,10 @@ fail() {
 
 wait_ready() {
 	local i e name port path code
-	log "waiting for the gateway: http://127.0.0.1:3030/ready (up to ${READY_TIMEOUT}s)"
+	log "waiting for the gateway: http://127.0.0.1:$GATEWAY_PORT/ready (up to ${READY_TIMEOUT}s)"
 	for ((i = 0; i < READY_TIMEOUT * 4; i++)); do
 		check_alive
-		code=$(http_status http://127.0.0.1:3030/ready)
+		code=$(http_status "http://127.0.0.1:$GATEWAY_PORT/ready")
 		if [[ $code == 200 ]]; then
 			for e in "${APPS[@]}"; do
 				name=$(app_field "$e" 0) port=$(app_field "$e" 2) path=$(app_field "$e" 3)
@@ -190,7 +190,7 @@ start_monitoring() {
 	local port conf=$DATA/monitoring/prometheus.yml pid i
 	ensure_cmd prometheus prometheus
 	mkdir -p "$DATA/monitoring" "$DATA/prometheus" "$RUN" "$LOGS"
-	port=$(free_port 9090 59090) || die "no free port for Prometheus"
+	port=$(free_port "${PROMETHEUS_PORTS[@]}") || die "no free port for Prometheus"
 	cat >"$conf" <<EOF
 # written by .ci/stack.sh (MONITORING=1); rewritten on every start
 global:
@@ -200,11 +200,11 @@ rule_files:
   - $ROOT/deploy/prometheus/alerts.yml
 scrape_configs:
   - job_name: gateway
-    static_configs: [{targets: ["127.0.0.1:3030"]}]
+    static_configs: [{targets: ["127.0.0.1:$GATEWAY_PORT"]}]
   - job_name: billing-worker
-    static_configs: [{targets: ["127.0.0.1:9101"]}]
+    static_configs: [{targets: ["127.0.0.1:$BILLING_METRICS_PORT"]}]
   - job_name: aggregator
-    static_configs: [{targets: ["127.0.0.1:9102"]}]
+    static_configs: [{targets: ["127.0.0.1:$AGGREGATOR_METRICS_PORT"]}]
 EOF
 	if [[ -f $LOGS/prometheus.log ]]; then mv -f "$LOGS/prometheus.log" "$LOGS/prometheus.log.prev"; fi
 	setsid prometheus --config.file="$conf" --storage.tsdb.path="$DATA/prometheus" \
@@ -244,15 +244,15 @@ stop_all() {
 }
 
 banner() {
-	cat <<'EOF'
+	cat <<EOF
 
 Mana API Gateway is up.
-  gateway      http://127.0.0.1:3030   (/health, /ready, /metrics)
-  dashboard    http://127.0.0.1:3030/dashboard   (sign in as a dev user below)
-  dev auth     http://127.0.0.1:3001   (POST /api/v1/auth/login, /.well-known/jwks.json)
-  search       http://127.0.0.1:3021   stt http://127.0.0.1:3020   tts http://127.0.0.1:3022   (stand-ins)
-  webhooks     http://127.0.0.1:3040   (a receiver that verifies signatures; its log: .data/logs/webhookdev.log)
-  workers      billing-worker http://127.0.0.1:9101/metrics   aggregator http://127.0.0.1:9102/metrics
+  gateway      http://127.0.0.1:$GATEWAY_PORT   (/health, /ready, /metrics)
+  dashboard    http://127.0.0.1:$GATEWAY_PORT/dashboard   (sign in as a dev user below)
+  dev auth     http://127.0.0.1:$AUTHDEV_PORT   (POST /api/v1/auth/login, /.well-known/jwks.json)
+  search       http://127.0.0.1:$SEARCH_PORT   stt http://127.0.0.1:$STT_PORT   tts http://127.0.0.1:$TTS_PORT   (stand-ins)
+  webhooks     http://127.0.0.1:$WEBHOOKDEV_PORT   (a receiver that verifies signatures; its log: .data/logs/webhookdev.log)
+  workers      billing-worker http://127.0.0.1:$BILLING_METRICS_PORT/metrics   aggregator http://127.0.0.1:$AGGREGATOR_METRICS_PORT/metrics
   logs         .data/logs/*.log
 EOF
 	if [[ -s $RUN/prometheus.port ]]; then
