@@ -1,9 +1,11 @@
 // Package testenv starts the real servers that integration tests talk to:
 // a fresh Postgres database per test (in the cluster `make test` starts), a
 // redis-server process per test, and an embedded nats-server with JetStream.
-// A missing server fails the test; nothing here skips. It is a module of
-// its own, beside the stand-ins rather than inside their module, so that a
-// module needs only the harness (and not the stand-ins) for its tests.
+// A missing server fails the test; nothing here skips. It also runs the
+// binaries under test (Process, on package proc, the one process runner the
+// bench uses too) and builds them (BuildBinary). It is a module of its own,
+// beside the stand-ins rather than inside their module, so that a module
+// needs only the harness (and not the stand-ins) for its tests.
 package testenv
 
 import (

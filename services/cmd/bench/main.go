@@ -1,6 +1,7 @@
 // Command bench is the harness behind `make bench`: on servers that
-// .ci/bench.sh started (PostgreSQL, Redis, NATS) it starts the search
-// stand-in, nginx, a bare Go reverse proxy and the gateway, measures them
+// .ci/bench.sh started (`.ci/servers.sh start bench`: PostgreSQL, Redis,
+// NATS) it starts the search stand-in, nginx, a bare Go reverse proxy and
+// the gateway (as children run by services/testenv/proc), measures them
 // side by side with vegeta (closed-loop max throughput, open-loop latency at
 // fixed rates, CPU per request, peak RSS), measures the usage pipeline
 // (billing worker, aggregator, a bare JetStream consumer, replay) and writes
