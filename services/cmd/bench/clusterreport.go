@@ -27,17 +27,32 @@ type clusterRow struct {
 	format string // of each value
 }
 
-// clusterRows computes the side-by-side figures from the run's samples.
-func (r *results) clusterRows() []clusterRow {
-	names := [3]string{"gateway", "cluster-r3", "cluster-r1"}
-	nan := math.NaN()
-	row := func(what, format string, f func(name string, i int) float64) clusterRow {
-		cr := clusterRow{what: what, format: format}
-		for i, n := range names {
-			cr.v[i] = f(n, i)
-		}
-		return cr
+// clusterColumns are the targets of the table's columns: one node, cluster
+// R3, cluster R1.
+var clusterColumns = [3]string{"gateway", "cluster-r3", "cluster-r1"}
+
+// newClusterRow is one figure of the table, f(target, column) in each column.
+func newClusterRow(what, format string, f func(name string, i int) float64) clusterRow {
+	cr := clusterRow{what: what, format: format}
+	for i, n := range clusterColumns {
+		cr.v[i] = f(n, i)
 	}
+	return cr
+}
+
+// clusterRows computes the side-by-side figures from the run's samples:
+// closed loop, fixed rate, many keys, pipeline.
+func (r *results) clusterRows() []clusterRow {
+	rows := r.clusterMaxRows()
+	rows = append(rows, r.clusterFixedRows()...)
+	rows = append(rows, r.clusterKeysRows()...)
+	return append(rows, r.clusterPipelineRows()...)
+}
+
+// clusterMaxRows are the closed-loop figures: throughput, CPU of every
+// engine per call, JetStream's messages and bytes per call.
+func (r *results) clusterMaxRows() []clusterRow {
+	nan := math.NaN()
 	extra := func(key string) func(string, int) float64 {
 		return func(n string, _ int) float64 {
 			ss := r.max[n]
@@ -50,27 +65,15 @@ func (r *results) clusterRows() []clusterRow {
 			return cpuPerRequest(ss, func(s sample) float64 { return s.extraCPU[key] })
 		}
 	}
-	side := func(i int) *clusterPipeline {
-		if i == 0 {
-			return nil
-		}
-		want := map[int]string{1: "r3", 2: "r1"}[i]
-		for k := range r.cluster {
-			if r.cluster[k].side == want {
-				return &r.cluster[k]
-			}
-		}
-		return nil
-	}
-	rows := []clusterRow{
-		row("max throughput, req/s", "%.0f", func(n string, _ int) float64 { return r.maxRate(n) }),
-		row("gateway CPU per call, all instances, µs", "%.1f", func(n string, _ int) float64 {
+	return []clusterRow{
+		newClusterRow("max throughput, req/s", "%.0f", func(n string, _ int) float64 { return r.maxRate(n) }),
+		newClusterRow("gateway CPU per call, all instances, µs", "%.1f", func(n string, _ int) float64 {
 			return cpuPerRequest(r.max[n], func(s sample) float64 { return s.cpu })
 		}),
-		row("load balancer (nginx) CPU per call, µs", "%.1f", extra("lb")),
-		row("redis-server CPU per call, all masters, µs", "%.1f", extra("redis")),
-		row("nats-server CPU per call, all nodes, µs", "%.1f", extra("nats")),
-		row("CPU per call of all of these, µs", "%.1f", func(n string, _ int) float64 {
+		newClusterRow("load balancer (nginx) CPU per call, µs", "%.1f", extra("lb")),
+		newClusterRow("redis-server CPU per call, all masters, µs", "%.1f", extra("redis")),
+		newClusterRow("nats-server CPU per call, all nodes, µs", "%.1f", extra("nats")),
+		newClusterRow("CPU per call of all of these, µs", "%.1f", func(n string, _ int) float64 {
 			ss := r.max[n]
 			if len(ss) == 0 {
 				return nan
@@ -83,114 +86,116 @@ func (r *results) clusterRows() []clusterRow {
 				return t
 			})
 		}),
-		row("JetStream messages per call", "%.3f", func(n string, _ int) float64 {
+		newClusterRow("JetStream messages per call", "%.3f", func(n string, _ int) float64 {
 			return perCall(r.max[n], func(s sample) float64 { return float64(s.jsMsgs) })
 		}),
-		row("JetStream bytes stored per call, one replica", "%.0f", func(n string, _ int) float64 {
+		newClusterRow("JetStream bytes stored per call, one replica", "%.0f", func(n string, _ int) float64 {
 			return perCall(r.max[n], func(s sample) float64 { return float64(s.jsBytes) })
 		}),
-		row("bytes between the NATS servers per call (routes)", "%.0f", func(n string, i int) float64 {
+		newClusterRow("bytes between the NATS servers per call (routes)", "%.0f", func(n string, i int) float64 {
 			if i == 0 {
 				return nan
 			}
 			return perCall(r.max[n], func(s sample) float64 { return float64(s.route) })
 		}),
 	}
-	if f := r.fixed(); f != nil {
-		q := func(qf func(latencies) time.Duration) func(string, int) float64 {
-			return func(n string, _ int) float64 {
-				if len(f.samples[n]) == 0 {
-					return nan
-				}
-				return float64(medLat(f.samples[n], qf)) / 1e6
+}
+
+// clusterFixedRows are the figures at the fixed rate, if it ran.
+func (r *results) clusterFixedRows() []clusterRow {
+	f := r.fixed()
+	if f == nil {
+		return nil
+	}
+	nan := math.NaN()
+	q := func(qf func(latencies) time.Duration) func(string, int) float64 {
+		return func(n string, _ int) float64 {
+			if len(f.samples[n]) == 0 {
+				return nan
+			}
+			return float64(medLat(f.samples[n], qf)) / 1e6
+		}
+	}
+	return []clusterRow{
+		newClusterRow(fmt.Sprintf("achieved req/s at %d req/s", f.rate), "%.0f", func(n string, _ int) float64 { return median(rates(f.samples[n])) }),
+		newClusterRow(fmt.Sprintf("p50 at %d req/s, ms", f.rate), "%.3f", q(p50)),
+		newClusterRow(fmt.Sprintf("p99 at %d req/s, ms", f.rate), "%.3f", q(p99)),
+		newClusterRow(fmt.Sprintf("gateway CPU per call at %d req/s, all instances, µs", f.rate), "%.1f", func(n string, _ int) float64 {
+			return cpuPerRequest(f.samples[n], func(s sample) float64 { return s.cpu })
+		}),
+		newClusterRow(fmt.Sprintf("nats-server CPU per call at %d req/s, all nodes, µs", f.rate), "%.1f", func(n string, _ int) float64 {
+			ss := f.samples[n]
+			if len(ss) == 0 {
+				return nan
+			}
+			return cpuPerRequest(ss, func(s sample) float64 { return s.extraCPU["nats"] })
+		}),
+		newClusterRow(fmt.Sprintf("gateway peak RSS at %d req/s, per instance, MB", f.rate), "%.1f", func(n string, i int) float64 {
+			if r.peakFixed[n] == 0 {
+				return nan
+			}
+			per := 1.0
+			if i > 0 {
+				per = 2
+			}
+			return float64(r.peakFixed[n]) / 1024 / per
+		}),
+	}
+}
+
+// clusterKeysRows is the throughput with many keys, if the cluster ran it.
+func (r *results) clusterKeysRows() []clusterRow {
+	if len(r.keys["keys-many-cluster"]) == 0 {
+		return nil
+	}
+	return []clusterRow{newClusterRow(fmt.Sprintf("max throughput with %d keys, req/s", r.cfg.ManyKeys), "%.0f", func(_ string, i int) float64 {
+		switch i {
+		case 0:
+			return median(rates(r.keys["keys-many"]))
+		case 1:
+			return median(rates(r.keys["keys-many-cluster"]))
+		}
+		return math.NaN()
+	})}
+}
+
+// clusterPipelineRows are the pipeline's figures: the single node's from
+// r.pipeline, each side's from its clusterPipeline.
+func (r *results) clusterPipelineRows() []clusterRow {
+	side := func(i int) *clusterPipeline {
+		want := map[int]string{1: "r3", 2: "r1"}[i]
+		for k := range r.cluster {
+			if r.cluster[k].side == want {
+				return &r.cluster[k]
 			}
 		}
-		rows = append(rows,
-			row(fmt.Sprintf("achieved req/s at %d req/s", f.rate), "%.0f", func(n string, _ int) float64 { return median(rates(f.samples[n])) }),
-			row(fmt.Sprintf("p50 at %d req/s, ms", f.rate), "%.3f", q(p50)),
-			row(fmt.Sprintf("p99 at %d req/s, ms", f.rate), "%.3f", q(p99)),
-			row(fmt.Sprintf("gateway CPU per call at %d req/s, all instances, µs", f.rate), "%.1f", func(n string, _ int) float64 {
-				return cpuPerRequest(f.samples[n], func(s sample) float64 { return s.cpu })
-			}),
-			row(fmt.Sprintf("nats-server CPU per call at %d req/s, all nodes, µs", f.rate), "%.1f", func(n string, _ int) float64 {
-				ss := f.samples[n]
-				if len(ss) == 0 {
-					return nan
-				}
-				return cpuPerRequest(ss, func(s sample) float64 { return s.extraCPU["nats"] })
-			}),
-			row(fmt.Sprintf("gateway peak RSS at %d req/s, per instance, MB", f.rate), "%.1f", func(n string, i int) float64 {
-				if r.peakFixed[n] == 0 {
-					return nan
-				}
-				per := 1.0
-				if i > 0 {
-					per = 2
-				}
-				return float64(r.peakFixed[n]) / 1024 / per
-			}),
-		)
-	}
-	if len(r.keys["keys-many-cluster"]) > 0 {
-		rows = append(rows, row(fmt.Sprintf("max throughput with %d keys, req/s", r.cfg.ManyKeys), "%.0f", func(_ string, i int) float64 {
-			switch i {
-			case 0:
-				return median(rates(r.keys["keys-many"]))
-			case 1:
-				return median(rates(r.keys["keys-many-cluster"]))
-			}
-			return nan
-		}))
+		return nil
 	}
 	pl := r.pipeline
-	rows = append(rows,
-		row("acknowledged publish one at a time, p50, ms", "%.3f", func(_ string, i int) float64 {
+	// figure is one row: one the single node's value, of a side's.
+	figure := func(what, format string, one float64, of func(*clusterPipeline) float64) clusterRow {
+		return newClusterRow(what, format, func(_ string, i int) float64 {
 			if i == 0 {
-				return float64(pl.ackLatency.p50) / 1e6
+				return one
 			}
 			if cp := side(i); cp != nil {
-				return float64(cp.ack.p50) / 1e6
+				return of(cp)
 			}
-			return nan
-		}),
-		row("acknowledged publish one at a time, p99, ms", "%.3f", func(_ string, i int) float64 {
-			if i == 0 {
-				return float64(pl.ackLatency.p99) / 1e6
-			}
-			if cp := side(i); cp != nil {
-				return float64(cp.ack.p99) / 1e6
-			}
-			return nan
-		}),
-		row("events/s published, one per message, 2,000 in flight", "%.0f", func(_ string, i int) float64 {
-			if i == 0 {
-				return nonZero(pl.publishRate)
-			}
-			if cp := side(i); cp != nil {
-				return nonZero(cp.publishRate)
-			}
-			return nan
-		}),
-		row("billing worker, events/s read and written to Postgres", "%.0f", func(_ string, i int) float64 {
-			if i == 0 {
-				return nonZero(pl.billing.rate())
-			}
-			if cp := side(i); cp != nil {
-				return nonZero(cp.billing.rate())
-			}
-			return nan
-		}),
-		row("aggregator, events/s read and written to Postgres", "%.0f", func(_ string, i int) float64 {
-			if i == 0 {
-				return nonZero(pl.aggregator.rate())
-			}
-			if cp := side(i); cp != nil {
-				return nonZero(cp.aggregator.rate())
-			}
-			return nan
-		}),
-	)
-	return rows
+			return math.NaN()
+		})
+	}
+	return []clusterRow{
+		figure("acknowledged publish one at a time, p50, ms", "%.3f", float64(pl.ackLatency.p50)/1e6,
+			func(cp *clusterPipeline) float64 { return float64(cp.ack.p50) / 1e6 }),
+		figure("acknowledged publish one at a time, p99, ms", "%.3f", float64(pl.ackLatency.p99)/1e6,
+			func(cp *clusterPipeline) float64 { return float64(cp.ack.p99) / 1e6 }),
+		figure("events/s published, one per message, 2,000 in flight", "%.0f", nonZero(pl.publishRate),
+			func(cp *clusterPipeline) float64 { return nonZero(cp.publishRate) }),
+		figure("billing worker, events/s read and written to Postgres", "%.0f", nonZero(pl.billing.rate()),
+			func(cp *clusterPipeline) float64 { return nonZero(cp.billing.rate()) }),
+		figure("aggregator, events/s read and written to Postgres", "%.0f", nonZero(pl.aggregator.rate()),
+			func(cp *clusterPipeline) float64 { return nonZero(cp.aggregator.rate()) }),
+	}
 }
 
 func nonZero(x float64) float64 {
