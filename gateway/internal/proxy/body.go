@@ -84,31 +84,26 @@ type meteredBody struct {
 	n, max int64
 	mu     sync.Mutex
 	err    error // the client's body could not be read (framing broken, connection lost)
-	// refused: the upload was cut off for its size while the client may
-	// still be sending; the body stays open so that the rest can be drained
-	// after the answer (the server closes it when the call ends).
-	refused bool
-	parts   *partScanner
+	parts  *partScanner
+	// reading is held through each read of src: the transport's read may
+	// still be under way when the call ends and the rest is drained.
+	reading sync.Mutex
 }
 
 func (m *meteredBody) Read(p []byte) (int, error) {
+	m.reading.Lock()
+	defer m.reading.Unlock()
 	n, err := m.r.Read(p)
 	m.n += int64(n)
 	if m.parts != nil && !m.parts.done() {
 		if serr := m.parts.feed(p[:n]); serr != nil {
 			m.mu.Lock()
-			m.refused, m.err = true, serr
+			m.err = serr
 			m.mu.Unlock()
 			// None of this read is passed on: the backend must not get a
 			// body it could take for complete.
 			return 0, serr
 		}
-	}
-	var mbe *http.MaxBytesError
-	if m.n > m.max || errors.As(err, &mbe) {
-		m.mu.Lock()
-		m.refused = true
-		m.mu.Unlock()
 	}
 	if m.n > m.max {
 		return n, errUploadOverDeclared
@@ -132,22 +127,31 @@ func (m *meteredBody) readErr() error {
 	return m.err
 }
 
-func (m *meteredBody) Close() error {
-	m.mu.Lock()
-	refused := m.refused
-	m.mu.Unlock()
-	if refused {
-		return nil
-	}
-	return m.src.Close()
-}
+// Close leaves the client's body open, whatever the transport that calls it
+// is done with: the client may still be sending — the upload was cut off,
+// the backend failed or answered before reading all of it — and what it
+// sends is drained after the answer (see lingering), so that it reads the
+// answer instead of a reset. The server closes the body when the call ends.
+func (m *meteredBody) Close() error { return nil }
 
-// rest is the client's body past what was metered, to be drained.
+// rest is the client's body past what was metered, to be drained; its reads
+// wait for one the transport may still have under way.
 func (m *meteredBody) rest() io.Reader {
 	if m == nil {
 		return http.NoBody
 	}
-	return m.src
+	return lockedReader{&m.reading, m.src}
+}
+
+type lockedReader struct {
+	mu *sync.Mutex
+	r  io.Reader
+}
+
+func (l lockedReader) Read(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.Read(p)
 }
 
 // peekSize is how much of an upload is looked at to find the WAV header.

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"strconv"
 	"sync"
@@ -126,7 +125,7 @@ type Edge struct {
 	lastUsed *LastUsed
 	holds    Holds
 	logger   *slog.Logger
-	proxies  map[string]*httputil.ReverseProxy // by op
+	proxies  map[string]http.Handler // reverse proxies, by op
 	routes   []Route
 	slots    *callSlots
 
@@ -154,7 +153,7 @@ func New(cfg Config, p *pricing.Pricing, resolver Resolver, q Quota, pub Publish
 		cfg.CallsPerKey = DefaultCallsPerKey
 	}
 	e := &Edge{cfg: cfg, pricing: p, resolver: resolver, quota: m.timedQuota(q), pub: pub, lastUsed: lastUsed, holds: holds, logger: logger,
-		proxies: map[string]*httputil.ReverseProxy{}, fallback: map[string]*rate.Limiter{}, slots: newCallSlots(cfg.CallsPerKey)}
+		proxies: map[string]http.Handler{}, fallback: map[string]*rate.Limiter{}, slots: newCallSlots(cfg.CallsPerKey)}
 	transports := map[string]http.RoundTripper{}
 	e.routes = Routes()
 	for i := range e.routes {
@@ -199,6 +198,7 @@ type call struct {
 	held      int64 // credits held
 	decision  quota.Decision
 	body      *meteredBody // STT uploads
+	noDrain   bool         // what the client still sends of body is not waited for
 	settled   bool         // the hold was settled (charged or released)
 	settles   int          // settlements so far; names each one's adjustment
 	charged   int64        // what the settlement charged

@@ -47,9 +47,24 @@ var buffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<1
 // Headers a backend must never see: the client's credentials.
 var credentialHeaders = []string{"X-Api-Key", "Authorization", "Proxy-Authorization", "Cookie"}
 
-func (e *Edge) newReverseProxy(rt Route, target *url.URL, tr http.RoundTripper) *httputil.ReverseProxy {
+// lingering serves an upload through h, then reads and drops what the
+// client still sends of it. However the call ended — the backend answered
+// before reading all of the upload, failed before reading any, or the
+// gateway cut it off — the client, which like most sends the whole body
+// before it reads, then reads the answer instead of a reset under its
+// upload. JSON bodies were read in full before the call.
+func lingering(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		if cl := callFrom(r.Context()); cl != nil && cl.body != nil && !cl.noDrain {
+			linger(w, r.ContentLength, cl.body.rest())
+		}
+	})
+}
+
+func (e *Edge) newReverseProxy(rt Route, target *url.URL, tr http.RoundTripper) http.Handler {
 	upstream := strings.TrimSuffix(target.Path, "/") + rt.UpstreamPath
-	return &httputil.ReverseProxy{
+	return lingering(&httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.URL.Path, pr.Out.URL.RawPath = upstream, ""
@@ -75,7 +90,7 @@ func (e *Edge) newReverseProxy(rt Route, target *url.URL, tr http.RoundTripper) 
 		FlushInterval:  0,
 		ModifyResponse: e.modifyResponse,
 		ErrorHandler:   e.errorHandler,
-	}
+	})
 }
 
 // modifyResponse runs once the backend's headers are in: it settles the
@@ -267,9 +282,9 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("X-Credits-Remaining", strconv.FormatInt(cl.decision.Credits, 10))
 	}
 	_ = problem.Write(cl.ec, problem.New(status, detail))
-	if status == http.StatusBadRequest || status == http.StatusRequestEntityTooLarge {
-		linger(w, r.ContentLength, cl.body.rest()) // the client may still be sending the upload
-	}
+	// A client too slow to send, and one of a gateway that stops, is not
+	// waited for (see lingering).
+	cl.noDrain = status == http.StatusRequestTimeout || w.Header().Get("Connection") == "close"
 }
 
 func isTimeout(err error) bool {
