@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -16,17 +18,30 @@ import (
 	"github.com/mana/apigw/proto/wav"
 )
 
-// TestConcurrentRefusedUploadsAreReadable: 20 clients upload an 8-minute
+// TestConcurrentRefusedUploadsAreReadable: N clients (20, or
+// CONCURRENT_UPLOADS; 70 is the case this reproduces) upload an 8-minute
 // WAV (16 kHz 8-bit mono, 7.7 MB, 80 credits) at once on a key whose
-// balance covers 10 of them. Like most HTTP clients they send no "Expect:
-// 100-continue" and write the whole body before reading. Exactly 10 are
-// served; every refused one reads its 402 problem+json instead of a
-// connection reset; the ledger holds exactly 10 × 80 credits, and Redis
-// and Postgres agree on the balance once the billing worker has it.
+// balance covers 62 in 70 of them (4,960 credits for 70). Like most HTTP
+// clients they send no "Expect: 100-continue" and write the whole body
+// before reading. Exactly the covered ones are served; every refused one
+// reads its 402 problem+json instead of a connection reset; the ledger
+// holds exactly covered × 80 credits, and Redis and Postgres agree on the
+// balance once the billing worker has it.
 func TestConcurrentRefusedUploadsAreReadable(t *testing.T) {
-	const uploads, covered, price = 20, 10, 80
+	uploads := 20
+	if v := os.Getenv("CONCURRENT_UPLOADS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("CONCURRENT_UPLOADS=%q: want a count", v)
+		}
+		uploads = n
+	}
+	covered, price := uploads*62/70, int64(80)
+	// Every upload is in flight at once, so the per-key cap on calls in
+	// flight is raised above their number.
 	s := newStack(t, stackOpts{pricing: string(pricing.WithTiers(
-		fmt.Sprintf(`uploads: {rateLimitPerMinute: 1000, monthlyCredits: %d, endpoints: ["*"]}`, covered*price)))})
+		fmt.Sprintf(`uploads: {rateLimitPerMinute: 1000, monthlyCredits: %d, endpoints: ["*"]}`, int64(covered)*price))),
+		extraEnv: []string{fmt.Sprintf("CONCURRENT_CALLS_PER_KEY=%d", 2*uploads)}})
 	gw := s.gwURLs[0]
 	tok := s.login("user@example.com")
 	k := s.createKey(gw, tok, map[string]any{"name": "uploads", "tier": "uploads"})
@@ -101,16 +116,16 @@ func TestConcurrentRefusedUploadsAreReadable(t *testing.T) {
 	if served != covered || refused != uploads-covered {
 		t.Fatalf("%d served and %d refused, want %d and %d", served, refused, covered, uploads-covered)
 	}
-	if got := s.hits.of("stt", "POST", "/transcribe"); got != covered {
+	if got := s.hits.of("stt", "POST", "/transcribe"); got != int64(covered) {
 		t.Errorf("the backend got %d uploads, want %d", got, covered)
 	}
 	eventually(t, "the ledger holds every served upload", func() (bool, string) {
 		rows, credits := s.ledger(k.ID)
-		return rows == covered && credits == covered*price, fmt.Sprintf("%d rows, %d credits", rows, credits)
+		return rows == int64(covered) && credits == int64(covered)*price, fmt.Sprintf("%d rows, %d credits", rows, credits)
 	})
 	rows, credits := s.ledger(k.ID)
 	eventually(t, "Redis and Postgres agree on the balance", func() (bool, string) {
-		pg, rd := s.balances(k.ID, covered*price)
+		pg, rd := s.balances(k.ID, int64(covered)*price)
 		return pg == 0 && rd == 0, fmt.Sprintf("Postgres %d, Redis %d", pg, rd)
 	})
 	t.Logf("ledger: %d rows, %d credits charged (%d × %d); balance 0 in Redis and in Postgres", rows, credits, served, price)
