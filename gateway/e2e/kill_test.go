@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/lib/pq"
-	"github.com/nats-io/nats.go/jetstream"
 
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
@@ -96,42 +94,11 @@ func TestGatewayKill9UnderLoad(t *testing.T) {
 		mine[id] = true
 	}
 	byRequest := map[string]string{}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	oc, err := s.js.OrderedConsumer(ctx, usagev1.StreamName, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := oc.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for left := int(info.NumPending); left > 0; {
-		batch, err := oc.Fetch(min(left, 500), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
+	s.eachEvent(60*time.Second, func(ev *usagev1.UsageEvent) {
+		if mine[ev.GetKeyId()] && ev.GetStatus() == 200 {
+			byRequest[ev.GetRequestId()] = ev.GetEventId()
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
-			if err != nil {
-				t.Fatalf("stream message %s: %v", m.Subject(), err)
-			}
-			for _, ev := range dm.Events {
-				if mine[ev.GetKeyId()] && ev.GetStatus() == 200 {
-					byRequest[ev.GetRequestId()] = ev.GetEventId()
-				}
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			t.Fatalf("the stream stopped delivering with %d messages left", left)
-		}
-		left -= n
-	}
+	})
 
 	inLedger := map[string]bool{}
 	var ids []string

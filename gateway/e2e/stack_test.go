@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -414,47 +415,44 @@ func (s *stack) balances(keyID string, grant int64) (pg, rd int64) {
 	return grant - used, v
 }
 
-// countEvents reads the whole stream, every batch, and counts the events
-// match accepts.
+// eachEvent reads the whole stream as it is now, every batch, and calls fn
+// with each event.
+func (s *stack) eachEvent(timeout time.Duration, fn func(*usagev1.UsageEvent)) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	rd, err := usagev1.NewReader(ctx, s.js, usagev1.ReaderConfig{UpToLast: true, Buffer: 500})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer rd.Stop()
+	for {
+		m, _, err := rd.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			s.t.Fatalf("reading the stream: %v", err)
+		}
+		dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
+		if err != nil {
+			s.t.Fatalf("stream message %s: %v", m.Subject(), err)
+		}
+		for _, ev := range dm.Events {
+			fn(ev)
+		}
+	}
+}
+
+// countEvents reads the whole stream and counts the events match accepts.
 func (s *stack) countEvents(match func(*usagev1.UsageEvent) bool) int {
 	s.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	oc, err := s.js.OrderedConsumer(ctx, usagev1.StreamName, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	info, err := oc.Info(ctx)
-	if err != nil {
-		s.t.Fatal(err)
-	}
 	n := 0
-	for left := int(info.NumPending); left > 0; {
-		batch, err := oc.Fetch(min(left, 500), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			s.t.Fatal(err)
+	s.eachEvent(30*time.Second, func(ev *usagev1.UsageEvent) {
+		if match(ev) {
+			n++
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			dm, err := usagev1.DecodeMessage(m.Subject(), m.Data())
-			if err != nil {
-				s.t.Fatalf("stream message %s: %v", m.Subject(), err)
-			}
-			for _, ev := range dm.Events {
-				if match(ev) {
-					n++
-				}
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			s.t.Fatal(err)
-		}
-		if got == 0 {
-			s.t.Fatalf("the stream stopped delivering with %d messages left", left)
-		}
-		left -= got
-	}
+	})
 	return n
 }
 
