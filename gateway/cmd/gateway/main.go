@@ -42,7 +42,7 @@ func run() error {
 	if len(os.Args) > 1 && os.Args[1] == "migrate" {
 		mctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		db, err := server.OpenDB(mctx, cfg.DatabaseURL, logger)
+		db, err := server.OpenDB(mctx, cfg, logger)
 		if err != nil {
 			return err
 		}
@@ -58,8 +58,13 @@ func run() error {
 	if cfg.DevPepperWarning {
 		logger.Warn("API_KEY_PEPPER is unset: using the development pepper; set a secret in production")
 	}
-	app, err := server.NewApp(ctx, cfg, logger, server.Management(ctx, cfg, logger))
+	clients, err := server.Connect(ctx, cfg, logger)
 	if err != nil {
+		return err
+	}
+	app, err := server.Build(ctx, cfg, clients, logger)
+	if err != nil {
+		clients.Close()
 		return err
 	}
 	return app.Run(ctx)

@@ -75,6 +75,132 @@ type Config struct {
 	// connections per client address (0: no cap, e.g. behind a proxy that
 	// is the only peer).
 	CallsPerKey, ConnectionsPerAddress int
+	// Tuning is the sizes and timings inside the gateway that are no
+	// environment settings.
+	Tuning Tuning
+}
+
+// Tuning is the pool and cache sizes, intervals and timeouts inside the
+// gateway. They are no environment settings: DefaultTuning fits
+// production, and tests shorten what they wait for.
+type Tuning struct {
+	// StartTimeout bounds the start: Postgres and its migrations, the
+	// usage stream and the Redis scripts.
+	StartTimeout time.Duration
+	// The Postgres connection pool.
+	DBMaxOpenConns, DBMaxIdleConns int
+	DBConnMaxIdleTime              time.Duration
+	// RedisPoolSize and RedisMinIdleConns are per server (per master of a
+	// cluster); RedisIOTimeout bounds each read and write;
+	// RedisClusterReload is how often a cluster's slot map is reloaded, so
+	// that a failover is noticed before a MOVED reply tells.
+	RedisPoolSize, RedisMinIdleConns                     int
+	RedisDialTimeout, RedisIOTimeout, RedisClusterReload time.Duration
+	// NATSReconnectWait is the pause between reconnect attempts;
+	// NATSConnectTimeout bounds one attempt.
+	NATSReconnectWait, NATSConnectTimeout time.Duration
+	// PublishMaxPending bounds the usage events published and not yet
+	// acknowledged; PublishAckTimeout is how long one waits for its
+	// acknowledgement before it is spooled; SpoolDrainInterval is how often
+	// the spool is retried.
+	PublishMaxPending                     int
+	PublishAckTimeout, SpoolDrainInterval time.Duration
+	// HoldSettle is how long a gateway asked for its holds lets its
+	// tentative ones settle (one Redis round trip); HoldDeadline is how
+	// long the asker waits for every live gateway's answer;
+	// PresenceInterval is how often a gateway announces that it is live.
+	HoldSettle, HoldDeadline, PresenceInterval time.Duration
+	// KeyCacheSize keys are cached for KeyCacheTTL, presented keys that
+	// match none for UnknownKeyTTL.
+	KeyCacheSize               int
+	KeyCacheTTL, UnknownKeyTTL time.Duration
+	// LastUsedInterval is how often the keys' last use is written.
+	LastUsedInterval time.Duration
+	// Every ResyncInterval the keys changed since the last pass are written
+	// to Redis again, ResyncPage of them per query.
+	ResyncInterval time.Duration
+	ResyncPage     int
+	// ProbeInterval is how often the dependencies are probed for the
+	// dependency_up metric.
+	ProbeInterval time.Duration
+	// ShutdownFlush bounds the spool drain and the trace export at the end
+	// of a shutdown.
+	ShutdownFlush time.Duration
+}
+
+// DefaultTuning is the tuning of a production gateway.
+func DefaultTuning() Tuning {
+	return Tuning{
+		StartTimeout:       60 * time.Second,
+		DBMaxOpenConns:     32,
+		DBMaxIdleConns:     16,
+		DBConnMaxIdleTime:  5 * time.Minute,
+		RedisPoolSize:      256,
+		RedisMinIdleConns:  8,
+		RedisDialTimeout:   2 * time.Second,
+		RedisIOTimeout:     time.Second,
+		RedisClusterReload: time.Second,
+		NATSReconnectWait:  250 * time.Millisecond,
+		NATSConnectTimeout: 2 * time.Second,
+		PublishMaxPending:  8192,
+		PublishAckTimeout:  2 * time.Second,
+		SpoolDrainInterval: time.Second,
+		HoldSettle:         200 * time.Millisecond,
+		HoldDeadline:       400 * time.Millisecond,
+		PresenceInterval:   time.Second,
+		KeyCacheSize:       100_000,
+		KeyCacheTTL:        10 * time.Minute,
+		UnknownKeyTTL:      10 * time.Second,
+		LastUsedInterval:   5 * time.Second,
+		ResyncInterval:     2 * time.Second,
+		ResyncPage:         1000,
+		ProbeInterval:      5 * time.Second,
+		ShutdownFlush:      20 * time.Second,
+	}
+}
+
+// Validate reports every size that is not positive, every timing that is
+// not a positive duration, and the orderings the gateway relies on.
+func (t Tuning) Validate() error {
+	var errs []error
+	for _, s := range []struct {
+		name string
+		n    int
+	}{
+		{"DBMaxOpenConns", t.DBMaxOpenConns}, {"DBMaxIdleConns", t.DBMaxIdleConns},
+		{"RedisPoolSize", t.RedisPoolSize}, {"PublishMaxPending", t.PublishMaxPending},
+		{"KeyCacheSize", t.KeyCacheSize}, {"ResyncPage", t.ResyncPage},
+	} {
+		if s.n <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, not %d", s.name, s.n))
+		}
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"StartTimeout", t.StartTimeout}, {"DBConnMaxIdleTime", t.DBConnMaxIdleTime},
+		{"RedisDialTimeout", t.RedisDialTimeout}, {"RedisIOTimeout", t.RedisIOTimeout}, {"RedisClusterReload", t.RedisClusterReload},
+		{"NATSReconnectWait", t.NATSReconnectWait}, {"NATSConnectTimeout", t.NATSConnectTimeout},
+		{"PublishAckTimeout", t.PublishAckTimeout}, {"SpoolDrainInterval", t.SpoolDrainInterval},
+		{"HoldSettle", t.HoldSettle}, {"HoldDeadline", t.HoldDeadline}, {"PresenceInterval", t.PresenceInterval},
+		{"KeyCacheTTL", t.KeyCacheTTL}, {"UnknownKeyTTL", t.UnknownKeyTTL}, {"LastUsedInterval", t.LastUsedInterval},
+		{"ResyncInterval", t.ResyncInterval}, {"ProbeInterval", t.ProbeInterval}, {"ShutdownFlush", t.ShutdownFlush},
+	} {
+		if d.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be a positive duration, not %s", d.name, d.d))
+		}
+	}
+	if t.RedisMinIdleConns < 0 || t.RedisMinIdleConns > t.RedisPoolSize {
+		errs = append(errs, fmt.Errorf("RedisMinIdleConns must be between 0 and RedisPoolSize (%d), not %d", t.RedisPoolSize, t.RedisMinIdleConns))
+	}
+	if t.DBMaxIdleConns > t.DBMaxOpenConns {
+		errs = append(errs, fmt.Errorf("DBMaxIdleConns (%d) must not exceed DBMaxOpenConns (%d)", t.DBMaxIdleConns, t.DBMaxOpenConns))
+	}
+	if t.HoldDeadline > 0 && t.HoldDeadline <= t.HoldSettle {
+		errs = append(errs, fmt.Errorf("HoldDeadline (%s) must exceed HoldSettle (%s): the asker waits for the answers the others settle first", t.HoldDeadline, t.HoldSettle))
+	}
+	return errors.Join(errs...)
 }
 
 // DevPepper is the pepper used when API_KEY_PEPPER is unset and DEV_MODE=1.
@@ -106,7 +232,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	}
 	parseDur := func(k, def string) time.Duration {
 		d, err := time.ParseDuration(get(k, def))
-		if err != nil || d <= 0 {
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%s must be a positive duration like 2s", k))
 		}
 		return d
@@ -162,9 +288,6 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	c.BacklogMaxEvents = int(parseInt("BACKLOG_MAX_EVENTS", "1000000"))
 	c.CallsPerKey = int(parseInt("CONCURRENT_CALLS_PER_KEY", "64"))
 	c.ConnectionsPerAddress = int(parseInt("CONNECTIONS_PER_ADDRESS", "1024"))
-	if c.CallsPerKey < 1 || c.ConnectionsPerAddress < 0 {
-		errs = append(errs, errors.New("CONCURRENT_CALLS_PER_KEY must be at least 1 and CONNECTIONS_PER_ADDRESS not negative (0: no cap)"))
-	}
 	switch dev := getenv("DEV_MODE"); dev {
 	case "1":
 		c.DevMode = true
@@ -172,11 +295,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	default:
 		errs = append(errs, fmt.Errorf("DEV_MODE must be 1 or 0, not %q", dev))
 	}
-	switch {
-	case c.APIKeyPepper == "" && c.DevMode:
+	if c.APIKeyPepper == "" && c.DevMode {
 		c.APIKeyPepper = DevPepper
-	case c.APIKeyPepper == "":
-		errs = append(errs, errors.New("API_KEY_PEPPER is required (a secret of at least 16 bytes; DEV_MODE=1 uses a public development pepper)"))
 	}
 	c.DevPepperWarning = c.APIKeyPepper == DevPepper
 	switch v := getenv("DASHBOARD_PASSWORD_LOGIN_URL"); {
@@ -195,6 +315,55 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		c.RateWindow = parseDur("RATE_LIMIT_WINDOW", "60s")
 	case getenv("RATE_LIMIT_WINDOW") != "":
 		errs = append(errs, errors.New("RATE_LIMIT_WINDOW is a test setting, read only with DEV_MODE=1"))
+	}
+	c.Tuning = DefaultTuning()
+	// A setting that did not parse is zero, which Validate reports again.
+	seen := map[string]bool{}
+	for _, err := range errs {
+		seen[err.Error()] = true
+	}
+	if err := c.Validate(); err != nil {
+		for _, err := range err.(interface{ Unwrap() []error }).Unwrap() {
+			if !seen[err.Error()] {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+// Validate reports every problem of c at once: values out of range, a
+// missing pepper, and the tuning's. FromEnv calls it; a Config built in
+// code (a test's) is checked the same way.
+func (c Config) Validate() error {
+	var errs []error
+	if c.APIKeyPepper == "" {
+		errs = append(errs, errors.New("API_KEY_PEPPER is required (a secret of at least 16 bytes; DEV_MODE=1 uses a public development pepper)"))
+	}
+	if c.CallsPerKey < 1 || c.ConnectionsPerAddress < 0 {
+		errs = append(errs, errors.New("CONCURRENT_CALLS_PER_KEY must be at least 1 and CONNECTIONS_PER_ADDRESS not negative (0: no cap)"))
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"PUBLISH_TIMEOUT", c.PublishTimeout}, {"USAGE_STREAM_MAX_AGE", c.StreamMaxAge}, {"RATE_LIMIT_WINDOW", c.RateWindow},
+		{"RECONCILE_INTERVAL", c.ReconcileInterval}, {"RECONCILE_ACTIVE_WINDOW", c.ReconcileActiveWindow},
+	} {
+		if d.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be a positive duration like 2s", d.name))
+		}
+	}
+	if c.ShutdownTimeout < 0 {
+		errs = append(errs, errors.New("SHUTDOWN_TIMEOUT must be a positive duration like 2s"))
+	}
+	for _, u := range []struct {
+		name string
+		u    *url.URL
+	}{{"SEARCH_SERVICE_URL", c.SearchURL}, {"STT_SERVICE_URL", c.STTURL}, {"TTS_SERVICE_URL", c.TTSURL}, {"MANA_CORE_AUTH_URL", c.AuthURL}} {
+		if u.u == nil {
+			errs = append(errs, fmt.Errorf("%s must be an http(s) URL", u.name))
+		}
 	}
 	if c.UnknownKeysPerAddress < 10 || c.UnknownKeysTotal < c.UnknownKeysPerAddress {
 		errs = append(errs, errors.New("UNKNOWN_KEYS_PER_ADDRESS must be at least 10 and UNKNOWN_KEYS_TOTAL at least as large"))
@@ -232,5 +401,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	default:
 		errs = append(errs, errors.New("LOG_LEVEL must be debug, info, warn or error"))
 	}
-	return c, errors.Join(errs...)
+	if err := c.Tuning.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("tuning: %w", err))
+	}
+	return errors.Join(errs...)
 }

@@ -180,3 +180,66 @@ func TestClusterSettings(t *testing.T) {
 		})
 	}
 }
+
+func TestValidate(t *testing.T) {
+	valid, err := FromEnv(func(k string) string { return map[string]string{"DEV_MODE": "1"}[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := valid.Validate(); err != nil {
+		t.Fatalf("the defaults: %v", err)
+	}
+	tests := []struct {
+		name      string
+		change    func(*Config)
+		withError []string
+	}{
+		{name: "no pepper", change: func(c *Config) { c.APIKeyPepper = "" }, withError: []string{"API_KEY_PEPPER is required"}},
+		{name: "no publish timeout", change: func(c *Config) { c.PublishTimeout = 0 }, withError: []string{"PUBLISH_TIMEOUT"}},
+		{name: "a negative shutdown timeout", change: func(c *Config) { c.ShutdownTimeout = -time.Second }, withError: []string{"SHUTDOWN_TIMEOUT"}},
+		{name: "no backend", change: func(c *Config) { c.STTURL = nil }, withError: []string{"STT_SERVICE_URL"}},
+		{name: "empty pools", change: func(c *Config) { c.Tuning.DBMaxOpenConns, c.Tuning.RedisPoolSize = 0, -1 },
+			withError: []string{"tuning: ", "DBMaxOpenConns must be positive, not 0", "RedisPoolSize must be positive, not -1"}},
+		{name: "no cache", change: func(c *Config) { c.Tuning.KeyCacheSize, c.Tuning.KeyCacheTTL = 0, 0 },
+			withError: []string{"KeyCacheSize must be positive", "KeyCacheTTL must be a positive duration, not 0s"}},
+		{name: "negative timeouts", change: func(c *Config) { c.Tuning.RedisIOTimeout, c.Tuning.NATSConnectTimeout = -time.Second, -1 },
+			withError: []string{"RedisIOTimeout must be a positive duration, not -1s", "NATSConnectTimeout"}},
+		{name: "more idle than open connections", change: func(c *Config) { c.Tuning.DBMaxIdleConns = c.Tuning.DBMaxOpenConns + 1 },
+			withError: []string{"DBMaxIdleConns"}},
+		{name: "more idle Redis connections than the pool", change: func(c *Config) { c.Tuning.RedisMinIdleConns = c.Tuning.RedisPoolSize + 1 },
+			withError: []string{"RedisMinIdleConns"}},
+		{name: "the hold deadline before the settling", change: func(c *Config) { c.Tuning.HoldDeadline = c.Tuning.HoldSettle },
+			withError: []string{"HoldDeadline"}},
+		{name: "every problem at once", change: func(c *Config) { c.Port, c.Tuning = 0, Tuning{} },
+			withError: []string{"PORT", "StartTimeout", "ResyncPage", "ShutdownFlush"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid
+			tt.change(&c)
+			err := c.Validate()
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, want := range tt.withError {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error lacks %q: %v", want, err)
+				}
+			}
+		})
+	}
+}
+
+func TestAnUnparsableSettingIsReportedOnce(t *testing.T) {
+	_, err := FromEnv(func(k string) string {
+		return map[string]string{"DEV_MODE": "1", "PUBLISH_TIMEOUT": "soon", "STT_SERVICE_URL": "ftp://x"}[k]
+	})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, k := range []string{"PUBLISH_TIMEOUT", "STT_SERVICE_URL"} {
+		if n := strings.Count(err.Error(), k); n != 1 {
+			t.Errorf("%s reported %d times: %v", k, n, err)
+		}
+	}
+}

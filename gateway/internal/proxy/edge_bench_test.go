@@ -2,7 +2,7 @@ package proxy_test
 
 // Benchmarks of the public edge's handler chain for `make bench`.
 // The gateway is wired exactly as bin/gateway wires it (config.FromEnv,
-// server.NewApp) against real PostgreSQL, Redis and NATS (JetStream, sync
+// server.Connect and server.Build) against real PostgreSQL, Redis and NATS (JetStream, sync
 // always); requests go straight into its Echo handler, the backend is the
 // search stand-in in its own process. So -benchmem counts the gateway's own
 // allocations (plus the benchmark's request and recorder), and the CPU profile
@@ -93,8 +93,14 @@ func newBenchGateway(b *testing.B, backend string) *benchGateway {
 		b.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	app, err := server.NewApp(ctx, cfg, testenv.Logger(b), nil)
+	clients, err := server.Connect(ctx, cfg, testenv.Logger(b))
 	if err != nil {
+		cancel()
+		b.Fatal(err)
+	}
+	app, err := server.Build(ctx, cfg, clients, testenv.Logger(b))
+	if err != nil {
+		clients.Close()
 		cancel()
 		b.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/mana/apigw/gateway/internal/auth"
 	"github.com/mana/apigw/gateway/internal/backlog"
 	"github.com/mana/apigw/gateway/internal/config"
 	"github.com/mana/apigw/gateway/internal/dashboard"
@@ -40,14 +42,11 @@ import (
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
-// App is a wired gateway. Build it with NewApp, serve with Run.
+// App is a wired gateway: Connect its clients, Build it, serve with Run.
 type App struct {
 	cfg      config.Config
 	logger   *slog.Logger
-	db       *sqlx.DB
-	rdb      redis.UniversalClient
-	nc       *nats.Conn
-	js       jetstream.JetStream
+	clients  *Clients
 	spool    *usage.Spool
 	pub      *usage.Publisher
 	last     *proxy.LastUsed
@@ -61,21 +60,77 @@ type App struct {
 	presence *holds.Presence
 	backlog  *backlog.Tail
 	truth    *quota.PGLoader
+	mgmt     *mgmt.Handler
 	// reconciler repairs drifted Redis balances every ReconcileInterval.
 	reconciler *reconcile.Reconciler
 	Echo       *echo.Echo
 }
 
+// Clients are the connections a gateway is built on.
+type Clients struct {
+	DB    *sqlx.DB
+	Redis redis.UniversalClient
+	NATS  *nats.Conn
+	JS    jetstream.JetStream
+}
+
+// Close closes every client that is open.
+func (c *Clients) Close() {
+	if c.NATS != nil {
+		c.NATS.Close()
+	}
+	if c.Redis != nil {
+		_ = c.Redis.Close()
+	}
+	if c.DB != nil {
+		_ = c.DB.Close()
+	}
+}
+
+// Connect connects to the Postgres, Redis and NATS that cfg names, within
+// Tuning.StartTimeout: Postgres must answer (its migrations are applied);
+// NATS may be down (the connection keeps retrying, events spool until it
+// is back) and so may Redis (a call fails until it is back).
+func Connect(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Clients, err error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Tuning.StartTimeout)
+	defer cancel()
+	c := &Clients{}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	if c.DB, err = OpenDB(ctx, cfg, logger); err != nil {
+		return nil, err
+	}
+	c.Redis = openRedis(cfg, cfg.Tuning.RedisPoolSize, cfg.Tuning.RedisMinIdleConns)
+	c.NATS, err = nats.Connect(cfg.NATSURL, nats.Name("mana-gateway "+cfg.GatewayID),
+		nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1), nats.ReconnectWait(cfg.Tuning.NATSReconnectWait),
+		nats.ReconnectBufSize(-1), nats.Timeout(cfg.Tuning.NATSConnectTimeout),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { logger.Warn("nats disconnected", "err", err) }),
+		nats.ReconnectHandler(func(*nats.Conn) { logger.Info("nats reconnected") }))
+	if err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	if c.JS, err = jetstream.New(c.NATS, jetstream.WithPublishAsyncMaxPending(cfg.Tuning.PublishMaxPending)); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if _, err := usagev1.EnsureStreamWith(ctx, c.JS, usagev1.StreamOptions{MaxAge: cfg.StreamMaxAge, Replicas: cfg.StreamReplicas}); err != nil {
+		logger.WarnContext(ctx, "usage stream not ensured yet (NATS down?); events spool until it is", "err", err)
+	}
+	return c, nil
+}
+
 // OpenDB opens Postgres and applies the migrations, retrying while the
 // server is starting (up to ctx's deadline).
-func OpenDB(ctx context.Context, dsn string, logger *slog.Logger) (*sqlx.DB, error) {
-	db, err := sqlx.Open("postgres", dsn)
+func OpenDB(ctx context.Context, cfg config.Config, logger *slog.Logger) (*sqlx.DB, error) {
+	db, err := sqlx.Open("postgres", cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	db.SetMaxOpenConns(32)
-	db.SetMaxIdleConns(16)
-	db.SetConnMaxIdleTime(5 * time.Minute)
+	db.SetMaxOpenConns(cfg.Tuning.DBMaxOpenConns)
+	db.SetMaxIdleConns(cfg.Tuning.DBMaxIdleConns)
+	db.SetConnMaxIdleTime(cfg.Tuning.DBConnMaxIdleTime)
 	for {
 		err = migrations.Apply(ctx, db.DB, logger)
 		if err == nil {
@@ -91,73 +146,71 @@ func OpenDB(ctx context.Context, dsn string, logger *slog.Logger) (*sqlx.DB, err
 	}
 }
 
-// NewApp connects to Postgres, Redis and NATS and wires the gateway.
-// mgmt, if not nil, registers the management API.
-func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt func(e *echo.Echo, deps MgmtDeps) error) (*App, error) {
+// Option changes what Build builds, for tests.
+type Option func(*options)
+
+type options struct {
+	assets fs.FS
+}
+
+// WithDashboardAssets serves the dashboard from assets instead of the page
+// embedded in the binary.
+func WithDashboardAssets(assets fs.FS) Option { return func(o *options) { o.assets = assets } }
+
+// Build wires the gateway on c: the edge, the management API, the system
+// endpoints and the background work that Run starts. ctx bounds what
+// refreshes itself from the start (the issuer's keys, the hold queries this
+// gateway answers). Run closes c.
+func Build(ctx context.Context, cfg config.Config, c *Clients, logger *slog.Logger, opts ...Option) (*App, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	o := options{assets: dashboard.Assets()}
+	for _, f := range opts {
+		f(&o)
+	}
+	t := cfg.Tuning
 	p, err := pricing.Load(cfg.PricingFile)
 	if err != nil {
 		return nil, err
 	}
-	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	db, err := OpenDB(sctx, cfg.DatabaseURL, logger)
-	if err != nil {
-		return nil, err
-	}
-	a := &App{cfg: cfg, logger: logger, db: db}
-	a.rdb = openRedis(cfg, 256, 8)
-	store := keys.NewStore(db)
-	a.store = store
-	a.nc, err = nats.Connect(cfg.NATSURL, nats.Name("mana-gateway "+cfg.GatewayID),
-		nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
-		nats.ReconnectBufSize(-1), nats.Timeout(2*time.Second),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { logger.Warn("nats disconnected", "err", err) }),
-		nats.ReconnectHandler(func(*nats.Conn) { logger.Info("nats reconnected") }))
-	if err != nil {
-		return nil, fmt.Errorf("nats: %w", err)
-	}
-	a.js, err = jetstream.New(a.nc, jetstream.WithPublishAsyncMaxPending(8192))
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	if _, err := usagev1.EnsureStreamWith(sctx, a.js, usagev1.StreamOptions{MaxAge: cfg.StreamMaxAge, Replicas: cfg.StreamReplicas}); err != nil {
-		logger.WarnContext(ctx, "usage stream not ensured yet (NATS down?); events spool until it is", "err", err)
-	}
+	a := &App{cfg: cfg, logger: logger, clients: c, store: keys.NewStore(c.DB)}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	a.spool, err = usage.OpenSpool(cfg.SpoolDir, cfg.SpoolMaxBytes, logger)
-	if err != nil {
+	if a.spool, err = usage.OpenSpool(cfg.SpoolDir, cfg.SpoolMaxBytes, logger); err != nil {
 		return nil, err
 	}
 	reg.MustRegister(a.spool.Collectors()...)
 	a.holds = holds.NewLedger()
 	a.holds.Spooled = a.spool.Size
-	if a.holdsSub, err = a.holds.Serve(ctx, a.nc, cfg.GatewayID, holdSettle, logger); err != nil {
+	if a.holdsSub, err = a.holds.Serve(ctx, c.NATS, cfg.GatewayID, t.HoldSettle, logger); err != nil {
 		return nil, err
 	}
-	a.truth, a.backlog, a.presence, err = balanceTruth(db, a.nc, a.js, cfg.GatewayID, cfg.BacklogMaxEvents, logger)
+	a.truth, a.backlog, a.presence, err = balanceTruth(c, cfg, cfg.GatewayID, logger)
 	if err != nil {
 		return nil, err
 	}
 	reg.MustRegister(a.backlog.Collectors()...)
-	q := quota.NewStore(a.rdb, a.truth, a.holds).WithWindow(cfg.RateWindow)
-	a.quota = q
-	reg.MustRegister(q.Collectors()...)
-	if err := q.Preload(sctx); err != nil {
+	a.quota = quota.NewStore(c.Redis, a.truth, a.holds).WithWindow(cfg.RateWindow)
+	reg.MustRegister(a.quota.Collectors()...)
+	pctx, cancel := context.WithTimeout(ctx, t.StartTimeout)
+	defer cancel()
+	if err := a.quota.Preload(pctx); err != nil {
 		logger.WarnContext(ctx, "redis scripts not preloaded; they load on first use", "err", err)
 	}
 	if a.reconciler, err = reconcile.New(reconcile.Config{Interval: cfg.ReconcileInterval, ActiveWindow: cfg.ReconcileActiveWindow, Owner: cfg.GatewayID},
-		a.rdb, q, a.truth, logger, reg); err != nil {
+		c.Redis, a.quota, a.truth, logger, reg); err != nil {
 		return nil, err
 	}
-	a.pub, err = usage.NewPublisher(usage.PublisherConfig{AckTimeout: 2 * time.Second, DrainInterval: time.Second, GatewayID: cfg.GatewayID}, a.nc, a.js, a.spool, logger, reg)
+	a.pub, err = usage.NewPublisher(usage.PublisherConfig{AckTimeout: t.PublishAckTimeout, DrainInterval: t.SpoolDrainInterval, GatewayID: cfg.GatewayID},
+		c.NATS, c.JS, a.spool, logger, reg)
 	if err != nil {
 		return nil, err
 	}
 	hasher := keys.NewHasher([]byte(cfg.APIKeyPepper))
-	resolver := keys.NewResolver(keys.ResolverConfig{Size: 100_000, TTL: 10 * time.Minute, UnknownTTL: 10 * time.Second,
-		UnknownPerAddress: cfg.UnknownKeysPerAddress, UnknownTotal: cfg.UnknownKeysTotal}, store, hasher)
-	a.last = proxy.NewLastUsed(store, 5*time.Second, logger)
+	resolver := keys.NewResolver(keys.ResolverConfig{Size: t.KeyCacheSize, TTL: t.KeyCacheTTL, UnknownTTL: t.UnknownKeyTTL,
+		UnknownPerAddress: cfg.UnknownKeysPerAddress, UnknownTotal: cfg.UnknownKeysTotal}, a.store, hasher)
+	a.last = proxy.NewLastUsed(a.store, t.LastUsedInterval, logger)
 	if a.tp, a.stopTP, err = tracing.Setup(ctx, cfg.OTLPEndpoint, "mana-gateway"); err != nil {
 		return nil, err
 	}
@@ -168,69 +221,67 @@ func NewApp(ctx context.Context, cfg config.Config, logger *slog.Logger, mgmt fu
 		Metrics:        reg,
 		Tracer:         a.tp.Tracer(tracing.Name),
 		CallsPerKey:    cfg.CallsPerKey,
-	}, p, resolver, q, a.pub, a.last, a.holds, logger)
+	}, p, resolver, a.quota, a.pub, a.last, a.holds, logger)
 	if err != nil {
 		return nil, err
 	}
-	checks := []Check{
-		{"postgres", func(ctx context.Context) error { return db.PingContext(ctx) }},
-		{"redis", func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }},
-		{"nats", func(ctx context.Context) error {
-			if !a.nc.IsConnected() {
-				return errors.New("not connected")
-			}
-			_, err := a.js.AccountInfo(ctx)
-			return err
-		}},
+	verifier, err := auth.NewVerifier(ctx, auth.VerifierConfig{
+		JWKSURL:  cfg.AuthURL.JoinPath("/.well-known/jwks.json").String(),
+		Issuer:   cfg.JWTIssuer,
+		Audience: cfg.JWTAudience,
+	}, logger)
+	if err != nil {
+		return nil, err
 	}
+	a.mgmt, err = mgmt.New(mgmt.Config{}, mgmt.Deps{
+		Store: a.store, DB: c.DB, Hasher: hasher, Tiers: p, State: a.quota, Catalog: TierCatalog(p),
+		Granter: NewGranter(cfg.GatewayID, a.quota, a.holds, a.pub, logger),
+	}, logger)
+	if err != nil {
+		return nil, err
+	}
+	dash, err := dashboard.New(dashboard.Config{PasswordLoginURL: cfg.DashboardPasswordLoginURL, IssuerLoginURL: cfg.DashboardLoginURL}, o.assets)
+	if err != nil {
+		return nil, err
+	}
+	checks := c.checks()
 	a.deps = newDepProber(reg, checks)
 	a.Echo = NewEcho(logger, reg, checks, cfg.LogLevel == "debug", Traced(a.tp))
 	edge.Register(a.Echo)
 	openapi.Register(a.Echo)
-	dash, err := dashboard.New(dashboard.Config{PasswordLoginURL: cfg.DashboardPasswordLoginURL, IssuerLoginURL: cfg.DashboardLoginURL}, dashboard.Assets())
-	if err != nil {
-		return nil, err
-	}
 	dash.Register(a.Echo)
-	if mgmt != nil {
-		if err := mgmt(a.Echo, MgmtDeps{DB: db, Store: store, Hasher: hasher, Pricing: p, Quota: q,
-			Granter: NewGranter(cfg.GatewayID, q, a.holds, a.pub, logger)}); err != nil {
-			return nil, err
-		}
-	}
+	a.mgmt.Register(a.Echo, auth.Middleware(verifier))
 	return a, nil
 }
 
-// How long a hold query waits: each gateway for its tentative holds to
-// settle (one Redis round trip), the asker for every live gateway's answer.
-const (
-	holdSettle   = 200 * time.Millisecond
-	holdDeadline = 400 * time.Millisecond
-)
+// checks are what /ready and the dependency_up metric probe.
+func (c *Clients) checks() []Check {
+	return []Check{
+		{"postgres", func(ctx context.Context) error { return c.DB.PingContext(ctx) }},
+		{"redis", func(ctx context.Context) error { return c.Redis.Ping(ctx).Err() }},
+		{"nats", func(ctx context.Context) error {
+			if !c.NATS.IsConnected() {
+				return errors.New("not connected")
+			}
+			_, err := c.JS.AccountInfo(ctx)
+			return err
+		}},
+	}
+}
 
 // balanceTruth wires what a balance is computed from besides Redis: the
 // ledger in Postgres, the stream's unapplied backlog and the holds of every
 // live gateway (gatewayID announces this one; empty only listens).
-func balanceTruth(db *sqlx.DB, nc *nats.Conn, js jetstream.JetStream, gatewayID string, maxBacklog int, logger *slog.Logger) (*quota.PGLoader, *backlog.Tail, *holds.Presence, error) {
-	presence, err := holds.NewPresence(nc, gatewayID, time.Second, logger)
+func balanceTruth(c *Clients, cfg config.Config, gatewayID string, logger *slog.Logger) (*quota.PGLoader, *backlog.Tail, *holds.Presence, error) {
+	presence, err := holds.NewPresence(c.NATS, gatewayID, cfg.Tuning.PresenceInterval, logger)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	tail, err := backlog.New(backlog.Config{JS: js, Logger: logger, MaxEvents: maxBacklog})
+	tail, err := backlog.New(backlog.Config{JS: c.JS, Logger: logger, MaxEvents: cfg.BacklogMaxEvents})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return quota.NewPGLoader(db, tail, holds.NewQuery(nc, presence, holdDeadline), logger), tail, presence, nil
-}
-
-// MgmtDeps is what the management API is built from.
-type MgmtDeps struct {
-	DB      *sqlx.DB
-	Store   *keys.Store
-	Hasher  keys.Hasher
-	Pricing *pricing.Pricing
-	Quota   *quota.Store
-	Granter mgmt.Granter
+	return quota.NewPGLoader(c.DB, tail, holds.NewQuery(c.NATS, presence, cfg.Tuning.HoldDeadline), logger), tail, presence, nil
 }
 
 // Run serves until ctx ends, then shuts down gracefully: the listener
@@ -248,14 +299,18 @@ func (a *App) Run(ctx context.Context) error {
 	srv.BaseContext = func(net.Listener) context.Context { return calls }
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(7)
+	wg.Add(8)
 	go func() { defer wg.Done(); a.pub.Run(bg) }()
-	go func() { defer wg.Done(); a.deps.Run(bg, 5*time.Second) }()
+	go func() { defer wg.Done(); a.deps.Run(bg, a.cfg.Tuning.ProbeInterval) }()
 	go func() { defer wg.Done(); a.presence.Run(bg) }()
 	go func() { defer wg.Done(); a.backlog.Run(bg) }()
 	go func() { defer wg.Done(); a.reconciler.Run(bg) }()
 	go func() { defer wg.Done(); a.last.Run(bg) }()
-	go func() { defer wg.Done(); resync(bg, a.store, a.quota.Sync, 2*time.Second, 1000, a.logger) }()
+	go func() {
+		defer wg.Done()
+		resync(bg, a.store, a.quota.Sync, a.cfg.Tuning.ResyncInterval, a.cfg.Tuning.ResyncPage, a.logger)
+	}()
+	go func() { defer wg.Done(); republishGrants(bg, a.mgmt, a.cfg.ReconcileInterval, a.logger) }()
 	l, err := Listen(addr, a.cfg.ConnectionsPerAddress)
 	if err != nil {
 		stopBG()
@@ -291,9 +346,9 @@ func (a *App) Run(ctx context.Context) error {
 	stopBG()
 	wg.Wait()
 	a.pub.Wait()
-	fctx, cancelF := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	fctx, cancelF := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.Tuning.ShutdownFlush)
 	defer cancelF()
-	if a.nc.IsConnected() && a.spool.Size() > 0 {
+	if a.clients.NATS.IsConnected() && a.spool.Size() > 0 {
 		if err := a.pub.Drain(fctx); err != nil {
 			a.logger.Warn("spool drain at shutdown", "err", err)
 		}
@@ -302,9 +357,7 @@ func (a *App) Run(ctx context.Context) error {
 	if err := a.stopTP(fctx); err != nil {
 		a.logger.Warn("trace export at shutdown", "err", err)
 	}
-	a.nc.Close()
-	_ = a.rdb.Close()
-	_ = a.db.Close()
+	a.clients.Close()
 	a.logger.Info("stopped")
 	return runErr
 }

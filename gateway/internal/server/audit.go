@@ -17,7 +17,7 @@ import (
 func AuditVerify(ctx context.Context, cfg config.Config, logger *slog.Logger, w io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	db, err := OpenDB(ctx, cfg.DatabaseURL, logger)
+	db, err := OpenDB(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}

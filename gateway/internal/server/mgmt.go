@@ -6,39 +6,10 @@ import (
 	"sort"
 	"time"
 
-	"github.com/labstack/echo/v4"
-
-	"github.com/mana/apigw/gateway/internal/auth"
-	"github.com/mana/apigw/gateway/internal/config"
 	"github.com/mana/apigw/gateway/internal/mgmt"
 	"github.com/mana/apigw/gateway/internal/pricing"
 	"github.com/mana/apigw/gateway/internal/proxy"
 )
-
-// Management builds the management API (JWT-protected, verified against
-// the issuer's JWKS) and registers it; ctx bounds the JWKS refresher.
-func Management(ctx context.Context, cfg config.Config, logger *slog.Logger) func(e *echo.Echo, deps MgmtDeps) error {
-	return func(e *echo.Echo, deps MgmtDeps) error {
-		v, err := auth.NewVerifier(ctx, auth.VerifierConfig{
-			JWKSURL:  cfg.AuthURL.JoinPath("/.well-known/jwks.json").String(),
-			Issuer:   cfg.JWTIssuer,
-			Audience: cfg.JWTAudience,
-		}, logger)
-		if err != nil {
-			return err
-		}
-		h, err := mgmt.New(mgmt.Config{}, mgmt.Deps{
-			Store: deps.Store, DB: deps.DB, Hasher: deps.Hasher, Tiers: deps.Pricing, State: deps.Quota,
-			Catalog: TierCatalog(deps.Pricing), Granter: deps.Granter,
-		}, logger)
-		if err != nil {
-			return err
-		}
-		h.Register(e, auth.Middleware(v))
-		go republishGrants(ctx, h, cfg.ReconcileInterval, logger)
-		return nil
-	}
-}
 
 // republishGrants publishes, every interval until ctx ends, the credit
 // grants that were recorded an interval ago or more and never published.

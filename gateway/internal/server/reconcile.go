@@ -23,23 +23,20 @@ import (
 func Reconcile(ctx context.Context, cfg config.Config, logger *slog.Logger, w io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	db, err := OpenDB(ctx, cfg.DatabaseURL, logger)
+	db, err := OpenDB(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	rdb := openRedis(cfg, 8, 0)
-	defer rdb.Close()
-	nc, err := nats.Connect(cfg.NATSURL, nats.Name("mana-gateway reconcile"), nats.Timeout(2*time.Second))
-	if err != nil {
+	c := &Clients{DB: db, Redis: openRedis(cfg, 8, 0)}
+	defer c.Close()
+	if c.NATS, err = nats.Connect(cfg.NATSURL, nats.Name("mana-gateway reconcile"), nats.Timeout(cfg.Tuning.NATSConnectTimeout)); err != nil {
 		return fmt.Errorf("nats: %w", err)
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
+	if c.JS, err = jetstream.New(c.NATS); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	truth, tail, presence, err := balanceTruth(db, nc, js, "", cfg.BacklogMaxEvents, logger)
+	rdb := c.Redis
+	truth, tail, presence, err := balanceTruth(c, cfg, "", logger)
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,6 @@
 package server
 
 import (
-	"time"
-
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mana/apigw/gateway/internal/config"
@@ -13,11 +11,8 @@ import (
 // caller takes it as redis.UniversalClient; the quota keys of one API key
 // share a hash slot, so each script runs on one shard.
 func openRedis(cfg config.Config, poolSize, minIdle int) redis.UniversalClient {
-	const (
-		dial  = 2 * time.Second
-		rw    = time.Second
-		proto = 2 // RESP2: the gateway uses no RESP3 feature, and RESP3's push notification check before every reply cost a fifth of each decision's CPU in the handler-chain profile
-	)
+	dial, rw := cfg.Tuning.RedisDialTimeout, cfg.Tuning.RedisIOTimeout
+	const proto = 2 // RESP2: the gateway uses no RESP3 feature, and RESP3's push notification check before every reply cost a fifth of each decision's CPU in the handler-chain profile
 	if len(cfg.RedisClusterAddrs) > 0 {
 		return redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: cfg.RedisClusterAddrs, Password: cfg.RedisPassword,
@@ -28,7 +23,7 @@ func openRedis(cfg config.Config, poolSize, minIdle int) redis.UniversalClient {
 			// go-redis learns of a failover from MOVED replies or this
 			// reload (default a minute): until then a dead master's slots
 			// would be sent to it. One CLUSTER SLOTS a second is cheap.
-			ClusterStateReloadInterval: time.Second,
+			ClusterStateReloadInterval: cfg.Tuning.RedisClusterReload,
 		})
 	}
 	return redis.NewClient(&redis.Options{

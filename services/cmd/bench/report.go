@@ -463,7 +463,7 @@ func writeGoBench(p printf, r *results) {
 	} else {
 		p("`go test -run '^$' -bench 'BenchmarkEdgeFullPath$|BenchmarkBareProxy$' -benchmem ./gateway/internal/proxy/` " +
 			"(`gateway/internal/proxy/edge_bench_test.go`, run by `.ci/bench.sh` before the harness): the gateway wired exactly as " +
-			"`bin/gateway` wires it (`config.FromEnv`, `server.NewApp`) against real PostgreSQL, Redis and NATS (JetStream, sync always); " +
+			"`bin/gateway` wires it (`config.FromEnv`, `server.Connect`, `server.Build`) against real PostgreSQL, Redis and NATS (JetStream, sync always); " +
 			"requests go straight into its Echo handler (no client socket), the backend is the search stand-in in its own process, so " +
 			"B/op and allocs/op are the gateway's own plus the benchmark's request and recorder. Redis commands and Postgres statements " +
 			"are counted on the wire, by relays between the gateway and the servers that parse RESP and the PostgreSQL protocol " +
