@@ -280,8 +280,13 @@ func FromEnv(getenv func(string) string) (Config, error) {
 			break
 		}
 	}
-	if getenv("SHUTDOWN_TIMEOUT") != "" {
-		c.ShutdownTimeout = parseDur("SHUTDOWN_TIMEOUT", "")
+	// Unset means the default; set, it must be positive.
+	if v := getenv("SHUTDOWN_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			errs = append(errs, errors.New("SHUTDOWN_TIMEOUT must be a positive duration like 2s"))
+		}
+		c.ShutdownTimeout = d
 	}
 	c.UnknownKeysPerAddress = int(parseInt("UNKNOWN_KEYS_PER_ADDRESS", "600"))
 	c.UnknownKeysTotal = int(parseInt("UNKNOWN_KEYS_TOTAL", "12000"))

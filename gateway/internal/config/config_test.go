@@ -230,14 +230,22 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+func TestAZeroShutdownTimeoutIsRefused(t *testing.T) {
+	// Unset is the default; 0s set is a mistake, not a way to ask for it.
+	_, err := FromEnv(func(k string) string { return map[string]string{"DEV_MODE": "1", "SHUTDOWN_TIMEOUT": "0s"}[k] })
+	if err == nil || !strings.Contains(err.Error(), "SHUTDOWN_TIMEOUT") {
+		t.Fatalf("error %v", err)
+	}
+}
+
 func TestAnUnparsableSettingIsReportedOnce(t *testing.T) {
 	_, err := FromEnv(func(k string) string {
-		return map[string]string{"DEV_MODE": "1", "PUBLISH_TIMEOUT": "soon", "STT_SERVICE_URL": "ftp://x"}[k]
+		return map[string]string{"DEV_MODE": "1", "PUBLISH_TIMEOUT": "soon", "STT_SERVICE_URL": "ftp://x", "SHUTDOWN_TIMEOUT": "-1s"}[k]
 	})
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, k := range []string{"PUBLISH_TIMEOUT", "STT_SERVICE_URL"} {
+	for _, k := range []string{"PUBLISH_TIMEOUT", "STT_SERVICE_URL", "SHUTDOWN_TIMEOUT"} {
 		if n := strings.Count(err.Error(), k); n != 1 {
 			t.Errorf("%s reported %d times: %v", k, n, err)
 		}
