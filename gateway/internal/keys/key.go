@@ -12,16 +12,6 @@ import (
 var (
 	// ErrNotFound: no key with that ID or hash.
 	ErrNotFound = errors.New("api key not found")
-	// ErrUnknown: the presented secret matches neither the key's hash nor a
-	// previous hash.
-	ErrUnknown = errors.New("unknown api key")
-	// ErrRevoked: the key was deleted, or the secret is a regenerated key's
-	// old one whose grace period is over.
-	ErrRevoked = errors.New("api key revoked")
-	// ErrExpired: the key's expiresAt has passed.
-	ErrExpired = errors.New("api key expired")
-	// ErrInactive: the owner deactivated the key.
-	ErrInactive = errors.New("api key inactive")
 	// ErrBadCursor: a pagination cursor that this package did not issue.
 	ErrBadCursor = errors.New("invalid cursor")
 )
@@ -49,31 +39,6 @@ type Key struct {
 	PrevHash      []byte     `db:"prev_key_hash"`
 	PrevExpiresAt *time.Time `db:"prev_key_expires_at"`
 	DeletedAt     *time.Time `db:"deleted_at"`
-}
-
-// Usable reports whether a request presenting a secret with the given hash
-// may use k at now: nil, or ErrUnknown (hash matches neither the current nor
-// a previous secret), ErrRevoked (deleted, or previous secret past its grace
-// period), ErrExpired or ErrInactive, checked in that order.
-func (k *Key) Usable(now time.Time, hash []byte) error {
-	switch {
-	case Equal(k.Hash, hash):
-	case Equal(k.PrevHash, hash):
-		if k.PrevExpiresAt == nil || !now.Before(*k.PrevExpiresAt) {
-			return ErrRevoked
-		}
-	default:
-		return ErrUnknown
-	}
-	switch {
-	case k.DeletedAt != nil:
-		return ErrRevoked
-	case k.ExpiresAt != nil && !now.Before(*k.ExpiresAt):
-		return ErrExpired
-	case !k.Active:
-		return ErrInactive
-	}
-	return nil
 }
 
 // NewID returns a new key ID: a UUIDv7 (time-ordered, 74 random bits), so

@@ -91,7 +91,8 @@ func (s *Store) ByID(ctx context.Context, id string) (*Key, error) {
 }
 
 // ByHash returns the key whose current or previous hash is hash, deleted or
-// not; Key.Usable tells which and whether it may be used.
+// not. Whether it may be used is decided in Redis by the quota script, from
+// the state this row is synced as.
 func (s *Store) ByHash(ctx context.Context, hash []byte) (*Key, error) {
 	if len(hash) == 0 {
 		return nil, ErrNotFound

@@ -51,7 +51,7 @@ func TestStoreLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ID != k.ID || !got.ExpiresAt.Equal(exp) || got.PrevHash != nil || got.Usable(time.Now(), h.Hash(secret)) != nil {
+	if got.ID != k.ID || !got.ExpiresAt.Equal(exp) || got.PrevHash != nil || !Equal(got.Hash, h.Hash(secret)) || !got.Active || got.DeletedAt != nil {
 		t.Fatalf("ByHash = %+v", got)
 	}
 	if _, err := s.ByHash(ctx, h.Hash("sk_live_other")); !errors.Is(err, ErrNotFound) {
@@ -80,12 +80,12 @@ func TestStoreLifecycle(t *testing.T) {
 	}
 	for _, sec := range []string{secret, secret2} {
 		got, err := s.ByHash(ctx, h.Hash(sec))
-		if err != nil || got.ID != k.ID || got.Usable(time.Now(), h.Hash(sec)) != nil {
+		if err != nil || got.ID != k.ID || !(Equal(got.Hash, h.Hash(sec)) || Equal(got.PrevHash, h.Hash(sec)) && time.Now().Before(*got.PrevExpiresAt)) {
 			t.Fatalf("ByHash after regenerate: %v %v", got, err)
 		}
 	}
-	if err := upd.Usable(graceEnd, h.Hash(secret)); !errors.Is(err, ErrRevoked) {
-		t.Fatalf("old secret after grace: %v", err)
+	if !Equal(upd.PrevHash, h.Hash(secret)) || upd.PrevExpiresAt == nil || !upd.PrevExpiresAt.Equal(graceEnd) {
+		t.Fatalf("old secret's grace: %x until %v", upd.PrevHash, upd.PrevExpiresAt)
 	}
 
 	// fn's error aborts the update.
@@ -111,7 +111,7 @@ func TestStoreLifecycle(t *testing.T) {
 	if got, err := s.ByID(ctx, k.ID); err != nil || got.DeletedAt == nil {
 		t.Fatalf("ByID(deleted) = %v %v", got, err)
 	}
-	if got, err := s.ByHash(ctx, h.Hash(secret2)); err != nil || !errors.Is(got.Usable(time.Now(), h.Hash(secret2)), ErrRevoked) {
+	if got, err := s.ByHash(ctx, h.Hash(secret2)); err != nil || got.DeletedAt == nil {
 		t.Fatalf("deleted key by hash: %v %v", got, err)
 	}
 	if ks, _, err := s.ListByOwner(ctx, "owner-a", 10, ""); err != nil || len(ks) != 0 {

@@ -3,7 +3,6 @@ package mgmt
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -126,11 +125,11 @@ func TestKeyLifecycle(t *testing.T) {
 	if !keys.Equal(last.Hash, en.hasher.Hash(regen.Secret)) {
 		t.Fatal("regenerate did not sync the new hash")
 	}
-	if err := last.Usable(en.now, en.hasher.Hash(created.Secret)); !errors.Is(err, keys.ErrRevoked) {
-		t.Fatalf("old secret after regenerate: %v", err)
+	if got := secretState(last, en.now, en.hasher.Hash(created.Secret)); got != "revoked" {
+		t.Fatalf("old secret after regenerate: %s", got)
 	}
-	if err := last.Usable(en.now, en.hasher.Hash(regen.Secret)); err != nil {
-		t.Fatalf("new secret: %v", err)
+	if got := secretState(last, en.now, en.hasher.Hash(regen.Secret)); got != "usable" {
+		t.Fatalf("new secret: %s", got)
 	}
 
 	// Regenerate with a grace period: both work until it ends.
@@ -146,15 +145,15 @@ func TestKeyLifecycle(t *testing.T) {
 	calls = en.state.snapshot()
 	last = calls[len(calls)-1]
 	for _, s := range []string{regen.Secret, regen2.Secret} {
-		if err := last.Usable(en.now.Add(59*time.Minute), en.hasher.Hash(s)); err != nil {
-			t.Fatalf("within grace: %v", err)
+		if got := secretState(last, en.now.Add(59*time.Minute), en.hasher.Hash(s)); got != "usable" {
+			t.Fatalf("within grace: %s", got)
 		}
 	}
-	if err := last.Usable(en.now.Add(time.Hour), en.hasher.Hash(regen.Secret)); !errors.Is(err, keys.ErrRevoked) {
-		t.Fatalf("after grace: %v", err)
+	if got := secretState(last, en.now.Add(time.Hour), en.hasher.Hash(regen.Secret)); got != "revoked" {
+		t.Fatalf("after grace: %s", got)
 	}
-	if err := last.Usable(en.now, en.hasher.Hash(created.Secret)); !errors.Is(err, keys.ErrUnknown) {
-		t.Fatalf("first secret: %v", err)
+	if got := secretState(last, en.now, en.hasher.Hash(created.Secret)); got != "unknown" {
+		t.Fatalf("first secret: %s", got)
 	}
 
 	// Delete: 204, propagated, gone for reads, idempotent.
@@ -326,4 +325,24 @@ func TestValidation(t *testing.T) {
 		t.Fatalf("key changed: %+v %v", row, err)
 	}
 	wantProblem(t, en.do("", "", http.MethodGet, "/api-keys", nil), http.StatusUnauthorized)
+}
+
+// secretState reads the key state the handler synced for a secret's hash
+// at now: "usable" (the current secret, or the previous one within its
+// grace period), "revoked" (the previous one past it, or a deleted,
+// expired or inactive key) or "unknown" (neither).
+func secretState(k keys.Key, now time.Time, hash []byte) string {
+	switch {
+	case keys.Equal(k.Hash, hash):
+	case keys.Equal(k.PrevHash, hash):
+		if k.PrevExpiresAt == nil || !now.Before(*k.PrevExpiresAt) {
+			return "revoked"
+		}
+	default:
+		return "unknown"
+	}
+	if k.DeletedAt != nil || k.ExpiresAt != nil && !now.Before(*k.ExpiresAt) || !k.Active {
+		return "revoked"
+	}
+	return "usable"
 }
