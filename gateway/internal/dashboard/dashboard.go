@@ -23,7 +23,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/mana/apigw/gateway/internal/problem"
+	"github.com/mana/apigw/gateway/internal/apierr"
 )
 
 // dist holds the built page. On a fresh clone it holds only its
@@ -150,7 +150,7 @@ func (h *Handler) Register(e *echo.Echo) {
 	e.GET("/dashboard/:asset", h.asset)
 }
 
-var errNotBuilt = problem.New(http.StatusNotFound,
+var errNotBuilt = apierr.New(apierr.NotFound,
 	"the dashboard is not built into this binary: make build (or make run) runs npm ci in web/ and embeds it")
 
 func (h *Handler) secure(c echo.Context) {
@@ -177,7 +177,7 @@ func (h *Handler) asset(c echo.Context) error {
 		if h.index == nil {
 			return errNotBuilt
 		}
-		return problem.New(http.StatusNotFound, "no such dashboard file")
+		return apierr.New(apierr.NotFound, "no such dashboard file")
 	}
 	h.secure(c)
 	hd := c.Response().Header()

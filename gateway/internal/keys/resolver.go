@@ -12,6 +12,8 @@ import (
 	"github.com/hashicorp/golang-lru/v2/expirable"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
+
+	"github.com/mana/apigw/gateway/internal/apierr"
 )
 
 // ThrottledError refuses a lookup: the client address (or all addresses
@@ -22,6 +24,12 @@ type ThrottledError struct{ RetryAfter time.Duration }
 func (e *ThrottledError) Error() string {
 	return fmt.Sprintf("too many unknown api keys; retry after %s", e.RetryAfter)
 }
+
+// errThrottled is what a throttled client is told.
+var errThrottled = apierr.New(apierr.RateLimited, "too many unknown API keys from this address; retry later")
+
+// APIError is the refusal as the client is told of it, with its wait.
+func (e *ThrottledError) APIError() *apierr.Error { return errThrottled.RetryIn(e.RetryAfter) }
 
 // Resolver maps a presented secret to its key on the hot path. Only what
 // never changes for a given hash (ID, owner, tier, prefix) is cached in the

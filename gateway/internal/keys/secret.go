@@ -6,10 +6,11 @@ package keys
 
 import (
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"strings"
+
+	"github.com/mana/apigw/gateway/internal/apierr"
 )
 
 const (
@@ -27,7 +28,7 @@ const (
 
 // ErrMalformed means a string is not a well-formed secret: wrong prefix,
 // length, alphabet or checksum. Parse decides this without any I/O.
-var ErrMalformed = errors.New("malformed api key")
+var ErrMalformed = apierr.New(apierr.KeyRefused, "malformed API key")
 
 // Generate returns a new secret: SecretPrefix, 32 base62 characters from
 // crypto/rand (about 190 bits) and a 6-character base62 CRC32 of the random

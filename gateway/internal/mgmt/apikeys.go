@@ -14,8 +14,8 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/lib/pq"
 
+	"github.com/mana/apigw/gateway/internal/apierr"
 	"github.com/mana/apigw/gateway/internal/keys"
-	"github.com/mana/apigw/gateway/internal/problem"
 )
 
 // keyView is the key object of the contract. Secret is set only in the
@@ -104,14 +104,14 @@ func (h *Handler) writeKey(c echo.Context, status int, k *keys.Key, secret strin
 
 func validName(name string) error {
 	if strings.TrimSpace(name) == "" {
-		return problem.New(http.StatusUnprocessableEntity, "name must not be empty")
+		return apierr.New(apierr.Unprocessable, "name must not be empty")
 	}
 	if utf8.RuneCountInString(name) > 100 {
-		return problem.New(http.StatusUnprocessableEntity, "name must be at most 100 characters")
+		return apierr.New(apierr.Unprocessable, "name must be at most 100 characters")
 	}
 	for _, r := range name {
 		if unicode.IsControl(r) || r == utf8.RuneError {
-			return problem.New(http.StatusUnprocessableEntity, "name must not contain control characters")
+			return apierr.New(apierr.Unprocessable, "name must not contain control characters")
 		}
 	}
 	return nil
@@ -119,10 +119,10 @@ func validName(name string) error {
 
 func (h *Handler) validExpiry(t time.Time) error {
 	if !t.After(h.deps.Now()) {
-		return problem.New(http.StatusUnprocessableEntity, "expiresAt must be in the future")
+		return apierr.New(apierr.Unprocessable, "expiresAt must be in the future")
 	}
 	if t.Year() > 9999 {
-		return problem.New(http.StatusUnprocessableEntity, "expiresAt is too far in the future")
+		return apierr.New(apierr.Unprocessable, "expiresAt is too far in the future")
 	}
 	return nil
 }
@@ -143,17 +143,17 @@ func (h *Handler) create(c echo.Context) error {
 		return err
 	}
 	if req.Name == nil {
-		return problem.New(http.StatusUnprocessableEntity, "name is required")
+		return apierr.New(apierr.Unprocessable, "name is required")
 	}
 	if err := validName(*req.Name); err != nil {
 		return err
 	}
 	if req.Tier == nil {
-		return problem.New(http.StatusUnprocessableEntity, "tier is required")
+		return apierr.New(apierr.Unprocessable, "tier is required")
 	}
 	rpm, credits, ok := h.deps.Tiers.Tier(*req.Tier)
 	if !ok {
-		return problem.New(http.StatusUnprocessableEntity, fmt.Sprintf("unknown tier %q", *req.Tier))
+		return apierr.New(apierr.Unprocessable, fmt.Sprintf("unknown tier %q", *req.Tier))
 	}
 	if req.ExpiresAt != nil {
 		if err := h.validExpiry(*req.ExpiresAt); err != nil {
@@ -202,7 +202,7 @@ func (h *Handler) list(c echo.Context) error {
 	ctx := c.Request().Context()
 	ks, next, err := h.deps.Store.ListByOwner(ctx, who.Subject, limit, c.QueryParam("cursor"))
 	if errors.Is(err, keys.ErrBadCursor) {
-		return problem.New(http.StatusBadRequest, "invalid cursor")
+		return apierr.New(apierr.Invalid, "invalid cursor")
 	}
 	if err != nil {
 		return internal("list api keys", err)
@@ -233,7 +233,7 @@ func queryLimit(c echo.Context, def, most int) (int, error) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > most {
-		return 0, problem.New(http.StatusBadRequest, fmt.Sprintf("limit must be an integer from 1 to %d", most))
+		return 0, apierr.New(apierr.Invalid, fmt.Sprintf("limit must be an integer from 1 to %d", most))
 	}
 	return n, nil
 }
@@ -276,12 +276,12 @@ func (h *Handler) mutate(c echo.Context, owner, action string, allowDeleted bool
 		}
 		return fn(k)
 	}, h.keyChange(c, owner, action))
-	var p problem.Problem
+	var coded apierr.Coded
 	switch {
 	case errors.Is(err, keys.ErrNotFound):
 		return nil, errKeyNotFound
-	case errors.As(err, &p):
-		return nil, p
+	case errors.As(err, &coded):
+		return nil, coded
 	case err != nil:
 		return nil, internal(action+" api key", err)
 	}
@@ -311,11 +311,11 @@ func (h *Handler) update(c echo.Context) error {
 	}
 	switch {
 	case !req.Name.Set && !req.Active.Set && !req.ExpiresAt.Set:
-		return problem.New(http.StatusUnprocessableEntity, "nothing to update: give name, active or expiresAt")
+		return apierr.New(apierr.Unprocessable, "nothing to update: give name, active or expiresAt")
 	case req.Name.Null:
-		return problem.New(http.StatusUnprocessableEntity, "name must not be null")
+		return apierr.New(apierr.Unprocessable, "name must not be null")
 	case req.Active.Null:
-		return problem.New(http.StatusUnprocessableEntity, "active must not be null")
+		return apierr.New(apierr.Unprocessable, "active must not be null")
 	}
 	if req.Name.Set {
 		if err := validName(req.Name.V); err != nil {
@@ -386,7 +386,7 @@ func (h *Handler) regenerate(c echo.Context) error {
 		s := *req.GracePeriodSeconds
 		maxS := int64(h.cfg.MaxGracePeriod / time.Second)
 		if s < 0 || s > maxS {
-			return problem.New(http.StatusUnprocessableEntity, fmt.Sprintf("gracePeriodSeconds must be from 0 to %d", maxS))
+			return apierr.New(apierr.Unprocessable, fmt.Sprintf("gracePeriodSeconds must be from 0 to %d", maxS))
 		}
 		grace = time.Duration(s) * time.Second
 	}

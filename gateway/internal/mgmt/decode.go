@@ -12,7 +12,19 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/mana/apigw/gateway/internal/problem"
+	"github.com/mana/apigw/gateway/internal/apierr"
+)
+
+// The refusals of a request body.
+var (
+	errBodyTooLarge   = apierr.New(apierr.BodyTooLarge, "request body too large")
+	errBodyUnreadable = apierr.New(apierr.Invalid, "could not read the request body")
+	errBodyRequired   = apierr.New(apierr.Invalid, "a JSON body is required")
+	errNotJSON        = apierr.New(apierr.UnsupportedMedia, "the body must be application/json")
+	errNotUTF8        = apierr.New(apierr.Invalid, "the body is not valid UTF-8")
+	errNotObject      = apierr.New(apierr.Invalid, "the body must be a JSON object")
+	errMalformedJSON  = apierr.New(apierr.Invalid, "malformed JSON")
+	errTrailingData   = apierr.New(apierr.Invalid, "malformed JSON: data after the object")
 )
 
 // decodeJSON reads one JSON object into dst: at most BodyLimit bytes (413),
@@ -24,32 +36,32 @@ func (h *Handler) decodeJSON(c echo.Context, dst any, optional bool) error {
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return problem.New(http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds %d bytes", h.cfg.BodyLimit))
+			return errBodyTooLarge.WithDetail(fmt.Sprintf("request body exceeds %d bytes", h.cfg.BodyLimit))
 		}
-		return problem.New(http.StatusBadRequest, "could not read the request body")
+		return errBodyUnreadable
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		if optional {
 			return nil
 		}
-		return problem.New(http.StatusBadRequest, "a JSON body is required")
+		return errBodyRequired
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get(echo.HeaderContentType)); err != nil || mt != echo.MIMEApplicationJSON {
-		return problem.New(http.StatusUnsupportedMediaType, "the body must be application/json")
+		return errNotJSON
 	}
 	if !utf8.Valid(body) {
-		return problem.New(http.StatusBadRequest, "the body is not valid UTF-8")
+		return errNotUTF8
 	}
 	if body = bytes.TrimSpace(body); body[0] != '{' {
-		return problem.New(http.StatusBadRequest, "the body must be a JSON object")
+		return errNotObject
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
-		return problem.New(http.StatusBadRequest, describeJSONError(err))
+		return errMalformedJSON.WithDetail(describeJSONError(err))
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return problem.New(http.StatusBadRequest, "malformed JSON: data after the object")
+		return errTrailingData
 	}
 	return nil
 }

@@ -19,9 +19,9 @@ import (
 	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mana/apigw/gateway/internal/apierr"
 	"github.com/mana/apigw/gateway/internal/audit"
 	"github.com/mana/apigw/gateway/internal/keys"
-	"github.com/mana/apigw/gateway/internal/problem"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
@@ -108,14 +108,14 @@ type auditedGrant struct {
 
 func validReason(reason string) error {
 	if strings.TrimSpace(reason) == "" {
-		return problem.New(http.StatusUnprocessableEntity, "reason must not be empty")
+		return apierr.New(apierr.Unprocessable, "reason must not be empty")
 	}
 	if utf8.RuneCountInString(reason) > MaxGrantReason {
-		return problem.New(http.StatusUnprocessableEntity, fmt.Sprintf("reason must be at most %d characters", MaxGrantReason))
+		return apierr.New(apierr.Unprocessable, fmt.Sprintf("reason must be at most %d characters", MaxGrantReason))
 	}
 	for _, r := range reason {
 		if (unicode.IsControl(r) && r != '\n') || r == utf8.RuneError {
-			return problem.New(http.StatusUnprocessableEntity, "reason must not contain control characters")
+			return apierr.New(apierr.Unprocessable, "reason must not contain control characters")
 		}
 	}
 	return nil
@@ -123,11 +123,11 @@ func validReason(reason string) error {
 
 func validIdempotencyKey(k string) error {
 	if len(k) > MaxIdempotencyKey {
-		return problem.New(http.StatusBadRequest, fmt.Sprintf("Idempotency-Key must be at most %d bytes", MaxIdempotencyKey))
+		return apierr.New(apierr.Invalid, fmt.Sprintf("Idempotency-Key must be at most %d bytes", MaxIdempotencyKey))
 	}
 	for i := 0; i < len(k); i++ {
 		if k[i] < 0x21 || k[i] > 0x7e {
-			return problem.New(http.StatusBadRequest, "Idempotency-Key must be printable ASCII without spaces")
+			return apierr.New(apierr.Invalid, "Idempotency-Key must be printable ASCII without spaces")
 		}
 	}
 	return nil
@@ -153,7 +153,7 @@ func (h *Handler) grant(c echo.Context) error {
 		return err
 	}
 	if h.deps.Granter == nil {
-		return problem.New(http.StatusServiceUnavailable, "credit grants are not available on this gateway")
+		return errNoGrants
 	}
 	var k *keys.Key
 	if who.IsFinance() {
@@ -164,7 +164,7 @@ func (h *Handler) grant(c echo.Context) error {
 	} else {
 		k, err = h.ownKey(c, who.Subject)
 		if err == nil {
-			err = problem.New(http.StatusForbidden, "granting credits needs the finance or admin role")
+			err = apierr.New(apierr.Forbidden, "granting credits needs the finance or admin role")
 		}
 	}
 	if err != nil {
@@ -179,10 +179,10 @@ func (h *Handler) grant(c echo.Context) error {
 		return err
 	}
 	if req.Credits == nil || *req.Credits <= 0 || *req.Credits > MaxGrantCredits {
-		return problem.New(http.StatusUnprocessableEntity, fmt.Sprintf("credits must be a whole number from 1 to %d", MaxGrantCredits))
+		return apierr.New(apierr.Unprocessable, fmt.Sprintf("credits must be a whole number from 1 to %d", MaxGrantCredits))
 	}
 	if req.Reason == nil {
-		return problem.New(http.StatusUnprocessableEntity, "reason is required")
+		return apierr.New(apierr.Unprocessable, "reason is required")
 	}
 	if err := validReason(*req.Reason); err != nil {
 		return err
@@ -201,7 +201,7 @@ func (h *Handler) grant(c echo.Context) error {
 		return err
 	}
 	if replayed && !bytes.Equal(stored.RequestHash, row.RequestHash) {
-		return problem.New(http.StatusUnprocessableEntity, "this Idempotency-Key was used for another grant request")
+		return apierr.New(apierr.Unprocessable, "this Idempotency-Key was used for another grant request")
 	}
 	if !stored.PublishedAt.Valid {
 		if err := h.publishGrant(c, stored); err != nil {
@@ -296,9 +296,7 @@ func (h *Handler) publishGrant(c echo.Context, g grantRow) error {
 	defer cancel()
 	if err := h.deps.Granter.Grant(ctx, g.Event()); err != nil {
 		h.logger.ErrorContext(ctx, "publish credit grant", "key_id", g.KeyID, "event_id", g.EventID, "err", err)
-		c.Response().Header().Set("Retry-After", "2")
-		return problem.New(http.StatusServiceUnavailable,
-			"the grant is recorded but not in effect yet; retry the request with the same Idempotency-Key")
+		return errGrantNotInEffect
 	}
 	if _, err := h.deps.DB.ExecContext(ctx, `UPDATE api_gateway.credit_grants SET published_at = now()
 		WHERE event_id = $1 AND published_at IS NULL`, g.EventID); err != nil {

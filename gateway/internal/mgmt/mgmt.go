@@ -24,9 +24,9 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/lib/pq"
 
+	"github.com/mana/apigw/gateway/internal/apierr"
 	"github.com/mana/apigw/gateway/internal/auth"
 	"github.com/mana/apigw/gateway/internal/keys"
-	"github.com/mana/apigw/gateway/internal/problem"
 )
 
 // TierLookup resolves a tier name to its limits. Safe for concurrent use.
@@ -155,7 +155,7 @@ func New(cfg Config, deps Deps, logger *slog.Logger) (*Handler, error) {
 
 // Register mounts the routes on e, each behind authMW (which must store
 // auth.Claims, as auth.Middleware does). Errors are returned as
-// problem.Problem for the server's error handler.
+// errors that carry their apierr code, for the server's error handler.
 func (h *Handler) Register(e *echo.Echo, authMW echo.MiddlewareFunc) {
 	routes := []struct {
 		method, path string
@@ -194,14 +194,13 @@ func (h *Handler) Register(e *echo.Echo, authMW echo.MiddlewareFunc) {
 func (h *Handler) unavailable(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		err := next(c)
-		var p problem.Problem
-		if err == nil || errors.As(err, &p) || !databaseDown(err) {
+		var coded apierr.Coded
+		if err == nil || errors.As(err, &coded) || !databaseDown(err) {
 			return err
 		}
 		h.logger.WarnContext(c.Request().Context(), "management request: database unavailable",
 			"path", c.Path(), "err", err)
-		c.Response().Header().Set("Retry-After", "5")
-		return problem.New(http.StatusServiceUnavailable, "the key database is unavailable; retry the request shortly")
+		return errDatabaseDown
 	}
 }
 
@@ -223,13 +222,30 @@ func databaseDown(err error) bool {
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// errKeyNotFound is the one answer for an unknown, deleted or foreign key.
-var errKeyNotFound = problem.New(http.StatusNotFound, "API key not found")
+// The management API's failures, as the client is told of them; what each
+// is written as is looked up in package apierr's table.
+var (
+	// errKeyNotFound is the one answer for an unknown, deleted or foreign key.
+	errKeyNotFound = apierr.New(apierr.NotFound, "API key not found")
+	// errNoCaller: a route reached without the authentication middleware's claims.
+	errNoCaller = apierr.New(apierr.Unauthenticated, "authentication required")
+	// errDatabaseDown: the handler failed because Postgres cannot be reached.
+	errDatabaseDown = apierr.New(apierr.Unavailable, "the key database is unavailable; retry the request shortly").
+			RetryIn(5 * time.Second)
+	// errNotPropagated: the change is committed, but not yet on every gateway.
+	errNotPropagated = apierr.New(apierr.Unavailable,
+		"the change is saved but could not be propagated to the gateways yet; retry the request").RetryIn(2 * time.Second)
+	// errGrantNotInEffect: the grant is committed, its event not yet published.
+	errGrantNotInEffect = apierr.New(apierr.Unavailable,
+		"the grant is recorded but not in effect yet; retry the request with the same Idempotency-Key").RetryIn(2 * time.Second)
+	// errNoGrants: this gateway was built without a publisher for grants.
+	errNoGrants = apierr.New(apierr.Unavailable, "credit grants are not available on this gateway")
+)
 
 func caller(c echo.Context) (auth.Claims, error) {
 	claims, ok := auth.ClaimsFrom(c)
 	if !ok || claims.Subject == "" {
-		return auth.Claims{}, problem.New(http.StatusUnauthorized, "authentication required")
+		return auth.Claims{}, errNoCaller
 	}
 	return claims, nil
 }
@@ -242,9 +258,7 @@ func (h *Handler) sync(c echo.Context, k *keys.Key, action string) error {
 	if err := h.deps.State.Sync(ctx, k); err != nil {
 		h.logger.ErrorContext(ctx, "propagate api key state", "action", action, "key_id", k.ID,
 			"key_prefix", k.Prefix, "err", err)
-		c.Response().Header().Set("Retry-After", "2")
-		return problem.New(http.StatusServiceUnavailable,
-			"the change is saved but could not be propagated to the gateways yet; retry the request")
+		return errNotPropagated
 	}
 	h.logger.InfoContext(ctx, "api key "+action, "key_id", k.ID, "key_prefix", k.Prefix, "owner_id", k.OwnerID)
 	return nil

@@ -12,9 +12,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/mana/apigw/gateway/internal/apierr"
 	"github.com/mana/apigw/gateway/internal/auth"
 	"github.com/mana/apigw/gateway/internal/keys"
-	"github.com/mana/apigw/gateway/internal/problem"
 )
 
 // dateRange reads ?from=&to= (YYYY-MM-DD, UTC days, both inclusive).
@@ -27,7 +27,7 @@ func (h *Handler) dateRange(c echo.Context) (from, to time.Time, err error) {
 		}
 		t, err := time.Parse(time.DateOnly, s)
 		if err != nil || len(s) != len(time.DateOnly) {
-			return time.Time{}, false, problem.New(http.StatusBadRequest, name+" must be a date YYYY-MM-DD")
+			return time.Time{}, false, apierr.New(apierr.Invalid, name+" must be a date YYYY-MM-DD")
 		}
 		return t, true, nil
 	}
@@ -50,10 +50,10 @@ func (h *Handler) dateRange(c echo.Context) (from, to time.Time, err error) {
 		from = to.AddDate(0, 0, -29)
 	}
 	if from.After(to) {
-		return from, to, problem.New(http.StatusUnprocessableEntity, "from must not be after to")
+		return from, to, apierr.New(apierr.Unprocessable, "from must not be after to")
 	}
 	if days := int(to.Sub(from).Hours()/24) + 1; days > h.cfg.MaxRangeDays {
-		return from, to, problem.New(http.StatusUnprocessableEntity,
+		return from, to, apierr.New(apierr.Unprocessable,
 			fmt.Sprintf("the range from..to spans %d days; at most %d are allowed", days, h.cfg.MaxRangeDays))
 	}
 	return from, to, nil
@@ -200,7 +200,7 @@ func requireFinance(c echo.Context) error {
 		return err
 	}
 	if !who.IsFinance() {
-		return problem.New(http.StatusForbidden, "the finance or admin role is required")
+		return apierr.New(apierr.Forbidden, "the finance or admin role is required")
 	}
 	return nil
 }
@@ -228,7 +228,7 @@ func (h *Handler) billingDaily(c echo.Context) error {
 	}
 	format := c.QueryParam("format")
 	if format != "" && format != "json" && format != "csv" {
-		return problem.New(http.StatusBadRequest, "format must be json or csv")
+		return apierr.New(apierr.Invalid, "format must be json or csv")
 	}
 	from, to, err := h.dateRange(c)
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -18,14 +17,14 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/lib/pq"
 
+	"github.com/mana/apigw/gateway/internal/apierr"
 	"github.com/mana/apigw/gateway/internal/audit"
-	"github.com/mana/apigw/gateway/internal/problem"
 	"github.com/mana/apigw/proto/webhook"
 )
 
 // errEndpointNotFound is the one answer for an unknown, deleted or foreign
 // webhook endpoint (and for a delivery that is not one of it).
-var errEndpointNotFound = problem.New(http.StatusNotFound, "webhook endpoint not found")
+var errEndpointNotFound = apierr.New(apierr.NotFound, "webhook endpoint not found")
 
 // maxEndpoints caps the endpoints of one owner, so that one event never fans
 // out into more than this many deliveries.
@@ -108,27 +107,27 @@ func (r endpointRow) view() endpointView {
 // address it connects to, not here on the name.
 func validURL(s string) error {
 	if len(s) > 2048 {
-		return problem.New(http.StatusUnprocessableEntity, "url must be at most 2048 bytes")
+		return apierr.New(apierr.Unprocessable, "url must be at most 2048 bytes")
 	}
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.Hostname() == "" {
-		return problem.New(http.StatusUnprocessableEntity, "url must be an absolute http or https URL")
+		return apierr.New(apierr.Unprocessable, "url must be an absolute http or https URL")
 	}
 	if u.User != nil {
-		return problem.New(http.StatusUnprocessableEntity, "url must not contain credentials")
+		return apierr.New(apierr.Unprocessable, "url must not contain credentials")
 	}
 	if u.Fragment != "" {
-		return problem.New(http.StatusUnprocessableEntity, "url must not contain a fragment")
+		return apierr.New(apierr.Unprocessable, "url must not contain a fragment")
 	}
 	return nil
 }
 
 func validDescription(s string) error {
 	if utf8.RuneCountInString(s) > 200 {
-		return problem.New(http.StatusUnprocessableEntity, "description must be at most 200 characters")
+		return apierr.New(apierr.Unprocessable, "description must be at most 200 characters")
 	}
 	if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || r == utf8.RuneError }) {
-		return problem.New(http.StatusUnprocessableEntity, "description must not contain control characters")
+		return apierr.New(apierr.Unprocessable, "description must not contain control characters")
 	}
 	return nil
 }
@@ -139,7 +138,7 @@ func validEvents(events []string) ([]string, error) {
 	out := make([]string, 0, len(events))
 	for _, e := range events {
 		if !webhook.KnownType(e) {
-			return nil, problem.New(http.StatusUnprocessableEntity,
+			return nil, apierr.New(apierr.Unprocessable,
 				fmt.Sprintf("unknown event type %q; known: %s", e, strings.Join(webhook.Types, ", ")))
 		}
 		out = append(out, e)
@@ -151,12 +150,12 @@ func validEvents(events []string) ([]string, error) {
 // validThresholds returns whole percents 1..100, sorted, without duplicates.
 func validThresholds(ts []int) ([]int64, error) {
 	if len(ts) == 0 || len(ts) > 10 {
-		return nil, problem.New(http.StatusUnprocessableEntity, "thresholds must hold 1 to 10 whole percents")
+		return nil, apierr.New(apierr.Unprocessable, "thresholds must hold 1 to 10 whole percents")
 	}
 	out := make([]int64, 0, len(ts))
 	for _, t := range ts {
 		if t < 1 || t > 100 {
-			return nil, problem.New(http.StatusUnprocessableEntity, "each threshold must be a whole percent from 1 to 100")
+			return nil, apierr.New(apierr.Unprocessable, "each threshold must be a whole percent from 1 to 100")
 		}
 		out = append(out, int64(t))
 	}
@@ -181,7 +180,7 @@ func (h *Handler) createEndpoint(c echo.Context) error {
 		return err
 	}
 	if req.URL == nil {
-		return problem.New(http.StatusUnprocessableEntity, "url is required")
+		return apierr.New(apierr.Unprocessable, "url is required")
 	}
 	if err := validURL(*req.URL); err != nil {
 		return err
@@ -226,7 +225,7 @@ func (h *Handler) createEndpoint(c echo.Context) error {
 		return internal("create webhook endpoint", err)
 	}
 	if n >= maxEndpoints {
-		return problem.New(http.StatusConflict, fmt.Sprintf("an owner may have at most %d webhook endpoints", maxEndpoints))
+		return apierr.New(apierr.Conflict, fmt.Sprintf("an owner may have at most %d webhook endpoints", maxEndpoints))
 	}
 	var row endpointRow
 	if err := tx.GetContext(ctx, &row, `INSERT INTO api_gateway.webhook_endpoints
@@ -321,12 +320,12 @@ func (h *Handler) updateEndpoint(c echo.Context) error {
 		return err
 	}
 	if !req.URL.Set && !req.Events.Set && !req.Thresholds.Set && !req.Description.Set && !req.Enabled.Set {
-		return problem.New(http.StatusUnprocessableEntity, "nothing to update: give url, events, thresholds, description or enabled")
+		return apierr.New(apierr.Unprocessable, "nothing to update: give url, events, thresholds, description or enabled")
 	}
 	for name, null := range map[string]bool{"url": req.URL.Null, "events": req.Events.Null, "thresholds": req.Thresholds.Null,
 		"description": req.Description.Null, "enabled": req.Enabled.Null} {
 		if null {
-			return problem.New(http.StatusUnprocessableEntity, name+" must not be null")
+			return apierr.New(apierr.Unprocessable, name+" must not be null")
 		}
 	}
 	url, desc, events, thresholds := row.URL, row.Description, []string(row.Events), []int64(row.Thresholds)
@@ -495,7 +494,7 @@ func (h *Handler) retryDelivery(c echo.Context) error {
 		return err
 	}
 	if row.DisabledAt != nil {
-		return problem.New(http.StatusConflict, "the endpoint is disabled; enable it (PATCH enabled: true) before retrying")
+		return apierr.New(apierr.Conflict, "the endpoint is disabled; enable it (PATCH enabled: true) before retrying")
 	}
 	ctx, now := c.Request().Context(), h.deps.Now().UTC()
 	var d deliveryView
@@ -510,15 +509,14 @@ func (h *Handler) retryDelivery(c echo.Context) error {
 		err = h.deps.DB.GetContext(ctx, &leasedUntil, `SELECT leased_until FROM api_gateway.webhook_deliveries
 			WHERE endpoint_id = $1 AND event_id = $2 AND status = 'pending' AND leased_until > $3`, row.ID, c.Param("deliveryId"), now)
 		if errors.Is(err, sql.ErrNoRows) {
-			return problem.New(http.StatusNotFound, "webhook delivery not found")
+			return apierr.New(apierr.NotFound, "webhook delivery not found")
 		}
 		if err != nil {
 			return internal("retry webhook delivery", err)
 		}
-		wait := max(1, int(math.Ceil(leasedUntil.Sub(now).Seconds())))
-		c.Response().Header().Set("Retry-After", strconv.Itoa(wait))
-		return problem.New(http.StatusConflict, fmt.Sprintf("the delivery is being sent (leased until %s): its outcome is recorded by then, "+
-			"or it is sent again under the same webhook-id if the sender stopped", leasedUntil.UTC().Format(time.RFC3339)))
+		wait := max(time.Second, time.Duration(math.Ceil(leasedUntil.Sub(now).Seconds()))*time.Second)
+		return apierr.New(apierr.Conflict, fmt.Sprintf("the delivery is being sent (leased until %s): its outcome is recorded by then, "+
+			"or it is sent again under the same webhook-id if the sender stopped", leasedUntil.UTC().Format(time.RFC3339))).RetryIn(wait)
 	}
 	if err != nil {
 		return internal("retry webhook delivery", err)

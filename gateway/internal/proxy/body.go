@@ -13,7 +13,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/mana/apigw/gateway/internal/problem"
 	"github.com/mana/apigw/proto/wav"
 )
 
@@ -23,25 +22,25 @@ func readJSONBody(c echo.Context, limit int64) ([]byte, error) {
 	if ct := req.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return nil, problem.New(http.StatusUnsupportedMediaType, "the body must be application/json")
+			return nil, errNotJSON
 		}
 	}
 	if req.ContentLength > limit {
-		return nil, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
+		return nil, errBodyTooLarge
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), req.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
+			return nil, errBodyTooLarge
 		}
 		if errors.Is(err, errBodyTooSlow) {
-			return nil, bodyTooSlow()
+			return nil, errBodyTooSlow
 		}
-		return nil, problem.New(http.StatusBadRequest, "could not read the request body")
+		return nil, errBodyUnreadable
 	}
 	if len(body) == 0 {
-		return nil, problem.New(http.StatusBadRequest, "malformed JSON body: empty body")
+		return nil, errEmptyJSON
 	}
 	return body, nil
 }
@@ -72,8 +71,6 @@ func itoa(n int) string {
 // uploadSlack is how many bytes an upload may carry beyond the audio its WAV
 // header declares (multipart framing, other fields).
 const uploadSlack = 64 << 10
-
-var errUploadOverDeclared = errors.New("the upload is larger than its WAV header declares")
 
 // meteredBody streams an upload to the backend, refusing bytes beyond the
 // request limit (413) or beyond what the WAV header declared (400): the
@@ -163,14 +160,14 @@ const peekSize = 64 << 10
 func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error) {
 	mt, params, err := mime.ParseMediaType(req.Header.Get("Content-Type"))
 	if err != nil || mt != "multipart/form-data" {
-		return nil, 0, problem.New(http.StatusUnsupportedMediaType, "the body must be multipart/form-data with the audio in field \"file\"")
+		return nil, 0, errNotMultipart
 	}
 	boundary := params["boundary"]
 	if boundary == "" {
-		return nil, 0, problem.New(http.StatusBadRequest, "multipart boundary missing")
+		return nil, 0, errNoBoundary
 	}
 	if req.ContentLength > limit {
-		return nil, 0, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
+		return nil, 0, errBodyTooLarge
 	}
 	limited := http.MaxBytesReader(nil, req.Body, limit)
 	br := bufio.NewReaderSize(limited, peekSize)
@@ -178,19 +175,19 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, bufio.ErrBufferFull) {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, 0, problem.New(http.StatusRequestEntityTooLarge, "request body too large")
+			return nil, 0, errBodyTooLarge
 		}
 		if errors.Is(err, errBodyTooSlow) {
-			return nil, 0, bodyTooSlow()
+			return nil, 0, errBodyTooSlow
 		}
-		return nil, 0, problem.New(http.StatusBadRequest, "could not read the upload")
+		return nil, 0, errUploadUnread
 	}
 	mr := multipart.NewReader(bytes.NewReader(peek), boundary)
 	var part *multipart.Part
 	for {
 		p, err := mr.NextPart()
 		if err != nil {
-			return nil, 0, problem.New(http.StatusBadRequest, "multipart field \"file\" is required (and must come within the first 64 KiB)")
+			return nil, 0, errNoFile
 		}
 		if p.FormName() == "file" {
 			part = p
@@ -199,16 +196,16 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 	}
 	pr := bufio.NewReader(part)
 	if _, err := pr.Peek(1); err != nil {
-		return nil, 0, problem.New(http.StatusBadRequest, "the file is empty")
+		return nil, 0, errEmptyFile
 	}
 	hdr, err := wav.ParseHeader(pr)
 	switch {
 	case errors.Is(err, wav.ErrNotWAV):
-		return nil, 0, problem.New(http.StatusUnsupportedMediaType, "the file must be a WAV (RIFF/WAVE) audio file")
+		return nil, 0, errNotWAV
 	case errors.Is(err, wav.ErrUnsupported):
-		return nil, 0, problem.New(http.StatusUnsupportedMediaType, err.Error())
+		return nil, 0, errAudioUnsupported.WithDetail(err.Error())
 	case err != nil:
-		return nil, 0, problem.New(http.StatusUnprocessableEntity, err.Error())
+		return nil, 0, errAudioInvalid.WithDetail(err.Error())
 	}
 	// One file per call: a second one would be audio nobody priced.
 	for {
@@ -217,7 +214,7 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 			break // the end of the form, or of the 64 KiB looked at
 		}
 		if p.FormName() == "file" {
-			return nil, 0, problem.New(http.StatusBadRequest, "the form holds more than one field \"file\"")
+			return nil, 0, errSecondFile
 		}
 	}
 	// The audio is at most what the body can carry after the header, and
@@ -229,7 +226,7 @@ func openAudioUpload(req *http.Request, limit int64) (*meteredBody, int64, error
 			audioBytes = carried
 		}
 	} else if hdr.Open() {
-		return nil, 0, problem.New(http.StatusLengthRequired, "a WAV without a data size needs a Content-Length")
+		return nil, 0, errOpenNeedsLength
 	}
 	return &meteredBody{r: br, src: req.Body, max: hdr.DataOffset + audioBytes + uploadSlack, parts: newPartScanner(boundary)},
 		hdr.Seconds(audioBytes), nil

@@ -209,29 +209,41 @@ type callKey struct{}
 
 func callFrom(ctx context.Context) *call { c, _ := ctx.Value(callKey{}).(*call); return c }
 
+// handler serves one route: the call itself (serve), inside the bounds of
+// its body's reading.
 func (e *Edge) handler(rt Route) echo.HandlerFunc {
-	h := e.decide(rt)
+	h := e.serve(rt)
 	if rt.Body == BodyNone {
 		return h
 	}
-	bounded := func(c echo.Context) error {
-		// The body's deadline starts before the key is looked at, so that
-		// the unread body of a refused call is not waited for long either
-		// (the server reads it after the answer to keep the connection).
-		// It is lifted once the body is read.
+	h = withBodyDeadline(rt, h)
+	if rt.Body == BodyMultipart {
+		h = answeringUnread(h)
+	}
+	return h
+}
+
+// withBodyDeadline starts the body's deadline before the key is looked at,
+// so that the unread body of a refused call is not waited for long either
+// (the server reads it after the answer to keep the connection). It is
+// lifted once the body is read.
+func withBodyDeadline(rt Route, next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
 		bodyDeadline(c, rt.BodyTimeout, MaxBodyRead)
-		return h(c)
+		return next(c)
 	}
-	if rt.Body != BodyMultipart {
-		return bounded
-	}
+}
+
+// answeringUnread answers a refused upload itself (see answerUnread);
+// server errors go to the error handler, which logs them.
+func answeringUnread(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		req := c.Request()
 		body := &touchedBody{ReadCloser: req.Body}
 		req.Body = body
-		err := bounded(c)
+		err := next(c)
 		if err == nil || c.Response().Committed || problem.From(err).Status >= 500 {
-			return err // server errors go to the error handler, which logs them
+			return err
 		}
 		return answerUnread(c, err, body.touched)
 	}
@@ -253,7 +265,7 @@ const maxDrain = 32 << 20
 // it sends everything, so it is drained exactly when the body was touched.
 func answerUnread(c echo.Context, cause error, touched bool) error {
 	req := c.Request()
-	if err := problem.Write(c, problem.From(cause)); err != nil {
+	if err := problem.Write(c, cause); err != nil {
 		return err
 	}
 	if (req.Header.Get("Expect") != "" && !touched) || req.ContentLength > maxDrain {
@@ -287,29 +299,15 @@ func (b *touchedBody) Read(p []byte) (int, error) {
 	return b.ReadCloser.Read(p)
 }
 
-func (e *Edge) decide(rt Route) echo.HandlerFunc {
+// serve serves one call of rt: authenticate the key, take one of its
+// slots in flight, admit the call, and dispatch it.
+func (e *Edge) serve(rt Route) echo.HandlerFunc {
 	op := e.pricing.Operations[rt.Op]
 	return func(c echo.Context) error {
-		req := c.Request()
 		cl := &call{ec: c, route: rt, op: op, start: time.Now(), requestID: c.Response().Header().Get(echo.HeaderXRequestID)}
-		secret := req.Header.Get("X-API-Key")
-		if secret == "" {
-			return unauthorized("missing X-API-Key header")
-		}
-		k, hash, err := e.resolver.Resolve(req.Context(), secret, clientAddr(req))
-		var throttled *keys.ThrottledError
-		switch {
-		case errors.Is(err, keys.ErrMalformed):
-			return unauthorized("malformed API key")
-		case errors.Is(err, keys.ErrNotFound):
-			return unauthorized("unknown API key")
-		case errors.As(err, &throttled):
-			c.Response().Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(throttled.RetryAfter.Seconds()))))
-			return problem.New(http.StatusTooManyRequests, "too many unknown API keys from this address; retry later")
-		case err != nil:
-			e.logger.ErrorContext(req.Context(), "resolve api key", "request_id", cl.requestID, "err", err)
-			c.Response().Header().Set("Retry-After", "5")
-			return problem.New(http.StatusServiceUnavailable, "API keys cannot be checked right now; try again shortly")
+		k, hash, err := e.authenticate(c, cl.requestID)
+		if err != nil {
+			return err
 		}
 		cl.key = k
 		tier, ok := e.pricing.Tiers[k.Tier]
@@ -317,68 +315,108 @@ func (e *Edge) decide(rt Route) echo.HandlerFunc {
 			return fmt.Errorf("key %s has tier %q that the pricing file lacks", k.ID, k.Tier)
 		}
 		if !e.slots.acquire(k.ID, tier.ConcurrentCalls) {
-			c.Response().Header().Set("Retry-After", "1")
-			return problem.New(http.StatusTooManyRequests, "too many calls of this key in flight; retry when one has finished")
+			return errTooManyInFlight
 		}
 		defer e.slots.release(k.ID)
-		span := trace.SpanFromContext(req.Context())
-		span.SetAttributes(attribute.String("mana.key_id", k.ID), attribute.String("mana.tier", k.Tier))
-		allowed := tier.Allows(rt.Op)
-		if !allowed {
-			// Refused before the body is read; the script still tells a
-			// revoked key (401) from a forbidden route (403) and consumes nothing.
-			cl.eventID = ulid.Make().String()
-			d, err := e.quota.Acquire(req.Context(), quota.Request{KeyID: k.ID, Hash: hash, Allowed: false, Member: cl.eventID})
-			if err != nil {
-				return problem.New(http.StatusForbidden, "this endpoint is not included in the key's tier")
-			}
-			return e.refusal(c, d)
-		}
-		cl.units = 1
-		if req.Header.Get("Upgrade") != "" {
-			// No h2c or WebSocket upgrades through the metered edge.
-			return e.peek(c, k, hash, problem.New(http.StatusBadRequest, "protocol upgrades are not supported"))
-		}
-		if err := e.prepareBody(c, &rt, cl); err != nil {
-			// Bad input from a known key: answered with the key's quota
-			// headers (a peek that consumes nothing), unless the key itself
-			// is no longer usable, which takes precedence.
-			return e.peek(c, k, hash, err)
-		}
-		cl.held = op.Cost(cl.units)
-		if cl.held > 0 && !e.pub.CanAccept() {
-			c.Response().Header().Set("Retry-After", "5")
-			return problem.New(http.StatusServiceUnavailable, "usage cannot be recorded right now; try again shortly")
-		}
-		cl.eventID = ulid.Make().String()
-		d, err := e.quota.Acquire(req.Context(), quota.Request{KeyID: k.ID, Hash: hash, Cost: cl.held, Allowed: true, Member: cl.eventID})
-		if err != nil {
-			return e.withoutRedis(c, cl, tier, err)
-		}
-		cl.decision = d
-		span.SetAttributes(attribute.String("mana.decision", decisionNames[d.Outcome]), attribute.Int64("mana.credits_held", cl.held))
-		if err := e.refusal(c, d); err != nil {
-			if d.Outcome == quota.Insufficient && d.FirstRefusal {
-				e.tellExhausted(cl, d)
-			}
+		trace.SpanFromContext(c.Request().Context()).SetAttributes(attribute.String("mana.key_id", k.ID), attribute.String("mana.tier", k.Tier))
+		if err := e.admit(c, cl, tier, hash); err != nil {
 			return err
 		}
-		if cl.held > 0 {
-			// The quota store registered the hold around its script; it
-			// counts until the event is durable or the hold is released.
-			cl.holding = true
+		if cl.holding {
 			defer e.releaseHold(cl)
 		}
-		e.lastUsed.Touch(k.ID, d.Now)
-		if rt.Backend == backendLocal {
-			c.Response().Header().Set("X-Credits-Remaining", strconv.FormatInt(d.Credits, 10))
-			return e.describeKey(c, k, tier, d)
-		}
-		ctx, cancel := context.WithTimeout(context.WithValue(req.Context(), callKey{}, cl), rt.Timeout)
-		defer cancel()
-		e.proxies[rt.Op].ServeHTTP(c.Response(), req.WithContext(ctx))
-		return nil
+		return e.dispatch(c, cl, tier)
 	}
+}
+
+// authenticate resolves the request's X-API-Key to its key and hash.
+func (e *Edge) authenticate(c echo.Context, requestID string) (*keys.Key, []byte, error) {
+	req := c.Request()
+	secret := req.Header.Get("X-API-Key")
+	if secret == "" {
+		return nil, nil, errNoKey
+	}
+	k, hash, err := e.resolver.Resolve(req.Context(), secret, clientAddr(req))
+	var throttled *keys.ThrottledError
+	switch {
+	case err == nil:
+		return k, hash, nil
+	case errors.Is(err, keys.ErrMalformed):
+		return nil, nil, err
+	case errors.Is(err, keys.ErrNotFound):
+		return nil, nil, errUnknownKey
+	case errors.As(err, &throttled):
+		return nil, nil, err
+	}
+	e.logger.ErrorContext(req.Context(), "resolve api key", "request_id", requestID, "err", err)
+	return nil, nil, errKeysUnavailable
+}
+
+// admit decides whether the key may make the call: the tier, the body,
+// and the key's state, rate and credits in one Redis round trip (or, with
+// Redis away, the policy of withoutRedis). Admitted, cl holds the
+// decision and, if the call costs credits, its hold.
+func (e *Edge) admit(c echo.Context, cl *call, tier pricing.Tier, hash []byte) error {
+	req, k, rt := c.Request(), cl.key, &cl.route
+	if !tier.Allows(rt.Op) {
+		// Refused before the body is read; the script still tells a
+		// revoked key (401) from a forbidden route (403) and consumes nothing.
+		cl.eventID = ulid.Make().String()
+		d, err := e.quota.Acquire(req.Context(), quota.Request{KeyID: k.ID, Hash: hash, Allowed: false, Member: cl.eventID})
+		if err != nil {
+			return quota.ErrForbidden
+		}
+		return e.refusal(c, d)
+	}
+	cl.units = 1
+	if req.Header.Get("Upgrade") != "" {
+		// No h2c or WebSocket upgrades through the metered edge.
+		return e.peek(c, k, hash, errUpgrade)
+	}
+	if err := e.prepareBody(c, rt, cl); err != nil {
+		// Bad input from a known key: answered with the key's quota
+		// headers (a peek that consumes nothing), unless the key itself
+		// is no longer usable, which takes precedence.
+		return e.peek(c, k, hash, err)
+	}
+	cl.held = cl.op.Cost(cl.units)
+	if cl.held > 0 && !e.pub.CanAccept() {
+		return errCannotRecord
+	}
+	cl.eventID = ulid.Make().String()
+	d, err := e.quota.Acquire(req.Context(), quota.Request{KeyID: k.ID, Hash: hash, Cost: cl.held, Allowed: true, Member: cl.eventID})
+	if err != nil {
+		return e.withoutRedis(c, cl, err)
+	}
+	cl.decision = d
+	trace.SpanFromContext(req.Context()).SetAttributes(attribute.String("mana.decision", decisionNames[d.Outcome]),
+		attribute.Int64("mana.credits_held", cl.held))
+	if err := e.refusal(c, d); err != nil {
+		if d.Outcome == quota.Insufficient && d.FirstRefusal {
+			e.tellExhausted(cl, d)
+		}
+		return err
+	}
+	// The quota store registered the hold around its script; it counts
+	// until the event is durable or the hold is released.
+	cl.holding = cl.held > 0
+	e.lastUsed.Touch(k.ID, d.Now)
+	if rt.Backend == backendLocal {
+		c.Response().Header().Set("X-Credits-Remaining", strconv.FormatInt(d.Credits, 10))
+	}
+	return nil
+}
+
+// dispatch serves an admitted call: GET /v1/key here, anything else by its
+// backend through the route's reverse proxy.
+func (e *Edge) dispatch(c echo.Context, cl *call, tier pricing.Tier) error {
+	if cl.route.Backend == backendLocal {
+		return e.describeKey(c, cl.key, tier, cl.decision)
+	}
+	ctx, cancel := context.WithTimeout(context.WithValue(c.Request().Context(), callKey{}, cl), cl.route.Timeout)
+	defer cancel()
+	e.proxies[cl.route.Op].ServeHTTP(c.Response(), c.Request().WithContext(ctx))
+	return nil
 }
 
 // releaseHold stops counting the call's hold as in flight (its event is
@@ -417,7 +455,7 @@ func (e *Edge) prepareBody(c echo.Context, rt *Route, cl *call) error {
 		if req.ContentLength > 0 || len(req.TransferEncoding) > 0 {
 			// The server reads what is left after the answer; not for long.
 			_ = http.NewResponseController(c.Response().Writer).SetReadDeadline(time.Now().Add(time.Second))
-			return problem.New(http.StatusRequestEntityTooLarge, "this endpoint takes no request body")
+			return errNoBodyAccepted
 		}
 		req.Body, req.ContentLength = http.NoBody, 0
 	}
@@ -439,17 +477,12 @@ func (e *Edge) peek(c echo.Context, k *keys.Key, hash []byte, cause error) error
 	return cause
 }
 
-func unauthorized(detail string) error {
-	return &echo.HTTPError{Code: http.StatusUnauthorized, Message: detail}
-}
-
-// refusal sets the contract's headers and maps a refused decision to its problem.
+// refusal sets the contract's headers and returns the decision's refusal
+// (nil for OK). A key that is not, or no longer, the client's gets none.
 func (e *Edge) refusal(c echo.Context, d quota.Decision) error {
 	switch d.Outcome {
-	case quota.Unknown, quota.Deleted:
-		return unauthorized("API key revoked or unknown")
-	case quota.Expired:
-		return unauthorized("API key expired")
+	case quota.Unknown, quota.Deleted, quota.Expired:
+		return d.Err()
 	}
 	credits := d.Credits
 	if d.Outcome == quota.OK {
@@ -458,21 +491,7 @@ func (e *Edge) refusal(c echo.Context, d quota.Decision) error {
 		credits = -1
 	}
 	setQuotaHeaders(c.Response().Header(), d, credits)
-	switch d.Outcome {
-	case quota.OK:
-		return nil
-	case quota.Inactive:
-		return problem.New(http.StatusForbidden, "API key is deactivated")
-	case quota.Forbidden:
-		return problem.New(http.StatusForbidden, "this endpoint is not included in the key's tier")
-	case quota.RateLimited:
-		c.Response().Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(d.RetryAfter), 10))
-		return problem.New(http.StatusTooManyRequests, fmt.Sprintf("rate limit of %d requests per minute exceeded", d.Limit))
-	case quota.Insufficient:
-		c.Response().Header().Set("Retry-After", strconv.FormatInt(ceilSeconds(periodEnd(d.Now).Sub(d.Now)), 10))
-		return problem.New(http.StatusPaymentRequired, fmt.Sprintf("not enough credits for this call (%d remaining)", d.Credits))
-	}
-	return fmt.Errorf("unexpected quota outcome %d", d.Outcome)
+	return d.Err()
 }
 
 // tellExhausted publishes the event of the key's first refusal for want of
@@ -514,12 +533,11 @@ func (e *Edge) tellExhausted(cl *call, d quota.Decision) {
 
 // withoutRedis applies the policy for an unreachable Redis: a call that
 // costs credits is refused (it could not be billed safely); a free call is
-// served under a per-instance limiter at the key's rate.
-func (e *Edge) withoutRedis(c echo.Context, cl *call, tier pricing.Tier, cause error) error {
+// admitted under a per-instance limiter at the key's rate.
+func (e *Edge) withoutRedis(c echo.Context, cl *call, cause error) error {
 	e.logger.WarnContext(c.Request().Context(), "quota store unavailable", "key_id", cl.key.ID, "err", cause)
 	if cl.held > 0 {
-		c.Response().Header().Set("Retry-After", "5")
-		return problem.New(http.StatusServiceUnavailable, "credit accounting is unavailable; try again shortly")
+		return quota.ErrUnavailable
 	}
 	limit := cl.key.RateLimitPerMinute // the key's own, as Redis would enforce it
 	e.fallbackMu.Lock()
@@ -529,26 +547,16 @@ func (e *Edge) withoutRedis(c echo.Context, cl *call, tier pricing.Tier, cause e
 		e.fallback[cl.key.ID] = lim
 	}
 	e.fallbackMu.Unlock()
-	if !tier.Allows(cl.route.Op) {
-		return problem.New(http.StatusForbidden, "this endpoint is not included in the key's tier")
-	}
 	h := c.Response().Header()
 	h.Set("X-RateLimit-Limit", strconv.Itoa(limit))
 	if !lim.Allow() {
 		h.Set("X-RateLimit-Remaining", "0")
-		h.Set("Retry-After", "1")
-		return problem.New(http.StatusTooManyRequests, fmt.Sprintf("rate limit of %d requests per minute exceeded", limit))
+		return quota.ErrRateLimited.WithDetail(fmt.Sprintf("rate limit of %d requests per minute exceeded", limit)).RetryIn(time.Second)
 	}
 	h.Set("X-RateLimit-Remaining", strconv.Itoa(int(lim.Tokens())))
 	now := e.cfg.Clock().UTC()
 	h.Set("X-RateLimit-Reset", strconv.FormatInt(now.Add(time.Minute).Unix(), 10))
 	cl.decision = quota.Decision{Outcome: quota.OK, Limit: limit, Now: now, Period: now.Format("2006-01"), Credits: -1, Window: quota.Window}
-	if cl.route.Backend == backendLocal {
-		return e.describeKey(c, cl.key, tier, cl.decision)
-	}
-	ctx, cancel := context.WithTimeout(context.WithValue(c.Request().Context(), callKey{}, cl), cl.route.Timeout)
-	defer cancel()
-	e.proxies[cl.route.Op].ServeHTTP(c.Response(), c.Request().WithContext(ctx))
 	return nil
 }
 
@@ -572,12 +580,6 @@ func ceilSeconds(d time.Duration) int64 {
 		return 0
 	}
 	return int64(math.Ceil(d.Seconds()))
-}
-
-// periodEnd is the start of the next credit month (UTC).
-func periodEnd(now time.Time) time.Time {
-	y, m, _ := now.UTC().Date()
-	return time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC)
 }
 
 // describeKey answers GET /v1/key.
@@ -607,7 +609,7 @@ func (e *Edge) describeKey(c echo.Context, k *keys.Key, tier pricing.Tier, d quo
 		"creditsRemaining":   credits,
 		"allowedEndpoints":   allowed,
 		"periodStart":        time.Date(d.Now.Year(), d.Now.Month(), 1, 0, 0, 0, 0, time.UTC),
-		"periodEnd":          periodEnd(d.Now),
+		"periodEnd":          quota.PeriodEnd(d.Now),
 		"expiresAt":          k.ExpiresAt,
 	})
 }
@@ -621,7 +623,7 @@ func (e *Edge) event(cl *call, status int, units, credits int64) *usagev1.UsageE
 	period := cl.decision.Period
 	if start, err := time.Parse("2006-01", period); err != nil {
 		period = now.Format("2006-01")
-	} else if end := periodEnd(start); now.Before(start) {
+	} else if end := quota.PeriodEnd(start); now.Before(start) {
 		now = start
 	} else if !now.Before(end) {
 		now = end.Add(-time.Microsecond)

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-
-	"github.com/mana/apigw/gateway/internal/problem"
 )
 
 // A client that opens a call and then sends its body slowly holds a
@@ -27,12 +25,6 @@ import (
 // client one more second. 4 KiB/s is 32 kbit/s, below a phone on a poor
 // link and below real-time 8 kHz audio.
 const MinBodyRate = 4 << 10
-
-var errBodyTooSlow = errors.New("the request body did not arrive in time")
-
-func bodyTooSlow() problem.Problem {
-	return problem.New(http.StatusRequestTimeout, "the request body did not arrive in time; send it faster or in one go")
-}
 
 // deadlineBody moves the connection's read deadline forward as the body
 // arrives, and clears it once the body is read: after the body the server

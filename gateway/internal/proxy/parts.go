@@ -2,15 +2,9 @@ package proxy
 
 import (
 	"bytes"
-	"errors"
 	"mime"
 	"net/textproto"
 	"strings"
-)
-
-var (
-	errSecondFile    = errors.New("the form holds more than one field \"file\"")
-	errPartMalformed = errors.New("a part header of the form is malformed")
 )
 
 // maxPartHeader bounds one part's header block in a streamed form.

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/mana/apigw/gateway/internal/apierr"
 	"github.com/mana/apigw/gateway/internal/problem"
 	"github.com/mana/apigw/gateway/internal/usage"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
@@ -211,12 +212,23 @@ type errBadBackendAnswer struct{ err error }
 
 func (e errBadBackendAnswer) Error() string { return "backend answer unusable: " + e.err.Error() }
 
+// APIError is what the client is told of it.
+func (e errBadBackendAnswer) APIError() *apierr.Error { return errBackendAnswer }
+
 type errUnbillable struct {
 	err       error
 	uncertain bool // the event may still be stored, and charged
 }
 
 func (e errUnbillable) Error() string { return "usage event not durable: " + e.err.Error() }
+
+// APIError is what the client is told of it: whether it may still be charged.
+func (e errUnbillable) APIError() *apierr.Error {
+	if e.uncertain {
+		return usage.ErrUncertain
+	}
+	return usage.ErrNotDurable
+}
 
 // errorHandler answers when the backend could not be reached, timed out, or
 // the call could not be billed. Nothing is charged.
@@ -231,43 +243,11 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		_ = e.settle(r.Context(), cl, 0)
 	}
 	e.releaseHold(cl)
-	status, detail := http.StatusBadGateway, "the backend could not be reached"
-	var mbe *http.MaxBytesError
-	var badAnswer errBadBackendAnswer
-	switch {
-	case errors.As(err, &mbe):
-		status, detail = http.StatusRequestEntityTooLarge, "request body too large"
-	case errors.Is(err, errUploadOverDeclared):
-		status, detail = http.StatusBadRequest, errUploadOverDeclared.Error()
-	case errors.Is(cl.body.readErr(), errSecondFile), errors.Is(cl.body.readErr(), errPartMalformed):
-		status, detail = http.StatusBadRequest, cl.body.readErr().Error()
-	case errors.Is(cl.body.readErr(), errBodyTooSlow):
-		// The client stopped sending, or sends slower than MinBodyRate.
-		p := bodyTooSlow()
-		status, detail = p.Status, p.Detail
-	case cl.body.readErr() != nil && r.Context().Err() == nil:
-		// The client's upload broke off or its framing is invalid: bad
-		// input, not a backend failure.
-		status, detail = http.StatusBadRequest, "the upload could not be read: its body is malformed or was cut off"
-	case errors.As(err, &unbillable):
-		status, detail = http.StatusServiceUnavailable, "usage cannot be recorded right now; nothing was charged"
-		if unbillable.uncertain {
-			detail = "usage could not be confirmed in time; the call may still be charged if its record arrives"
-		}
-		w.Header().Set("Retry-After", "5")
-	case errors.As(err, &badAnswer):
-		status, detail = http.StatusBadGateway, "the backend's answer could not be metered"
-	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
-		status, detail = http.StatusGatewayTimeout, "the backend did not answer in time"
-	case errors.Is(context.Cause(r.Context()), ErrStopping):
-		// The gateway stopped waiting for the call (see ErrStopping).
-		status, detail = http.StatusServiceUnavailable, "the gateway is shutting down; nothing was charged, retry the call"
-		w.Header().Set("Retry-After", "1")
-		w.Header().Set("Connection", "close")
-	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-		// The client went away; nothing to answer.
-		status = 499
+	answer := e.failure(r, cl, err)
+	if answer == nil {
+		return // the client went away; nothing to answer
 	}
+	status := problem.From(answer).Status
 	if status == http.StatusBadGateway || status == http.StatusGatewayTimeout {
 		ev := e.event(cl, status, 0, 0)
 		if perr := e.publish(r.Context(), ev); perr != nil {
@@ -275,16 +255,49 @@ func (e *Edge) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		e.logger.WarnContext(r.Context(), "backend call failed", "route", cl.route.Path, "key_id", cl.key.ID, "request_id", cl.requestID, "status", status, "err", err)
 	}
-	if status == 499 {
-		return
-	}
 	if cl.decision.Credits >= 0 {
 		w.Header().Set("X-Credits-Remaining", strconv.FormatInt(cl.decision.Credits, 10))
 	}
-	_ = problem.Write(cl.ec, problem.New(status, detail))
+	_ = problem.Write(cl.ec, answer)
 	// A client too slow to send, and one of a gateway that stops, is not
 	// waited for (see lingering).
 	cl.noDrain = status == http.StatusRequestTimeout || w.Header().Get("Connection") == "close"
+}
+
+// failure is what the client is told of a call the reverse proxy could not
+// complete, nil if the client went away: the body's fault before the
+// backend's.
+func (e *Edge) failure(r *http.Request, cl *call, err error) error {
+	var mbe *http.MaxBytesError
+	var unbillable errUnbillable
+	var badAnswer errBadBackendAnswer
+	readErr := cl.body.readErr()
+	switch {
+	case errors.As(err, &mbe):
+		return errBodyTooLarge
+	case errors.Is(err, errUploadOverDeclared):
+		return errUploadOverDeclared
+	case errors.Is(readErr, errSecondFile), errors.Is(readErr, errPartMalformed), errors.Is(readErr, errBodyTooSlow):
+		// The client stopped sending, or sends slower than MinBodyRate,
+		// or sent what no priced upload holds.
+		return readErr
+	case readErr != nil && r.Context().Err() == nil:
+		// The client's upload broke off or its framing is invalid: bad
+		// input, not a backend failure.
+		return errUploadCutOff
+	case errors.As(err, &unbillable):
+		return unbillable
+	case errors.As(err, &badAnswer):
+		return badAnswer
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+		return errBackendTimeout
+	case errors.Is(context.Cause(r.Context()), ErrStopping):
+		// The gateway stopped waiting for the call (see ErrStopping).
+		return errCallStopped
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return nil
+	}
+	return errBackendUnreachable
 }
 
 func isTimeout(err error) bool {

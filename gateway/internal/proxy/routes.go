@@ -13,8 +13,6 @@ import (
 
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
-
-	"github.com/mana/apigw/gateway/internal/problem"
 )
 
 // Backends the gateway proxies to.
@@ -103,8 +101,6 @@ func Ops() []string {
 	}
 	return out
 }
-
-func badInput(detail string) error { return problem.New(http.StatusBadRequest, detail) }
 
 // Input limits of the public API, each in this one place and each the
 // backend's own (mana-search, mana-stt, mana-tts), so that what the gateway

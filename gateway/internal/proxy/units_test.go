@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/mana/apigw/gateway/internal/quota"
 )
 
 func ttsUnits(b []byte) (int64, error)  { n, _, err := parseJSON[ttsBody](b); return n, err }
@@ -180,7 +182,7 @@ func TestPeriodEndIsTheNextMonthInUTC(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := periodEnd(now)
+		got := quota.PeriodEnd(now)
 		if got.Format(time.RFC3339) != tc.want || got.Location() != time.UTC {
 			t.Errorf("periodEnd(%s) = %s, want %s", tc.now, got, tc.want)
 		}

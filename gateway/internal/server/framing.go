@@ -4,14 +4,13 @@ import (
 	"bytes"
 	"context"
 	"net"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync/atomic"
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/mana/apigw/gateway/internal/problem"
+	"github.com/mana/apigw/gateway/internal/apierr"
 )
 
 // Go's HTTP server resolves a request that carries both Transfer-Encoding
@@ -44,12 +43,15 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 	return ctx
 }
 
+// errConflictingFraming refuses a request that declares its body's length
+// twice; the connection is closed after the answer.
+var errConflictingFraming = apierr.New(apierr.BadFraming, "Transfer-Encoding and Content-Length must not both be present")
+
 // refuseConflictingFraming is the middleware half.
 func refuseConflictingFraming(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if fc, ok := c.Request().Context().Value(framingKey{}).(*framingConn); ok && fc.conflict.Load() {
-			c.Response().Header().Set("Connection", "close")
-			return problem.New(http.StatusBadRequest, "Transfer-Encoding and Content-Length must not both be present")
+			return errConflictingFraming
 		}
 		return next(c)
 	}

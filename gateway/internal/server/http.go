@@ -5,7 +5,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/mana/apigw/gateway/internal/apierr"
 	"github.com/mana/apigw/gateway/internal/problem"
 	"github.com/mana/apigw/gateway/internal/proxy"
 	"github.com/mana/apigw/gateway/internal/tracing"
@@ -110,6 +110,10 @@ func accessLog(logger *slog.Logger) echo.MiddlewareFunc {
 	}
 }
 
+// errNotReady answers /ready while a check fails. The probes run on every
+// request: a second later is worth a try.
+var errNotReady = apierr.New(apierr.Unavailable, "a dependency is unavailable").RetryIn(time.Second)
+
 // NewEcho builds the Echo instance with the system endpoints; the caller
 // registers the edge and the management API on it.
 // With a tracer provider (Traced), every request gets a server span.
@@ -125,7 +129,7 @@ func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, acce
 		DisableStackAll: true,
 		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 			logger.ErrorContext(c.Request().Context(), "panic", "err", err, "stack", string(stack))
-			return problem.New(http.StatusInternalServerError, "internal error")
+			return fmt.Errorf("panic: %v", err) // an internal error: its text is for the log
 		},
 	}))
 	e.Use(refuseConflictingFraming)
@@ -156,17 +160,7 @@ func NewEcho(logger *slog.Logger, reg *prometheus.Registry, checks []Check, acce
 		if len(failed) > 0 {
 			logger.WarnContext(ctx, "not ready", "err", errors.Join(failed...))
 			// A problem document with the checks as an extension member (RFC 9457 §3.2).
-			body, err := json.Marshal(map[string]any{
-				"type": "about:blank", "title": http.StatusText(http.StatusServiceUnavailable),
-				"status": http.StatusServiceUnavailable, "detail": "a dependency is unavailable",
-				"checks": out,
-			})
-			if err != nil {
-				return err
-			}
-			// The probes run on every request: a second later is worth a try.
-			c.Response().Header().Set("Retry-After", "1")
-			return c.Blob(http.StatusServiceUnavailable, problem.ContentType, body)
+			return problem.Write(c, errNotReady.WithMembers(map[string]any{"checks": out}))
 		}
 		return c.JSON(http.StatusOK, map[string]any{"status": "ready", "checks": out})
 	})

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/mana/apigw/gateway/internal/apierr"
 	usagev1 "github.com/mana/apigw/proto/usage/v1"
 )
 
@@ -161,13 +162,15 @@ func (p *Publisher) CanAccept() bool {
 const spoolReserve = 512
 
 // ErrNotDurable: the event is in neither JetStream nor the spool; nothing
-// will ever charge it.
-var ErrNotDurable = errors.New("usage event not recorded")
+// will ever charge it. The call it records is refused.
+var ErrNotDurable = apierr.New(apierr.Unavailable, "usage cannot be recorded right now; nothing was charged").
+	RetryIn(5 * time.Second)
 
 // ErrUncertain: the event was sent to JetStream without an answer and could
 // not be spooled either, or the caller stopped waiting; it may still be
-// stored (and then charged).
-var ErrUncertain = errors.New("usage event recording unconfirmed")
+// stored (and then charged). The call it records is refused.
+var ErrUncertain = apierr.New(apierr.Unavailable,
+	"usage could not be confirmed in time; the call may still be charged if its record arrives").RetryIn(5 * time.Second)
 
 // Publish returns nil once the batch holding the event is acknowledged by
 // JetStream or fsynced to the spool. Otherwise it returns an error wrapping
