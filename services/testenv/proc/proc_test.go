@@ -32,17 +32,17 @@ func TestStopAndExit(t *testing.T) {
 		wait     time.Duration
 		withStop func(*testing.T, error)
 	}{
-		{"exits on SIGTERM", "trap 'exit 0' TERM; while :; do sleep 0.05; done", 30 * time.Second, func(t *testing.T, err error) {
+		{"exits on SIGTERM", `trap 'exit 0' TERM; echo "$GREETING"; while :; do sleep 0.05; done`, 30 * time.Second, func(t *testing.T, err error) {
 			if err != nil {
 				t.Errorf("stop: %v, want nil", err)
 			}
 		}},
-		{"ignores SIGTERM", "trap '' TERM; while :; do sleep 0.05; done", 200 * time.Millisecond, func(t *testing.T, err error) {
+		{"ignores SIGTERM", `trap '' TERM; echo "$GREETING"; while :; do sleep 0.05; done`, 200 * time.Millisecond, func(t *testing.T, err error) {
 			if !errors.Is(err, proc.ErrKilled) {
 				t.Errorf("stop: %v, want ErrKilled", err)
 			}
 		}},
-		{"already failed", "exit 3", 30 * time.Second, func(t *testing.T, err error) {
+		{"already failed", `echo "$GREETING"; exit 3`, 30 * time.Second, func(t *testing.T, err error) {
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.ExitCode() != 3 {
 				t.Errorf("stop: %v, want exit status 3", err)
@@ -51,11 +51,12 @@ func TestStopAndExit(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			p, err := proc.Start(sh(t, "p", `echo "$GREETING"; `+tc.script))
+			p, err := proc.Start(sh(t, "p", tc.script))
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The trap is set once the greeting is out.
+			// The trap is set before the greeting is written, so a signal
+			// sent once it is out meets the trap.
 			for !strings.Contains(string(p.Log()), "hello") {
 				select {
 				case <-t.Context().Done():
@@ -63,7 +64,7 @@ func TestStopAndExit(t *testing.T) {
 				case <-time.After(10 * time.Millisecond):
 				}
 			}
-			if tc.script == "exit 3" {
+			if strings.HasSuffix(tc.script, "exit 3") {
 				<-p.Done()
 			}
 			tc.withStop(t, p.Stop(tc.wait))
