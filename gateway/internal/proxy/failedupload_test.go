@@ -42,26 +42,7 @@ func TestAFailedUploadIsReadable(t *testing.T) {
 			secret, k := ev.key("pro")
 			ev.do("GET", "/v1/key", secret, "", "") // loads the key's state
 			before := ev.balance(k)
-			conn, err := net.Dial("tcp", strings.TrimPrefix(ev.url, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
-			if _, err := fmt.Fprintf(conn, "POST /v1/stt/transcribe HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", secret, ct, len(body)); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := conn.Write(body); err != nil {
-				t.Fatalf("writing the %d-byte upload: %v", len(body), err)
-			}
-			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-			if err != nil {
-				t.Fatalf("reading the answer after the upload: %v", err)
-			}
-			out, err := io.ReadAll(resp.Body)
-			if err != nil {
-				t.Fatalf("reading the answer after the upload: %v", err)
-			}
+			resp, out := uploadWithoutExpect(t, ev.url, secret, ct, body)
 			t.Logf("%d-byte upload without Expect: %d %s", len(body), resp.StatusCode, out)
 			if resp.StatusCode < 500 || (tc.problem && !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json")) {
 				t.Fatalf("answered %d %q, want a 5xx (problem+json: %v)", resp.StatusCode, resp.Header.Get("Content-Type"), tc.problem)
@@ -71,4 +52,31 @@ func TestAFailedUploadIsReadable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// uploadWithoutExpect posts an upload as most HTTP clients do: no "Expect:
+// 100-continue", the whole body written before the answer is read.
+func uploadWithoutExpect(t *testing.T, url, secret, ct string, body []byte) (*http.Response, []byte) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := fmt.Fprintf(conn, "POST /v1/stt/transcribe HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", secret, ct, len(body)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(body); err != nil {
+		t.Fatalf("writing the %d-byte upload: %v", len(body), err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading the answer after the upload: %v", err)
+	}
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the answer after the upload: %v", err)
+	}
+	return resp, out
 }

@@ -357,26 +357,7 @@ func TestRefusedUploadIsReadable(t *testing.T) {
 	}
 	// 8 minutes of 16 kHz 8-bit mono: 7.7 MB, 80 credits.
 	ct, body := form(t, wavFile(1, 1, 16000, 16000, 1, 8, 480*16000, 480*16000, nil))
-	conn, err := net.Dial("tcp", strings.TrimPrefix(ev.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := fmt.Fprintf(conn, "POST /v1/stt/transcribe HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", secret, ct, len(body)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Write(body); err != nil {
-		t.Fatalf("writing the %d-byte upload: %v", len(body), err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("reading the answer after the upload: %v", err)
-	}
-	out, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("reading the answer after the upload: %v", err)
-	}
+	resp, out := uploadWithoutExpect(t, ev.url, secret, ct, body)
 	t.Logf("%d-byte upload without Expect: %d %s", len(body), resp.StatusCode, out)
 	isProblem(t, resp, out, 402)
 	if ev.capture.calls.Load() != 0 {
